@@ -1,0 +1,109 @@
+//! The cluster view, health, readiness, metrics and the served contract.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::extract::{Answer, Consistency, QueryParams, ReadParams};
+use super::AppState;
+use crate::membership::NodeId;
+
+/// How long `/readyz` gives a read-index round before calling this node not ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Serialize)]
+pub struct ClusterAnswer {
+    cluster_id: Option<String>,
+    leader_id: Option<NodeId>,
+    term: u64,
+    revision: u64,
+    nodes: Vec<NodeAnswer>,
+}
+
+#[derive(Serialize)]
+pub struct NodeAnswer {
+    id: NodeId,
+    name: String,
+    api_address: String,
+    peer_address: String,
+    role: &'static str,
+    responsible_for: usize,
+}
+
+pub async fn cluster(
+    State(app): State<Arc<AppState>>,
+    QueryParams(params): QueryParams<ReadParams>,
+) -> Result<Answer<ClusterAnswer>, ApiError> {
+    if params.consistency()? == Consistency::Linearizable {
+        app.node.linearize().await?;
+    }
+    let raft = app.node.raft.metrics().borrow().clone();
+    let m = app.node.state.read();
+    let counts = m.state.responsible_counts();
+    let membership = raft.membership_config.membership();
+    let nodes = membership
+        .nodes()
+        .map(|(&id, info)| {
+            let role = if raft.current_leader == Some(id) {
+                "leader"
+            } else if membership.voter_ids().any(|v| v == id) {
+                "follower"
+            } else {
+                "learner"
+            };
+            let advert = m.state.advert(id);
+            NodeAnswer {
+                id,
+                name: advert.map_or_else(|| info.name.clone(), |a| a.name.clone()),
+                api_address: advert.map_or_else(|| info.api_addr.clone(), |a| a.api_address.clone()),
+                peer_address: info.peer_addr.clone(),
+                role,
+                responsible_for: counts.get(&id).copied().unwrap_or(0),
+            }
+        })
+        .collect();
+    let revision = m.state.revision();
+    Ok(Answer::ok(
+        revision,
+        ClusterAnswer {
+            cluster_id: m.state.cluster_id().map(str::to_owned),
+            leader_id: raft.current_leader,
+            term: raft.current_term,
+            revision,
+            nodes,
+        },
+    ))
+}
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when this node is a member of the cluster, knows a leader, and has caught up: a
+/// read-index round through the leader succeeds and the local state reaches it.
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let in_cluster = app.node.raft.metrics().borrow().membership_config.membership().get_node(&app.node.id).is_some();
+    if !in_cluster {
+        return Err(ApiError::Unavailable("this node is not in the cluster yet".into()));
+    }
+    tokio::time::timeout(READY_TIMEOUT, app.node.linearize())
+        .await
+        .map_err(|_| ApiError::Unavailable("this node has not caught up with the leader".into()))??;
+    Ok(Json(json!({"status": "ready"})))
+}
+
+pub async fn metrics(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let text = app.metrics.render(&app.node).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+}

@@ -1,0 +1,207 @@
+//! Turning requests into validated values: bodies, names in paths, query parameters; and the
+//! answer shape every `/v1/` success shares (`X-GM-Revision`).
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use crate::membership::{GroupName, MemberId};
+
+/// The largest request body the contract allows.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The default and the longest `wait` of a blocking query.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+pub const REVISION_HEADER: &str = "x-gm-revision";
+
+/// A JSON body: `application/json` (any parameters, any case), at most 64 KiB, well-formed.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        let too_large = || ApiError::PayloadTooLarge(format!("the request body exceeds {MAX_BODY_BYTES} bytes"));
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
+        let media_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+        if media_type.as_deref() != Some("application/json") {
+            return Err(ApiError::UnsupportedMediaType(
+                "a request body must be sent with Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = read_limited(req.into_body(), MAX_BODY_BYTES).await?.ok_or_else(too_large)?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::InvalidArgument(format!("invalid body: {e}")))
+    }
+}
+
+/// Reads at most `limit` bytes; `None` if the body is longer.
+async fn read_limited(body: Body, limit: usize) -> Result<Option<Vec<u8>>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::InvalidArgument(format!("could not read the body: {e}")))?;
+        if bytes.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Some(bytes))
+}
+
+/// Path parameters whose rejection is a contract error.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct PathParams<T>(pub T);
+
+/// Query parameters whose rejection is a contract error.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct QueryParams<T>(pub T);
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::InvalidArgument(format!("invalid path: {}", e.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::InvalidArgument(format!("invalid query: {}", e.body_text()))
+    }
+}
+
+/// `{group}` and `{id}` from a member path, validated.
+pub fn member_path(group: &str, id: &str) -> Result<(GroupName, MemberId), ApiError> {
+    Ok((GroupName::parse(group)?, MemberId::parse(id)?))
+}
+
+/// How a read is taken: through the leader (the default) or from this node's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    Linearizable,
+    Stale,
+}
+
+/// The query parameters any `/v1/` read may carry; each handler uses what applies to it.
+#[derive(Debug, Default, Deserialize)]
+pub struct ReadParams {
+    consistency: Option<String>,
+    index: Option<String>,
+    wait: Option<String>,
+}
+
+impl ReadParams {
+    pub fn consistency(&self) -> Result<Consistency, ApiError> {
+        match self.consistency.as_deref() {
+            None | Some("linearizable") => Ok(Consistency::Linearizable),
+            Some("stale") => Ok(Consistency::Stale),
+            Some(other) => Err(ApiError::InvalidArgument(format!(
+                "consistency {other:?} is not one of \"linearizable\", \"stale\""
+            ))),
+        }
+    }
+
+    /// The blocking query, if `index` is given: the index and how long to wait.
+    pub fn blocking(&self) -> Result<Option<(u64, Duration)>, ApiError> {
+        let wait = match self.wait.as_deref() {
+            None => DEFAULT_WAIT,
+            Some(w) => parse_wait(w)?,
+        };
+        match self.index.as_deref() {
+            None => Ok(None),
+            Some(i) => Ok(Some((parse_u64("index", i)?, wait))),
+        }
+    }
+}
+
+fn parse_wait(w: &str) -> Result<Duration, ApiError> {
+    let wait = humantime::parse_duration(w)
+        .map_err(|e| ApiError::InvalidArgument(format!("wait {w:?} is not a duration such as 30s or 2m: {e}")))?;
+    if wait > MAX_WAIT {
+        return Err(ApiError::InvalidArgument(format!("wait {w:?} is longer than the maximum of 5m")));
+    }
+    Ok(wait)
+}
+
+/// A non-negative integer parameter.
+pub fn parse_u64(name: &str, value: &str) -> Result<u64, ApiError> {
+    value.parse().map_err(|_| ApiError::InvalidArgument(format!("{name} {value:?} is not a non-negative integer")))
+}
+
+/// The query of a `DELETE`.
+#[derive(Debug, Default, Deserialize)]
+pub struct LeaveParams {
+    pub incarnation: Option<String>,
+}
+
+/// A successful `/v1/` answer: a status, the revision it was taken at, and a JSON body.
+pub struct Answer<T> {
+    pub status: StatusCode,
+    pub revision: u64,
+    pub body: T,
+}
+
+impl<T: Serialize> Answer<T> {
+    pub fn ok(revision: u64, body: T) -> Self {
+        Answer { status: StatusCode::OK, revision, body }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Answer<T> {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(self.body)).into_response();
+        resp.headers_mut().insert(REVISION_HEADER, HeaderValue::from(self.revision));
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(consistency: Option<&str>, index: Option<&str>, wait: Option<&str>) -> ReadParams {
+        ReadParams {
+            consistency: consistency.map(str::to_owned),
+            index: index.map(str::to_owned),
+            wait: wait.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn consistency_values() {
+        assert_eq!(params(None, None, None).consistency().unwrap(), Consistency::Linearizable);
+        assert_eq!(params(Some("stale"), None, None).consistency().unwrap(), Consistency::Stale);
+        assert!(params(Some("STALE"), None, None).consistency().is_err());
+        assert!(params(Some(""), None, None).consistency().is_err());
+    }
+
+    #[test]
+    fn blocking_parameters() {
+        assert_eq!(params(None, None, None).blocking().unwrap(), None);
+        assert_eq!(params(None, Some("7"), None).blocking().unwrap(), Some((7, DEFAULT_WAIT)));
+        assert_eq!(params(None, Some("0"), Some("250ms")).blocking().unwrap(), Some((0, Duration::from_millis(250))));
+        assert_eq!(params(None, Some("1"), Some("5m")).blocking().unwrap(), Some((1, MAX_WAIT)));
+        for (index, wait) in [("-1", "1s"), ("x", "1s"), ("1", "301s"), ("1", "6m"), ("1", "soon"), ("1", "30")] {
+            assert!(params(None, Some(index), Some(wait)).blocking().is_err(), "{index} {wait}");
+        }
+    }
+}

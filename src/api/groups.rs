@@ -1,0 +1,194 @@
+//! Handlers for groups and members: join, leave, heartbeat, and the reads of one member, one
+//! group (with blocking queries) and all groups.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::error::ApiError;
+use super::extract::{
+    member_path, parse_u64, Answer, Consistency, JsonBody, LeaveParams, PathParams, QueryParams, ReadParams,
+};
+use super::AppState;
+use crate::membership::{
+    Command, FailureDetection, GroupName, GroupSummary, GroupView, LeaveReason, Member, MemberSpec, Outcome, Timestamp,
+};
+use crate::node::Node;
+use crate::raft::state_machine::StateHandle;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+#[derive(Serialize)]
+pub struct JoinAnswer {
+    member: Member,
+    revision: u64,
+}
+
+#[derive(Serialize)]
+pub struct RevisionAnswer {
+    revision: u64,
+}
+
+#[derive(Serialize)]
+pub struct HeartbeatAnswer {
+    revision: u64,
+    ttl_ms: u64,
+}
+
+#[derive(Serialize)]
+pub struct GroupsAnswer {
+    revision: u64,
+    groups: Vec<GroupSummary>,
+}
+
+fn unexpected(outcome: Outcome) -> ApiError {
+    ApiError::Internal(format!("unexpected outcome {outcome:?}"))
+}
+
+pub async fn join(
+    State(app): State<Arc<AppState>>,
+    PathParams((group, id)): PathParams<(String, String)>,
+    JsonBody(spec): JsonBody<MemberSpec>,
+) -> Result<Answer<JoinAnswer>> {
+    let (group, id) = member_path(&group, &id)?;
+    let applied = app.node.write(Command::Join { group, id, spec, at: Timestamp::now() }).await?;
+    match applied.outcome {
+        Outcome::Joined { member, created, .. } => Ok(Answer {
+            status: if created { StatusCode::CREATED } else { StatusCode::OK },
+            revision: applied.revision,
+            body: JoinAnswer { member, revision: applied.revision },
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn leave(
+    State(app): State<Arc<AppState>>,
+    PathParams((group, id)): PathParams<(String, String)>,
+    QueryParams(params): QueryParams<LeaveParams>,
+) -> Result<Answer<RevisionAnswer>> {
+    let (group, id) = member_path(&group, &id)?;
+    let incarnation = params.incarnation.as_deref().map(|n| parse_u64("incarnation", n)).transpose()?;
+    let command = Command::Leave { group: group.clone(), id: id.clone(), incarnation, reason: LeaveReason::Left };
+    let applied = app.node.write(command).await?;
+    match applied.outcome {
+        Outcome::Left { .. } => Ok(Answer::ok(applied.revision, RevisionAnswer { revision: applied.revision })),
+        Outcome::NotMember => Err(not_a_member(&group, &id)),
+        Outcome::IncarnationMismatch { current } => Err(ApiError::Conflict(format!(
+            "member {id} of group {group} has incarnation {current}, not {}",
+            incarnation.unwrap_or_default()
+        ))),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn not_a_member(group: &GroupName, id: &impl std::fmt::Display) -> ApiError {
+    ApiError::NotFound(format!("{id} is not a member of group {group}"))
+}
+
+/// Brings this node's state up to date as `consistency` asks.
+async fn read_barrier(node: &Node, consistency: Consistency) -> Result<()> {
+    if consistency == Consistency::Linearizable {
+        node.linearize().await?;
+    }
+    Ok(())
+}
+
+pub async fn get_member(
+    State(app): State<Arc<AppState>>,
+    PathParams((group, id)): PathParams<(String, String)>,
+    QueryParams(params): QueryParams<ReadParams>,
+) -> Result<Answer<Member>> {
+    let (group, id) = member_path(&group, &id)?;
+    read_barrier(&app.node, params.consistency()?).await?;
+    let m = app.node.state.read();
+    let member = m.state.member(&group, &id).cloned().ok_or_else(|| not_a_member(&group, &id))?;
+    Ok(Answer::ok(m.state.revision(), member))
+}
+
+/// Keep-alive of a lease-mode member. It answers whether the member holds a lease now, as seen
+/// by a linearizable read.
+pub async fn heartbeat(
+    State(app): State<Arc<AppState>>,
+    PathParams((group, id)): PathParams<(String, String)>,
+) -> Result<Answer<HeartbeatAnswer>> {
+    let (group, id) = member_path(&group, &id)?;
+    read_barrier(&app.node, Consistency::Linearizable).await?;
+    let m = app.node.state.read();
+    let member = m.state.member(&group, &id).ok_or_else(|| not_a_member(&group, &id))?;
+    match member.failure_detection {
+        FailureDetection::Lease { ttl_ms } => {
+            Ok(Answer::ok(m.state.revision(), HeartbeatAnswer { revision: m.state.revision(), ttl_ms }))
+        }
+        FailureDetection::Probe { .. } => Err(ApiError::Conflict(format!(
+            "member {id} of group {group} is in probe mode: GM probes it, it sends no heartbeats"
+        ))),
+    }
+}
+
+pub async fn list_groups(
+    State(app): State<Arc<AppState>>,
+    QueryParams(params): QueryParams<ReadParams>,
+) -> Result<Answer<GroupsAnswer>> {
+    read_barrier(&app.node, params.consistency()?).await?;
+    let m = app.node.state.read();
+    let revision = m.state.revision();
+    Ok(Answer::ok(revision, GroupsAnswer { revision, groups: m.state.groups() }))
+}
+
+pub async fn get_group(
+    State(app): State<Arc<AppState>>,
+    PathParams(group): PathParams<String>,
+    QueryParams(params): QueryParams<ReadParams>,
+) -> Result<Answer<GroupView>> {
+    let group = GroupName::parse(&group)?;
+    let consistency = params.consistency()?;
+    let Some((index, wait)) = params.blocking()? else {
+        read_barrier(&app.node, consistency).await?;
+        return current_view(&app.node.state, &group);
+    };
+    let deadline = Instant::now() + wait;
+    if consistency == Consistency::Linearizable {
+        linearize_patiently(&app.node, deadline).await?;
+    }
+    wait_for_change(&app.node.state, &group, index, deadline).await;
+    current_view(&app.node.state, &group)
+}
+
+fn current_view(state: &StateHandle, group: &GroupName) -> Result<Answer<GroupView>> {
+    let m = state.read();
+    let view = m.state.view(group).ok_or_else(|| ApiError::NotFound(format!("group {group} has no members")))?;
+    Ok(Answer::ok(m.state.revision(), view))
+}
+
+/// A linearizable read that keeps trying while there is no quorum, until `deadline`.
+pub async fn linearize_patiently(node: &Node, deadline: Instant) -> Result<()> {
+    loop {
+        match node.linearize_until(deadline).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Waits until the group's revision passes `index`, or the group it was disappears, or `deadline`.
+async fn wait_for_change(state: &StateHandle, group: &GroupName, index: u64, deadline: Instant) {
+    let mut applied = state.applied();
+    let existed = state.read().state.group_revision(group).is_some();
+    loop {
+        match state.read().state.group_revision(group) {
+            Some(revision) if revision > index => return,
+            None if existed => return,
+            _ => {}
+        }
+        match tokio::time::timeout_at(deadline, applied.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The public REST API of the contract (`shared/API.md`), served on `--api-addr`.
+
+mod cluster;
+pub mod error;
+pub mod extract;
+mod groups;
+mod watch;
+
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::Router;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::node::Node;
+use error::ApiError;
+
+/// What every handler reaches.
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/groups/{group}/members/{id}", put(groups::join).delete(groups::leave).get(groups::get_member))
+        .route("/v1/groups/{group}/members/{id}/heartbeat", post(groups::heartbeat))
+        .route("/v1/groups/{group}", get(groups::get_group))
+        .route("/v1/groups/{group}/watch", get(watch::watch))
+        .route("/v1/groups", get(groups::list_groups))
+        .route("/v1/cluster", get(cluster::cluster))
+        .route("/healthz", get(cluster::healthz))
+        .route("/readyz", get(cluster::readyz))
+        .route("/metrics", get(cluster::metrics))
+        .route("/openapi.json", get(cluster::openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!("no such endpoint: {}", req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.uri().path()))
+}
+
+/// Counts and times every request by its route template, not its path, to bound label values.
+async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    state.metrics.observe_request(&route, &method, resp.status().as_u16(), start.elapsed());
+    resp
+}

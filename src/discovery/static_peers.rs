@@ -1,0 +1,85 @@
+//! Static discovery: `--peers 1=HOST:PORT,...` names every initial voter. The node with the
+//! smallest id creates the cluster when its log is empty; a node with state never does.
+
+use std::collections::BTreeMap;
+
+use crate::membership::NodeId;
+use crate::raft::{NodeInfo, Raft};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("--peers: {0:?} is not ID=HOST:PORT with a positive integer ID")]
+    BadPeer(String),
+    #[error("--peers names node {0} twice")]
+    Duplicate(NodeId),
+    #[error("--peers is required with static discovery")]
+    Missing,
+    #[error("--peers does not name this node ({0})")]
+    SelfMissing(NodeId),
+    #[error("creating the cluster failed: {0}")]
+    Initialize(String),
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT`.
+pub fn parse_peers(spec: &str) -> Result<BTreeMap<NodeId, String>, DiscoveryError> {
+    let mut peers = BTreeMap::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = || DiscoveryError::BadPeer(item.to_owned());
+        let (id, addr) = item.split_once('=').ok_or_else(bad)?;
+        let id: NodeId = id.trim().parse().ok().filter(|&id| id > 0).ok_or_else(bad)?;
+        let addr = addr.trim();
+        if addr.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+            return Err(bad());
+        }
+        if peers.insert(id, addr.to_owned()).is_some() {
+            return Err(DiscoveryError::Duplicate(id));
+        }
+    }
+    if peers.is_empty() {
+        return Err(DiscoveryError::Missing);
+    }
+    Ok(peers)
+}
+
+/// Creates the cluster if this node has the smallest id and has never been initialized.
+pub async fn bootstrap(raft: &Raft, me: NodeId, peers: &BTreeMap<NodeId, String>) -> Result<(), DiscoveryError> {
+    if !peers.contains_key(&me) {
+        return Err(DiscoveryError::SelfMissing(me));
+    }
+    if peers.keys().next() != Some(&me) {
+        return Ok(());
+    }
+    let initialized = raft.is_initialized().await.map_err(|e| DiscoveryError::Initialize(e.to_string()))?;
+    if initialized {
+        tracing::info!(node = me, "resuming an existing cluster");
+        return Ok(());
+    }
+    let members: BTreeMap<NodeId, NodeInfo> = peers
+        .iter()
+        .map(|(&id, addr)| {
+            (id, NodeInfo { name: format!("node-{id}"), api_addr: String::new(), peer_addr: addr.clone() })
+        })
+        .collect();
+    tracing::info!(node = me, voters = ?members.keys().collect::<Vec<_>>(), "creating the cluster");
+    raft.initialize(members).await.map_err(|e| DiscoveryError::Initialize(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_peers() {
+        let p = parse_peers("1=127.0.0.1:7001, 2=gm-1.gm:7000,3=[::1]:7003").unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[&2], "gm-1.gm:7000");
+        assert_eq!(p[&3], "[::1]:7003");
+    }
+
+    #[test]
+    fn rejects_bad_peers() {
+        for bad in ["", "1", "x=a:1", "0=a:1", "1=a", "1=a:x", "1=:80", "1=a:1,1=b:2"] {
+            assert!(parse_peers(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! gm: a group membership service replicated with Raft.
+//!
+//! The membership state machine ([`membership`]) is pure; [`raft`] replicates it, [`node`] is a
+//! GM node as the API sees it, and [`api`] serves the REST contract.
+
+pub mod api;
+pub mod bench;
+pub mod config;
+pub mod dev;
+pub mod discovery;
+pub mod membership;
+pub mod metrics;
+pub mod node;
+pub mod raft;
+pub mod server;
+pub mod telemetry;

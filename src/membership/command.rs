@@ -1,0 +1,79 @@
+//! The commands that go through the Raft log, and what applying one did.
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{Member, MemberSpec, NodeId, Timestamp};
+use super::names::{GroupName, MemberId};
+
+/// Why a member left its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaveReason {
+    /// The client asked to leave.
+    Left,
+    /// Its responsible node's probes failed.
+    Failed,
+    /// Its lease ran out.
+    Expired,
+}
+
+/// A change to the membership state. Time is stamped by the proposer so that apply is pure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    Join {
+        group: GroupName,
+        id: MemberId,
+        spec: MemberSpec,
+        at: Timestamp,
+    },
+    /// Remove a member; with `incarnation`, only if it is still that one.
+    Leave {
+        group: GroupName,
+        id: MemberId,
+        incarnation: Option<u64>,
+        reason: LeaveReason,
+    },
+    /// Names the cluster once; later ones are ignored.
+    InitCluster {
+        cluster_id: String,
+    },
+    /// The GM nodes that probe members; responsible nodes are spread over them.
+    SetProbers {
+        nodes: Vec<NodeId>,
+    },
+    /// A GM node tells the cluster its name and where its REST API answers.
+    AdvertiseNode {
+        node: NodeId,
+        advert: NodeAdvert,
+    },
+}
+
+/// What a GM node announces about itself, shown in `/v1/cluster`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAdvert {
+    pub name: String,
+    pub api_address: String,
+}
+
+/// What applying a command did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// `created`: the id was not in the group; `changed`: the record was replaced or added.
+    Joined {
+        member: Member,
+        created: bool,
+        changed: bool,
+    },
+    Left {
+        member: Member,
+    },
+    NotMember,
+    /// The member is there, but under another incarnation.
+    IncarnationMismatch {
+        current: u64,
+    },
+    /// Cluster-level commands; nothing to report.
+    Done,
+}

@@ -1,0 +1,430 @@
+//! The replicated state: every group and its members, changed only by `apply`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{Command, LeaveReason, NodeAdvert, Outcome};
+use super::model::{GroupSummary, GroupView, Member, NodeId};
+use super::names::{GroupName, MemberId};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Group {
+    revision: u64,
+    members: BTreeMap<MemberId, Member>,
+}
+
+/// All groups at `revision`, the index of the last applied log entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipState {
+    revision: u64,
+    cluster_id: Option<String>,
+    probers: Vec<NodeId>,
+    adverts: BTreeMap<NodeId, NodeAdvert>,
+    groups: BTreeMap<GroupName, Group>,
+}
+
+impl MembershipState {
+    /// Applies `command`, committed at log index `revision`.
+    ///
+    /// Incarnations never repeat for one id in one group, without keeping tombstones: a first join
+    /// takes the log index of the join, and a re-join adds one. Each re-join uses up a log index, so
+    /// a member's incarnation never exceeds the index of its last change, and a later first join
+    /// (at a larger index) starts above every incarnation the id had before.
+    pub fn apply(&mut self, revision: u64, command: &Command) -> Outcome {
+        self.advance(revision);
+        match command {
+            Command::Join { group, id, spec, at } => {
+                let responsible_node =
+                    if spec.failure_detection.is_probe() { responsible(&self.probers, group, id) } else { None };
+                let g = self.groups.entry(group.clone()).or_default();
+                let incarnation = match g.members.get(id) {
+                    Some(current) if current.matches(spec) => {
+                        return Outcome::Joined { member: current.clone(), created: false, changed: false };
+                    }
+                    Some(current) => current.incarnation + 1,
+                    None => revision,
+                };
+                let member = Member {
+                    id: id.clone(),
+                    group: group.clone(),
+                    address: spec.address.clone(),
+                    metadata: spec.metadata.clone(),
+                    instance: spec.instance.clone(),
+                    incarnation,
+                    joined_at: *at,
+                    responsible_node,
+                    failure_detection: spec.failure_detection.clone(),
+                };
+                let created = g.members.insert(id.clone(), member.clone()).is_none();
+                g.revision = revision;
+                Outcome::Joined { member, created, changed: true }
+            }
+            Command::Leave { group, id, incarnation, reason: _ } => {
+                let Some(g) = self.groups.get_mut(group) else {
+                    return Outcome::NotMember;
+                };
+                let Some(current) = g.members.get(id) else {
+                    return Outcome::NotMember;
+                };
+                if incarnation.is_some_and(|n| n != current.incarnation) {
+                    return Outcome::IncarnationMismatch { current: current.incarnation };
+                }
+                let member = g.members.remove(id).expect("checked above");
+                g.revision = revision;
+                if g.members.is_empty() {
+                    self.groups.remove(group);
+                }
+                Outcome::Left { member }
+            }
+            Command::InitCluster { cluster_id } => {
+                self.cluster_id.get_or_insert_with(|| cluster_id.clone());
+                Outcome::Done
+            }
+            Command::SetProbers { nodes } => {
+                let mut nodes = nodes.clone();
+                nodes.sort_unstable();
+                nodes.dedup();
+                if nodes != self.probers {
+                    self.probers = nodes;
+                    self.reassign(revision);
+                }
+                Outcome::Done
+            }
+            Command::AdvertiseNode { node, advert } => {
+                self.adverts.insert(*node, advert.clone());
+                Outcome::Done
+            }
+        }
+    }
+
+    /// Records a log entry that changes no group (a leader's blank entry, a Raft membership change).
+    pub fn advance(&mut self, revision: u64) {
+        self.revision = self.revision.max(revision);
+    }
+
+    /// Hands every probe-mode member to its node under the current probers.
+    fn reassign(&mut self, revision: u64) {
+        for (name, g) in &mut self.groups {
+            let mut changed = false;
+            for m in g.members.values_mut().filter(|m| m.failure_detection.is_probe()) {
+                let node = responsible(&self.probers, name, &m.id);
+                changed |= m.responsible_node != node;
+                m.responsible_node = node;
+            }
+            if changed {
+                g.revision = revision;
+            }
+        }
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
+    pub fn advert(&self, node: NodeId) -> Option<&NodeAdvert> {
+        self.adverts.get(&node)
+    }
+
+    pub fn probers(&self) -> &[NodeId] {
+        &self.probers
+    }
+
+    /// The group's revision, or `None` if it has no members.
+    pub fn group_revision(&self, group: &GroupName) -> Option<u64> {
+        self.groups.get(group).map(|g| g.revision)
+    }
+
+    pub fn view(&self, group: &GroupName) -> Option<GroupView> {
+        self.groups.get(group).map(|g| GroupView {
+            group: group.clone(),
+            revision: g.revision,
+            members: g.members.values().cloned().collect(),
+        })
+    }
+
+    pub fn member(&self, group: &GroupName, id: &MemberId) -> Option<&Member> {
+        self.groups.get(group).and_then(|g| g.members.get(id))
+    }
+
+    pub fn groups(&self) -> Vec<GroupSummary> {
+        self.groups
+            .iter()
+            .map(|(name, g)| GroupSummary { group: name.clone(), revision: g.revision, size: g.members.len() })
+            .collect()
+    }
+
+    /// How many probe-mode members each node is responsible for.
+    pub fn responsible_counts(&self) -> BTreeMap<NodeId, usize> {
+        let mut counts = BTreeMap::new();
+        for m in self.groups.values().flat_map(|g| g.members.values()) {
+            if let Some(node) = m.responsible_node {
+                *counts.entry(node).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.groups.values().map(|g| g.members.len()).sum()
+    }
+}
+
+/// Rendezvous hashing: the node with the highest score for this member. Moving a node in or out
+/// only moves the members whose winner changes.
+fn responsible(nodes: &[NodeId], group: &GroupName, id: &MemberId) -> Option<NodeId> {
+    nodes.iter().copied().max_by_key(|&node| score(group, id, node))
+}
+
+/// FNV-1a over the key, then a SplitMix64 finalizer: stable across builds and platforms, unlike
+/// std's hasher, because every node must compute the same assignment.
+fn score(group: &GroupName, id: &MemberId, node: NodeId) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = group.as_str().bytes().chain([0xff]).chain(id.as_str().bytes()).chain([0xff]).chain(node.to_le_bytes());
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+impl LeaveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Left => "left",
+            LeaveReason::Failed => "failed",
+            LeaveReason::Expired => "expired",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::model::{FailureDetection, MemberSpec, Timestamp};
+
+    fn g(s: &str) -> GroupName {
+        GroupName::parse(s).unwrap()
+    }
+    fn m(s: &str) -> MemberId {
+        MemberId::parse(s).unwrap()
+    }
+    fn spec(json: serde_json::Value) -> MemberSpec {
+        serde_json::from_value(json).unwrap()
+    }
+    fn join(group: &str, id: &str, spec_json: serde_json::Value, at: i64) -> Command {
+        Command::Join { group: g(group), id: m(id), spec: spec(spec_json), at: Timestamp::from_millis(at) }
+    }
+    fn leave(group: &str, id: &str, incarnation: Option<u64>) -> Command {
+        Command::Leave { group: g(group), id: m(id), incarnation, reason: LeaveReason::Left }
+    }
+    fn joined(o: Outcome) -> (Member, bool, bool) {
+        match o {
+            Outcome::Joined { member, created, changed } => (member, created, changed),
+            other => panic!("expected Joined, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn first_join_creates_group_and_member() {
+        let mut s = MembershipState::default();
+        let (member, created, changed) =
+            joined(s.apply(5, &join("orders", "w1", serde_json::json!({"address": "10.0.0.1:80"}), 1000)));
+        assert!(created && changed);
+        assert_eq!(member.incarnation, 5);
+        assert_eq!(member.joined_at, Timestamp::from_millis(1000));
+        assert_eq!(member.responsible_node, None, "no probers yet");
+        assert_eq!(s.revision(), 5);
+        assert_eq!(s.group_revision(&g("orders")), Some(5));
+        let view = s.view(&g("orders")).unwrap();
+        assert_eq!(view.members, vec![member]);
+        assert_eq!(s.groups(), vec![GroupSummary { group: g("orders"), revision: 5, size: 1 }]);
+    }
+
+    #[test]
+    fn identical_join_is_a_no_op() {
+        let mut s = MembershipState::default();
+        let body = serde_json::json!({"address": "10.0.0.1:80", "metadata": {"zone": "a"}});
+        let (first, ..) = joined(s.apply(1, &join("g", "w", body.clone(), 10)));
+        let (again, created, changed) = joined(s.apply(2, &join("g", "w", body, 20)));
+        assert!(!created && !changed);
+        assert_eq!(again, first, "same record, same joined_at and incarnation");
+        assert_eq!(s.group_revision(&g("g")), Some(1), "a no-op does not change the group");
+        assert_eq!(s.revision(), 2);
+    }
+
+    #[test]
+    fn defaults_make_explicit_and_implicit_bodies_equal() {
+        let mut s = MembershipState::default();
+        joined(s.apply(1, &join("g", "w", serde_json::json!({"address": "h:1"}), 0)));
+        let explicit = serde_json::json!({"address": "h:1", "metadata": {}, "instance": null,
+            "failure_detection": {"mode": "probe", "path": "/gm/heartbeat"}});
+        let (_, _, changed) = joined(s.apply(2, &join("g", "w", explicit, 0)));
+        assert!(!changed);
+    }
+
+    #[test]
+    fn any_difference_is_a_rejoin_that_bumps_incarnation() {
+        let mut s = MembershipState::default();
+        let base = serde_json::json!({"address": "h:1"});
+        joined(s.apply(3, &join("g", "w", base, 0)));
+        let changes = [
+            serde_json::json!({"address": "h:2"}),
+            serde_json::json!({"address": "h:2", "metadata": {"k": "v"}}),
+            serde_json::json!({"address": "h:2", "metadata": {"k": "v"}, "instance": "i1"}),
+            serde_json::json!({"address": "h:2", "metadata": {"k": "v"}, "instance": "i2"}),
+            serde_json::json!({"address": "h:2", "metadata": {"k": "v"}, "instance": "i2",
+                "failure_detection": {"mode": "lease", "ttl_ms": 1000}}),
+        ];
+        for (i, body) in changes.into_iter().enumerate() {
+            let rev = 10 + i as u64;
+            let (member, created, changed) = joined(s.apply(rev, &join("g", "w", body, rev as i64)));
+            assert!(!created && changed);
+            assert_eq!(member.incarnation, 3 + 1 + i as u64);
+            assert_eq!(member.joined_at, Timestamp::from_millis(rev as i64), "joined_at renewed");
+            assert_eq!(s.group_revision(&g("g")), Some(rev));
+        }
+    }
+
+    #[test]
+    fn incarnations_never_repeat_after_leave_and_rejoin() {
+        let mut s = MembershipState::default();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut rev = 1;
+        for round in 0..5 {
+            for k in 0..3 {
+                let body = serde_json::json!({"address": "h:1", "instance": format!("r{round}k{k}")});
+                let (member, ..) = joined(s.apply(rev, &join("g", "w", body, 0)));
+                assert!(seen.insert(member.incarnation), "incarnation {} repeated", member.incarnation);
+                rev += 1;
+            }
+            assert!(matches!(s.apply(rev, &leave("g", "w", None)), Outcome::Left { .. }));
+            rev += 1;
+        }
+    }
+
+    #[test]
+    fn leave_checks_membership_and_incarnation() {
+        let mut s = MembershipState::default();
+        assert_eq!(s.apply(1, &leave("g", "w", None)), Outcome::NotMember);
+        assert_eq!(s.apply(2, &leave("g", "w", Some(1))), Outcome::NotMember, "404 whatever N");
+        joined(s.apply(3, &join("g", "w", serde_json::json!({"address": "h:1"}), 0)));
+        joined(s.apply(4, &join("g", "v", serde_json::json!({"address": "h:1"}), 0)));
+        assert_eq!(s.apply(5, &leave("g", "w", Some(2))), Outcome::IncarnationMismatch { current: 3 });
+        assert!(s.member(&g("g"), &m("w")).is_some(), "a stale leave changes nothing");
+        assert_eq!(s.group_revision(&g("g")), Some(4));
+        let Outcome::Left { member } = s.apply(6, &leave("g", "w", Some(3))) else { panic!() };
+        assert_eq!(member.id, m("w"));
+        assert_eq!(s.group_revision(&g("g")), Some(6));
+        assert!(matches!(s.apply(7, &leave("g", "v", None)), Outcome::Left { .. }));
+        assert_eq!(s.view(&g("g")), None, "the last leave removes the group");
+        assert!(s.groups().is_empty());
+        assert_eq!(s.revision(), 7);
+    }
+
+    #[test]
+    fn members_in_a_view_are_sorted_by_id() {
+        let mut s = MembershipState::default();
+        for (i, id) in ["c", "a", "B", "b"].iter().enumerate() {
+            joined(s.apply(i as u64 + 1, &join("g", id, serde_json::json!({"address": "h:1"}), 0)));
+        }
+        let ids: Vec<_> = s.view(&g("g")).unwrap().members.iter().map(|m| m.id.to_string()).collect();
+        assert_eq!(ids, ["B", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn probe_members_are_spread_over_probers_and_lease_members_are_not() {
+        let mut s = MembershipState::default();
+        s.apply(1, &Command::SetProbers { nodes: vec![3, 1, 2, 2] });
+        assert_eq!(s.probers(), &[1, 2, 3]);
+        for i in 0..300 {
+            joined(s.apply(2 + i, &join("g", &format!("m{i}"), serde_json::json!({"address": "h:1"}), 0)));
+        }
+        let (lease, ..) = joined(s.apply(
+            1000,
+            &join(
+                "g",
+                "lease",
+                serde_json::json!({"address": "h:1",
+            "failure_detection": {"mode": "lease"}}),
+                0,
+            ),
+        ));
+        assert_eq!(lease.responsible_node, None);
+        let counts = s.responsible_counts();
+        assert_eq!(counts.values().sum::<usize>(), 300);
+        for node in 1..=3 {
+            let n = counts.get(&node).copied().unwrap_or(0);
+            assert!((60..=140).contains(&n), "node {node} got {n} of 300");
+        }
+        // Removing a node moves only its members; the group revision records the change.
+        let before: Vec<_> = s.view(&g("g")).unwrap().members;
+        s.apply(2000, &Command::SetProbers { nodes: vec![1, 2] });
+        let after = s.view(&g("g")).unwrap();
+        assert_eq!(after.revision, 2000);
+        for (b, a) in before.iter().zip(&after.members) {
+            if b.responsible_node != Some(3) {
+                assert_eq!(a.responsible_node, b.responsible_node, "{} moved needlessly", a.id);
+            } else if a.failure_detection.is_probe() {
+                assert!(matches!(a.responsible_node, Some(1 | 2)));
+            }
+        }
+        assert_eq!(s.responsible_counts().get(&3), None);
+        // Setting the same probers again changes nothing.
+        s.apply(2001, &Command::SetProbers { nodes: vec![2, 1] });
+        assert_eq!(s.group_revision(&g("g")), Some(2000));
+    }
+
+    #[test]
+    fn cluster_id_is_set_once() {
+        let mut s = MembershipState::default();
+        s.apply(1, &Command::InitCluster { cluster_id: "a".into() });
+        s.apply(2, &Command::InitCluster { cluster_id: "b".into() });
+        assert_eq!(s.cluster_id(), Some("a"));
+    }
+
+    #[test]
+    fn adverts_replace_earlier_ones() {
+        let mut s = MembershipState::default();
+        let advert = |api: &str| NodeAdvert { name: "gm-0".into(), api_address: api.into() };
+        s.apply(1, &Command::AdvertiseNode { node: 1, advert: advert("a:1") });
+        s.apply(2, &Command::AdvertiseNode { node: 1, advert: advert("a:2") });
+        assert_eq!(s.advert(1), Some(&advert("a:2")));
+        assert_eq!(s.advert(2), None);
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let mut s = MembershipState::default();
+        s.apply(1, &Command::SetProbers { nodes: vec![1, 2, 3] });
+        joined(s.apply(
+            2,
+            &join(
+                "g",
+                "w",
+                serde_json::json!({"address": "[::1]:80", "metadata": {"a": "b"},
+            "instance": "x", "failure_detection": {"mode": "lease", "ttl_ms": 700}}),
+                42,
+            ),
+        ));
+        let back: MembershipState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let rec = serde_json::to_value(s.member(&g("g"), &m("w")).unwrap()).unwrap();
+        assert_eq!(rec["failure_detection"], serde_json::json!({"mode": "lease", "ttl_ms": 700}));
+        assert_eq!(rec["joined_at"], "1970-01-01T00:00:00.042Z");
+        assert_eq!(rec["responsible_node"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn failure_detection_default_is_probe() {
+        assert!(FailureDetection::default().is_probe());
+    }
+}

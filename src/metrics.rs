@@ -1,0 +1,118 @@
+//! Prometheus metrics: request counts and latencies, Raft leadership, and group sizes. Gauges
+//! that mirror the state are refreshed when scraped, so they cost nothing between scrapes.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub leader_changes: IntCounter,
+    term: IntGauge,
+    is_leader: IntGauge,
+    applied: IntGauge,
+    groups: IntGauge,
+    members: IntGauge,
+    group_members: IntGaugeVec,
+    responsible_for: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("gm".into()), None)?;
+        let http_requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "REST API requests by route, method and status"),
+            &["route", "method", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "REST API latency by route and method")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["route", "method"],
+        )?;
+        let leader_changes = IntCounter::new("raft_leader_changes_total", "Times this node saw the leader change")?;
+        let term = IntGauge::new("raft_term", "Current Raft term")?;
+        let is_leader = IntGauge::new("raft_is_leader", "1 if this node is the leader")?;
+        let applied = IntGauge::new("raft_applied_index", "Last log index applied to the state machine")?;
+        let groups = IntGauge::new("groups", "Number of groups")?;
+        let members = IntGauge::new("members", "Number of members over all groups")?;
+        let group_members = IntGaugeVec::new(Opts::new("group_members", "Members in each group"), &["group"])?;
+        let responsible_for = IntGauge::new("responsible_for", "Probe-mode members this node is responsible for")?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(leader_changes.clone()))?;
+        registry.register(Box::new(term.clone()))?;
+        registry.register(Box::new(is_leader.clone()))?;
+        registry.register(Box::new(applied.clone()))?;
+        registry.register(Box::new(groups.clone()))?;
+        registry.register(Box::new(members.clone()))?;
+        registry.register(Box::new(group_members.clone()))?;
+        registry.register(Box::new(responsible_for.clone()))?;
+        Ok(Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            leader_changes,
+            term,
+            is_leader,
+            applied,
+            groups,
+            members,
+            group_members,
+            responsible_for,
+        })
+    }
+
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        self.http_requests.with_label_values(&[route, method, &status.to_string()]).inc();
+        self.http_duration.with_label_values(&[route, method]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Refreshes the state gauges from `node` and renders the text exposition.
+    pub fn render(&self, node: &Node) -> Result<String, prometheus::Error> {
+        {
+            let raft = node.raft.metrics().borrow().clone();
+            self.term.set(raft.current_term as i64);
+            self.is_leader.set(i64::from(raft.current_leader == Some(node.id)));
+            self.applied.set(raft.last_applied.map_or(0, |id| id.index) as i64);
+        }
+        {
+            let m = node.state.read();
+            let groups = m.state.groups();
+            self.groups.set(groups.len() as i64);
+            self.members.set(m.state.member_count() as i64);
+            self.group_members.reset();
+            for g in &groups {
+                self.group_members.with_label_values(&[g.group.as_str()]).set(g.size as i64);
+            }
+            self.responsible_for.set(m.state.responsible_counts().get(&node.id).copied().unwrap_or(0) as i64);
+        }
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+
+    /// Counts leader changes as this node sees them, until `cancel`.
+    pub async fn count_leader_changes(&self, node: &Node, cancel: CancellationToken) {
+        let mut rx = node.raft.metrics();
+        let mut leader = rx.borrow().current_leader;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = rx.changed() => if changed.is_err() { return },
+            }
+            let now = rx.borrow().current_leader;
+            if now != leader && now.is_some() {
+                self.leader_changes.inc();
+                tracing::info!(node = node.id, leader = now, term = rx.borrow().current_term, "leader changed");
+            }
+            leader = now;
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The peer network, client side: Raft RPCs and node-to-node calls as JSON over HTTP to each
+//! node's `--peer-addr`, on pooled keep-alive connections.
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::error::{NetworkError, RPCError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::{RaftNetwork, RaftNetworkFactory};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{NodeInfo, RaftError, Snapshot, TypeConfig, Vote};
+use crate::membership::NodeId;
+
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// No connection could be made: the peer is down or cut off.
+    #[error("peer {addr} unreachable: {source}")]
+    Unreachable { addr: String, source: reqwest::Error },
+    #[error("peer {addr}: {source}")]
+    Transport { addr: String, source: reqwest::Error },
+    #[error("peer {addr} answered {status}: {body}")]
+    Status { addr: String, status: u16, body: String },
+}
+
+/// An HTTP client for node-to-node calls.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+}
+
+impl PeerClient {
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(500))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        PeerClient { http }
+    }
+
+    /// POSTs `body` as JSON to `http://{addr}{path}` and decodes the JSON answer.
+    pub async fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let req = self.http.post(format!("http://{addr}{path}")).json(body).timeout(timeout);
+        self.send(addr, req).await
+    }
+
+    /// POSTs a raw body; the snapshot transfer uses it to avoid encoding bytes as JSON.
+    pub async fn call_bytes<Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let req = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .timeout(timeout);
+        self.send(addr, req).await
+    }
+
+    async fn send<Resp: DeserializeOwned>(&self, addr: &str, req: reqwest::RequestBuilder) -> Result<Resp, PeerError> {
+        let transport = |source: reqwest::Error| {
+            if source.is_connect() {
+                PeerError::Unreachable { addr: addr.to_owned(), source }
+            } else {
+                PeerError::Transport { addr: addr.to_owned(), source }
+            }
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(PeerError::Status { addr: addr.to_owned(), status: status.as_u16(), body });
+        }
+        resp.json().await.map_err(transport)
+    }
+}
+
+impl Default for PeerClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Makes one connection handle per Raft target.
+#[derive(Clone, Default)]
+pub struct PeerNetwork {
+    client: PeerClient,
+}
+
+impl PeerNetwork {
+    pub fn new(client: PeerClient) -> Self {
+        PeerNetwork { client }
+    }
+}
+
+pub struct PeerConnection {
+    client: PeerClient,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerConnection {
+        PeerConnection { client: self.client.clone(), target, addr: node.peer_addr.clone() }
+    }
+}
+
+type RpcError = RPCError<NodeId, NodeInfo, RaftError>;
+
+impl PeerConnection {
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcError> {
+        let answer: Result<Resp, RaftError> =
+            self.client.call(&self.addr, path, req, option.hard_ttl()).await.map_err(|e| match e {
+                PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                _ => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        self.rpc("/raft/append", &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcError> {
+        self.rpc("/raft/vote", &rpc, &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, openraft::error::Fatal<NodeId>>> {
+        let body = encode_snapshot(&vote, &snapshot).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let send = self.client.call_bytes::<Result<SnapshotResponse<NodeId>, openraft::error::Fatal<NodeId>>>(
+            &self.addr,
+            "/raft/snapshot",
+            body,
+            option.hard_ttl(),
+        );
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            answer = send => match answer {
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(fatal)) => Err(StreamingError::RemoteError(RemoteError::new(self.target, fatal))),
+                Err(e @ PeerError::Unreachable { .. }) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
+                Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
+            },
+        }
+    }
+}
+
+/// A snapshot on the wire: the vote and meta as one JSON line, then the state's bytes.
+pub fn encode_snapshot(vote: &Vote, snapshot: &Snapshot) -> Result<Vec<u8>, serde_json::Error> {
+    let mut body = serde_json::to_vec(&(vote, &snapshot.meta))?;
+    body.push(b'\n');
+    body.extend_from_slice(&snapshot.snapshot);
+    Ok(body)
+}
+
+/// The inverse of [`encode_snapshot`].
+pub fn decode_snapshot(body: &[u8]) -> Result<(Vote, Snapshot), serde_json::Error> {
+    let split = body.iter().position(|&b| b == b'\n').unwrap_or(body.len());
+    let (vote, meta) = serde_json::from_slice(&body[..split])?;
+    let data = body.get(split + 1..).unwrap_or_default().to_vec();
+    Ok((vote, Snapshot { meta, snapshot: Box::new(data) }))
+}

@@ -1,0 +1,273 @@
+//! The Raft state machine: applies committed entries to the pure membership state, keeps the
+//! latest snapshot on disk, and tells readers (linearizable reads, blocking queries, watches) when
+//! the state moves on.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use tokio::sync::{broadcast, watch};
+
+use super::{Applied, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::membership::{Command, GroupName, GroupView, MembershipState, Outcome};
+
+const SNAPSHOT_FILE: &str = "snapshot.json";
+/// Views a slow watcher may fall behind by before it skips ahead to the current one.
+const WATCH_BACKLOG: usize = 256;
+
+/// The applied state and what Raft needs to know about it.
+#[derive(Default)]
+pub struct Machine {
+    pub state: MembershipState,
+    pub last_applied: Option<LogId>,
+    pub last_membership: StoredMembership,
+}
+
+/// The state shared by the state machine (writer) and every reader on this node.
+#[derive(Clone)]
+pub struct StateHandle {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    machine: RwLock<Machine>,
+    /// The revision after each applied batch.
+    applied: watch::Sender<u64>,
+    /// Per-group streams of views, only for groups someone watches.
+    watchers: Mutex<HashMap<GroupName, broadcast::Sender<Arc<GroupView>>>>,
+}
+
+impl StateHandle {
+    fn new(machine: Machine) -> Self {
+        let (applied, _) = watch::channel(machine.state.revision());
+        StateHandle { inner: Arc::new(Shared { machine: RwLock::new(machine), applied, watchers: Mutex::default() }) }
+    }
+
+    /// A read lock on the applied state. Hold it briefly: the state machine waits for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, Machine> {
+        self.inner.machine.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn revision(&self) -> u64 {
+        *self.inner.applied.borrow()
+    }
+
+    /// Waits until the applied revision is at least `revision`; false if `timeout` passes first.
+    pub async fn wait_applied(&self, revision: u64, timeout: Duration) -> bool {
+        let mut rx = self.inner.applied.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|&r| r >= revision)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// A receiver that wakes whenever a batch is applied.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.inner.applied.subscribe()
+    }
+
+    /// Subscribes to the views of `group`, one per change, from now on.
+    pub fn watch(&self, group: &GroupName) -> broadcast::Receiver<Arc<GroupView>> {
+        let mut watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        watchers.retain(|_, tx| tx.receiver_count() > 0);
+        watchers.entry(group.clone()).or_insert_with(|| broadcast::channel(WATCH_BACKLOG).0).subscribe()
+    }
+
+    /// The view of `group` in `state`; a group without members is an empty view at `revision`.
+    pub fn view_or_empty(state: &MembershipState, group: &GroupName, revision: u64) -> GroupView {
+        state.view(group).unwrap_or_else(|| GroupView { group: group.clone(), revision, members: Vec::new() })
+    }
+
+    /// Sends the current view to the watchers of each group in `groups` (all watched groups if None).
+    fn publish(&self, state: &MembershipState, groups: Option<&[GroupName]>, revision: u64) {
+        let watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if watchers.is_empty() {
+            return;
+        }
+        let mut send = |group: &GroupName| {
+            if let Some(tx) = watchers.get(group).filter(|tx| tx.receiver_count() > 0) {
+                let _ = tx.send(Arc::new(Self::view_or_empty(state, group, revision)));
+            }
+        };
+        match groups {
+            Some(groups) => groups.iter().for_each(&mut send),
+            None => watchers.keys().for_each(send),
+        }
+    }
+}
+
+/// The state machine half of openraft's storage: owns the snapshot directory.
+pub struct StateMachineStore {
+    handle: StateHandle,
+    dir: PathBuf,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine in `dir`, starting from the latest snapshot there, if any.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let machine = match read_snapshot(dir)? {
+            Some((meta, data)) => Machine {
+                state: serde_json::from_slice(&data).map_err(io::Error::other)?,
+                last_applied: meta.last_log_id,
+                last_membership: meta.last_membership,
+            },
+            None => Machine::default(),
+        };
+        Ok(StateMachineStore { handle: StateHandle::new(machine), dir: dir.to_owned() })
+    }
+
+    pub fn handle(&self) -> StateHandle {
+        self.handle.clone()
+    }
+}
+
+fn snapshot_error(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(&e)).into()
+}
+
+/// The snapshot file is the meta as one JSON line, then the state's JSON.
+fn read_snapshot(dir: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
+    let bytes = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let split =
+        bytes.iter().position(|&b| b == b'\n').ok_or_else(|| io::Error::other("snapshot file has no meta line"))?;
+    let meta: SnapshotMeta = serde_json::from_slice(&bytes[..split]).map_err(io::Error::other)?;
+    Ok(Some((meta, bytes[split + 1..].to_vec())))
+}
+
+/// Replaces the snapshot file atomically: a crash leaves the old one or the new one, never half.
+fn write_snapshot(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    serde_json::to_writer(&mut f, meta).map_err(io::Error::other)?;
+    f.write_all(b"\n")?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Builds snapshots from the shared state, off the apply path.
+pub struct SnapshotBuilder {
+    handle: StateHandle,
+    dir: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (meta, data) = {
+            let m = self.handle.read();
+            let data = serde_json::to_vec(&m.state).map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+            let snapshot_id = match m.last_applied {
+                Some(id) => format!("{}-{}", id.leader_id.term, id.index),
+                None => "empty".to_owned(),
+            };
+            let meta =
+                SnapshotMeta { last_log_id: m.last_applied, last_membership: m.last_membership.clone(), snapshot_id };
+            (meta, data)
+        };
+        let (dir, meta2, data2) = (self.dir.clone(), meta.clone(), data.clone());
+        tokio::task::spawn_blocking(move || write_snapshot(&dir, &meta2, &data2))
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Write, e))?
+            .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
+        Ok(Snapshot { meta, snapshot: Box::new(data) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let m = self.handle.read();
+        Ok((m.last_applied, m.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+    {
+        let mut results = Vec::new();
+        let last = {
+            let mut guard = self.handle.inner.machine.write().unwrap_or_else(|e| e.into_inner());
+            let m = &mut *guard;
+            for entry in entries {
+                let revision = entry.log_id.index;
+                m.last_applied = Some(entry.log_id);
+                let outcome = match entry.payload {
+                    EntryPayload::Blank => {
+                        m.state.advance(revision);
+                        Outcome::Done
+                    }
+                    EntryPayload::Normal(command) => {
+                        let outcome = m.state.apply(revision, &command);
+                        let changed = match (&command, &outcome) {
+                            (Command::Join { group, .. }, Outcome::Joined { changed: true, .. })
+                            | (Command::Leave { group, .. }, Outcome::Left { .. }) => Some(std::slice::from_ref(group)),
+                            (Command::SetProbers { .. }, _) => None,
+                            _ => Some(&[][..]),
+                        };
+                        self.handle.publish(&m.state, changed, revision);
+                        outcome
+                    }
+                    EntryPayload::Membership(membership) => {
+                        // Every voter probes: spreading members over them is decided by the log, so
+                        // every node agrees on each member's responsible node.
+                        let nodes = membership.voter_ids().collect();
+                        m.state.apply(revision, &Command::SetProbers { nodes });
+                        m.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                        self.handle.publish(&m.state, None, revision);
+                        Outcome::Done
+                    }
+                };
+                results.push(Applied { revision, outcome });
+            }
+            m.state.revision()
+        };
+        self.handle.inner.applied.send_replace(last);
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder { handle: self.handle.clone(), dir: self.dir.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Vec<u8>>, StorageError> {
+        Ok(Box::default())
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Vec<u8>>) -> Result<(), StorageError> {
+        let state: MembershipState =
+            serde_json::from_slice(&snapshot).map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
+        let (dir, meta2) = (self.dir.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || write_snapshot(&dir, &meta2, &snapshot))
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Write, e))?
+            .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        let revision = {
+            let mut m = self.handle.inner.machine.write().unwrap_or_else(|e| e.into_inner());
+            *m = Machine { state, last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
+            self.handle.publish(&m.state, None, m.state.revision());
+            m.state.revision()
+        };
+        self.handle.inner.applied.send_replace(revision);
+        tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let dir = self.dir.clone();
+        let found = tokio::task::spawn_blocking(move || read_snapshot(&dir))
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Read, e))?
+            .map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
+        Ok(found.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(data) }))
+    }
+}

@@ -1,0 +1,184 @@
+//! `gm server`: opens the durable state, starts Raft, the peer and API listeners and the
+//! background tasks, and stops them all on SIGTERM or Ctrl-C.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::{Discovery, ServerConfig};
+use crate::discovery::static_peers::{self, DiscoveryError};
+use crate::membership::{NodeAdvert, NodeId};
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::raft::log_store::{LogStore, LogStoreError};
+use crate::raft::network::{PeerClient, PeerNetwork};
+use crate::raft::state_machine::StateMachineStore;
+use crate::raft::{peer, Raft};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot open the Raft log: {0}")]
+    Log(#[from] LogStoreError),
+    #[error("cannot open the state machine in {dir}: {source}")]
+    StateMachine { dir: String, source: std::io::Error },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Runs a node until `shutdown` completes.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let id = node_id(&config)?;
+    let peers = match config.discovery {
+        Discovery::Static => static_peers::parse_peers(config.peers.as_deref().unwrap_or_default())?,
+        Discovery::Kubernetes => {
+            return Err(ServerError::Config("kubernetes discovery is not available in this build yet".into()))
+        }
+    };
+    if let Some(mine) = config.advertise_peer.as_deref().filter(|a| peers.get(&id).is_some_and(|p| p != a)) {
+        return Err(ServerError::Config(format!("--advertise-peer {mine} differs from this node's entry in --peers")));
+    }
+    let api_listener = listen(&config.api_addr).await?;
+    let peer_listener = listen(&config.peer_addr).await?;
+    let advert = NodeAdvert {
+        name: config.name.clone().unwrap_or_else(|| host_name().unwrap_or_else(|| format!("node-{id}"))),
+        api_address: advertised(config.advertise_api.as_deref(), &config.api_addr),
+    };
+
+    let log_store = LogStore::open(&config.data_dir.join("log"))?;
+    let sm_dir = config.data_dir.join("snapshot");
+    let state_machine = StateMachineStore::open(&sm_dir)
+        .map_err(|source| ServerError::StateMachine { dir: sm_dir.display().to_string(), source })?;
+    let state = state_machine.handle();
+    let peer_client = PeerClient::new();
+    let raft = Raft::new(id, raft_config(&config)?, PeerNetwork::new(peer_client.clone()), log_store, state_machine)
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let (node, batcher) =
+        Node::start(id, raft.clone(), state, advert, peer_client, config.request_timeout, cancel.clone());
+    tasks.spawn(async move {
+        let _ = batcher.await;
+    });
+    let metrics = Arc::new(Metrics::new()?);
+    let app = Arc::new(AppState { node: Arc::clone(&node), metrics: Arc::clone(&metrics) });
+
+    tasks.spawn(serve(peer_listener, peer::router(Arc::clone(&node)), cancel.clone()));
+    tasks.spawn(serve(api_listener, api::router(app), cancel.clone()));
+    tasks.spawn(Arc::clone(&node).keep_cluster_record(cancel.clone()));
+    {
+        let (metrics, node, cancel) = (Arc::clone(&metrics), Arc::clone(&node), cancel.clone());
+        tasks.spawn(async move { metrics.count_leader_changes(&node, cancel).await });
+    }
+    tracing::info!(node = id, api = %config.api_addr, peer = %config.peer_addr, data_dir = %config.data_dir.display(), "gm server started");
+
+    if let Err(e) = static_peers::bootstrap(&raft, id, &peers).await {
+        cancel.cancel();
+        let _ = raft.shutdown().await;
+        return Err(e.into());
+    }
+
+    shutdown.await;
+    tracing::info!(node = id, "shutting down");
+    cancel.cancel();
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not stop cleanly");
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn listen(addr: &str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { addr: addr.to_owned(), source })
+}
+
+/// Serves `router` on `listener` until `cancel`, letting requests in flight finish.
+async fn serve(listener: TcpListener, router: axum::Router, cancel: CancellationToken) {
+    let result = axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned()).await;
+    if let Err(error) = result {
+        tracing::error!(%error, "listener failed");
+    }
+}
+
+fn raft_config(config: &ServerConfig) -> Result<Arc<openraft::Config>, ServerError> {
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    let election = ms(config.election_timeout);
+    let raft = openraft::Config {
+        cluster_name: "gm".into(),
+        heartbeat_interval: ms(config.heartbeat_interval),
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        max_payload_entries: 4096,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        max_in_snapshot_log_to_keep: 1000,
+        install_snapshot_timeout: 30_000,
+        ..Default::default()
+    };
+    raft.validate().map(Arc::new).map_err(|e| ServerError::Config(e.to_string()))
+}
+
+/// `--node-id`, or the StatefulSet ordinal in the host name plus one.
+fn node_id(config: &ServerConfig) -> Result<NodeId, ServerError> {
+    if let Some(id) = config.node_id {
+        return Ok(id);
+    }
+    host_name()
+        .as_deref()
+        .and_then(|h| h.rsplit_once('-'))
+        .and_then(|(_, ordinal)| ordinal.parse::<NodeId>().ok())
+        .map(|ordinal| ordinal + 1)
+        .ok_or_else(|| {
+            ServerError::Config("--node-id is not set and the host name ends in no StatefulSet ordinal".into())
+        })
+}
+
+fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+/// What to show others for a listen address: as given, or with the host name for 0.0.0.0.
+fn advertised(explicit: Option<&str>, listen: &str) -> String {
+    if let Some(addr) = explicit {
+        return addr.to_owned();
+    }
+    match listen.rsplit_once(':') {
+        Some(("0.0.0.0" | "[::]", port)) => {
+            format!("{}:{port}", host_name().unwrap_or_else(|| "localhost".into()))
+        }
+        _ => listen.to_owned(),
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,593 @@
+//! The shared harness of the end-to-end tests: real `gm server` processes on free loopback
+//! ports, each with its own data dir, killed when the cluster is dropped. Waits are polls
+//! with generous deadlines, never bare sleeps used as synchronisation.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use reqwest::header::HeaderMap;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// One GM node process and where it listens.
+pub struct NodeProc {
+    pub id: u64,
+    pub api: String,
+    pub peer: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.api, path)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A local cluster of real processes.
+pub struct Cluster {
+    pub nodes: Vec<NodeProc>,
+    peers: String,
+    extra_args: Vec<String>,
+    /// Nodes stopped with SIGSTOP: their sockets accept but nothing answers, so no helper asks them.
+    paused: Mutex<BTreeSet<u64>>,
+    _dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+impl Cluster {
+    /// Starts `n` nodes and waits until every one is ready.
+    pub async fn start(n: u64) -> Cluster {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Starts `n` nodes with extra `gm server` flags and waits until every one is ready.
+    pub async fn start_with(n: u64, extra_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nodes: Vec<NodeProc> = (1..=n)
+            .map(|id| NodeProc {
+                id,
+                api: format!("127.0.0.1:{}", free_port()),
+                peer: format!("127.0.0.1:{}", free_port()),
+                data_dir: dir.path().join(format!("node-{id}")),
+                child: None,
+            })
+            .collect();
+        let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.peer)).collect::<Vec<_>>().join(",");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client");
+        let mut cluster = Cluster {
+            nodes,
+            peers,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            paused: Mutex::default(),
+            _dir: dir,
+            http,
+        };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster.wait_ready_all().await;
+        cluster
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProc {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    /// Starts (or restarts) node `id` on its data dir.
+    pub fn spawn(&mut self, id: u64) {
+        let peers = self.peers.clone();
+        let extra = self.extra_args.clone();
+        let node = &mut self.nodes[(id - 1) as usize];
+        assert!(node.child.is_none(), "node {id} is already running");
+        // Appended, so the log of a node's earlier lives survives its restart.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.data_dir.with_extension("log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_gm"))
+            .arg("server")
+            .args(["--node-id", &id.to_string(), "--api-addr", &node.api, "--peer-addr", &node.peer])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--peers", &peers])
+            .args(&extra)
+            .env("GM_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gm server");
+        node.child = Some(child);
+    }
+
+    /// kill -9 of node `id`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes[(id - 1) as usize].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.paused_set().remove(&id);
+    }
+
+    /// SIGSTOP / SIGCONT: a paused process keeps its sockets but answers nothing.
+    pub fn pause(&self, id: u64, paused: bool) {
+        if let Some(child) = &self.nodes[(id - 1) as usize].child {
+            let signal = if paused { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+            if paused {
+                self.paused_set().insert(id);
+            } else {
+                self.paused_set().remove(&id);
+            }
+        }
+    }
+
+    fn paused_set(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.paused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether node `id` runs and is not paused: whether it can answer.
+    pub fn is_serving(&self, id: u64) -> bool {
+        self.node(id).is_running() && !self.paused_set().contains(&id)
+    }
+
+    /// The nodes that run and are not paused.
+    pub fn running(&self) -> impl Iterator<Item = &NodeProc> {
+        let paused = self.paused_set().clone();
+        self.nodes.iter().filter(move |n| n.is_running() && !paused.contains(&n.id))
+    }
+
+    /// Waits until every running node answers `/readyz` with 200.
+    pub async fn wait_ready_all(&self) {
+        for node in self.running() {
+            let url = node.url("/readyz");
+            wait_for(&format!("node {} ready", node.id), || async {
+                matches!(self.http.get(&url).send().await, Ok(r) if r.status() == 200)
+            })
+            .await;
+        }
+    }
+
+    /// The leader id as a running node reports it, waiting for one that is running.
+    pub async fn leader(&self) -> u64 {
+        poll("a leader", || async {
+            for node in self.running() {
+                if let Ok((200, body)) = self.get_json(node, "/v1/cluster?consistency=stale").await {
+                    if let Some(l) = body["leader_id"].as_u64().filter(|&l| self.is_serving(l)) {
+                        return Some(l);
+                    }
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    pub async fn get_json(&self, node: &NodeProc, path: &str) -> reqwest::Result<(u16, Value)> {
+        let resp = self.http.get(node.url(path)).send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// PUT a join with `body`; returns status and JSON answer.
+    pub async fn join(&self, node: &NodeProc, group: &str, id: &str, body: Value) -> reqwest::Result<(u16, Value)> {
+        let resp = self.http.put(node.url(&format!("/v1/groups/{group}/members/{id}"))).json(&body).send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn leave(&self, node: &NodeProc, group: &str, id: &str) -> reqwest::Result<(u16, Value)> {
+        let resp = self.http.delete(node.url(&format!("/v1/groups/{group}/members/{id}"))).send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Joins through any running node, retrying 503s and transport errors until the deadline.
+    pub async fn join_retrying(&self, group: &str, id: &str, body: Value) -> Value {
+        poll(&format!("join {group}/{id}"), || async {
+            for node in self.running() {
+                if let Ok((200 | 201, answer)) = self.join(node, group, id, body.clone()).await {
+                    return Some(answer);
+                }
+            }
+            None
+        })
+        .await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_log_tails(40);
+        }
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Polls `check` until it gives a value, panicking with `what` after [`DEADLINE`].
+pub async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `check` until it is true, panicking with `what` after [`DEADLINE`].
+pub async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    poll(what, || {
+        let fut = check();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+}
+
+/// One HTTP answer: status, headers and the JSON body (`Null` if it is not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    async fn read(resp: reqwest::Response) -> reqwest::Result<Reply> {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await?;
+        Ok(Reply { status, headers, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `X-GM-Revision`, which every `/v1/` success must carry.
+    pub fn revision_header(&self) -> u64 {
+        self.header("x-gm-revision")
+            .unwrap_or_else(|| panic!("no X-GM-Revision in {self:?}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("X-GM-Revision is not an integer ({e}) in {self:?}"))
+    }
+
+    /// Asserts a success with `status` under `/v1/`: it carries `X-GM-Revision`. Returns it.
+    pub fn expect_ok(&self, status: u16, what: &str) -> u64 {
+        assert_eq!(self.status, status, "{what}: {self:?}");
+        self.revision_header()
+    }
+
+    /// Asserts the contract's error shape: `status`, `{"error": {"code", "message"}}` with
+    /// `code` and a non-empty message.
+    pub fn expect_error(&self, status: u16, code: &str, what: &str) {
+        assert_eq!(self.status, status, "{what}: {self:?}");
+        let error = &self.body["error"];
+        assert_eq!(error["code"], code, "{what}: error code in {self:?}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: no message in {self:?}");
+        if let Some(obj) = self.body.as_object() {
+            assert_eq!(obj.len(), 1, "{what}: only `error` at the top of {self:?}");
+        }
+        if status == 503 {
+            let retry = self.header("retry-after").unwrap_or_else(|| panic!("{what}: 503 without Retry-After"));
+            assert!(retry.parse::<u64>().is_ok(), "{what}: Retry-After {retry:?} is not whole seconds");
+        }
+    }
+}
+
+/// The query string of a read at a consistency level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    Linearizable,
+    Stale,
+}
+
+impl Consistency {
+    fn query(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "",
+            Consistency::Stale => "?consistency=stale",
+        }
+    }
+}
+
+/// Every member of every group as one node reports it: `(group, id)` to the member record.
+pub type MemberSet = BTreeMap<(String, String), Value>;
+
+impl Cluster {
+    /// Sends `req` and reads the answer.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> reqwest::Result<Reply> {
+        Reply::read(req.send().await?).await
+    }
+
+    /// `method path` on `node` with an optional JSON body; a transport error fails the test.
+    pub async fn call(&self, method: Method, node: &NodeProc, path: &str, body: Option<&Value>) -> Reply {
+        let mut req = self.http.request(method.clone(), node.url(path));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        self.send(req).await.unwrap_or_else(|e| panic!("{method} {path} on node {}: {e}", node.id))
+    }
+
+    pub async fn get(&self, node: &NodeProc, path: &str) -> Reply {
+        self.call(Method::GET, node, path, None).await
+    }
+
+    pub async fn put(&self, node: &NodeProc, path: &str, body: &Value) -> Reply {
+        self.call(Method::PUT, node, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, node: &NodeProc, path: &str) -> Reply {
+        self.call(Method::DELETE, node, path, None).await
+    }
+
+    /// A running node other than the leader.
+    pub async fn follower(&self) -> u64 {
+        let leader = self.leader().await;
+        self.running().map(|n| n.id).find(|&id| id != leader).expect("a running follower")
+    }
+
+    /// The cluster id, once the leader has named the cluster.
+    pub async fn cluster_id(&self) -> String {
+        poll("a cluster id", || async {
+            let node = self.running().next()?;
+            match self.get_json(node, "/v1/cluster").await {
+                Ok((200, body)) => body["cluster_id"].as_str().map(str::to_owned),
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    /// Every member of every group on `node`, read at `consistency`; `None` if a read failed.
+    pub async fn member_set(&self, node: &NodeProc, consistency: Consistency) -> Option<MemberSet> {
+        let q = consistency.query();
+        let (status, list) = self.get_json(node, &format!("/v1/groups{q}")).await.ok()?;
+        if status != 200 {
+            return None;
+        }
+        let mut set = MemberSet::new();
+        for group in list["groups"].as_array()? {
+            let name = group["group"].as_str()?;
+            let (status, view) = self.get_json(node, &format!("/v1/groups/{name}{q}")).await.ok()?;
+            if status != 200 {
+                return None;
+            }
+            for m in view["members"].as_array()? {
+                set.insert((name.to_owned(), m["id"].as_str()?.to_owned()), m.clone());
+            }
+        }
+        Some(set)
+    }
+
+    /// Waits until `node` reports, at `consistency`, exactly the members of `expected` with
+    /// their incarnations.
+    pub async fn wait_member_set(&self, node: &NodeProc, consistency: Consistency, expected: &BTreeMap<(String, String), u64>) {
+        let mut last = None;
+        let start = Instant::now();
+        loop {
+            if let Some(set) = self.member_set(node, consistency).await {
+                let got: BTreeMap<_, _> = set.iter().map(|(k, m)| (k.clone(), m["incarnation"].as_u64().unwrap_or(0))).collect();
+                if &got == expected {
+                    return;
+                }
+                last = Some(got);
+            }
+            if start.elapsed() > DEADLINE {
+                let got = last.unwrap_or_default();
+                let missing: Vec<_> = expected.iter().filter(|(k, v)| got.get(*k) != Some(v)).take(10).collect();
+                let extra: Vec<_> = got.iter().filter(|(k, v)| expected.get(*k) != Some(v)).take(10).collect();
+                panic!(
+                    "node {} ({consistency:?}) never showed the {} expected members; it has {}; \
+                     missing or different (first 10): {missing:?}; unexpected: {extra:?}",
+                    node.id,
+                    expected.len(),
+                    got.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Joins every `(group, id, body)` with `concurrency` joins in flight, each through a
+    /// different node in turn, retrying until acknowledged. Returns each member's incarnation.
+    pub async fn join_many(&self, joins: Vec<(String, String, Value)>, concurrency: usize) -> BTreeMap<(String, String), u64> {
+        futures::stream::iter(joins.into_iter().enumerate())
+            .map(|(i, (group, id, body))| async move {
+                let answer = poll(&format!("join {group}/{id}"), || {
+                    let nodes: Vec<&NodeProc> = self.running().collect();
+                    let body = body.clone();
+                    let (group, id) = (group.clone(), id.clone());
+                    async move {
+                        for k in 0..nodes.len() {
+                            let node = nodes[(i + k) % nodes.len()];
+                            if let Ok((200 | 201, answer)) = self.join(node, &group, &id, body.clone()).await {
+                                return Some(answer);
+                            }
+                        }
+                        None
+                    }
+                })
+                .await;
+                let incarnation = answer["member"]["incarnation"].as_u64().expect("incarnation in a join answer");
+                ((group, id), incarnation)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await
+    }
+
+    /// The nodes whose process has exited although the test did not stop it.
+    pub fn exited(&mut self) -> Vec<u64> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|n| n.child.as_mut().and_then(|c| c.try_wait().ok().flatten()).map(|_| n.id))
+            .collect()
+    }
+
+    /// The last `lines` lines of every node's log, to read why a test failed.
+    pub fn print_log_tails(&self, lines: usize) {
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(node.data_dir.with_extension("log")).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            eprintln!("----- node {} log (last {lines} lines) -----", node.id);
+            for line in &all[all.len().saturating_sub(lines)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    /// The text of node `id`'s log, over all its lives.
+    pub fn log_text(&self, id: u64) -> String {
+        std::fs::read_to_string(self.node(id).data_dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+/// A join body for a lease member that keeps its lease for a day: GM neither probes nor expires it
+/// during a test.
+pub fn lease_member(address: &str) -> Value {
+    json!({"address": address, "failure_detection": {"mode": "lease", "ttl_ms": 86_400_000}})
+}
+
+/// An HTTP server that answers 200 to every request: a member address that passes every probe.
+pub struct ProbeTarget {
+    pub address: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProbeTarget {
+    pub async fn start() -> ProbeTarget {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("probe target listener");
+        let address = listener.local_addr().expect("probe target address").to_string();
+        let app = axum::Router::new().fallback(|| async { "ok" });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        ProbeTarget { address, task }
+    }
+}
+
+impl Drop for ProbeTarget {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Default)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: String,
+    pub data: Value,
+}
+
+/// A watch stream being read.
+pub struct Watch {
+    pub status: u16,
+    pub headers: HeaderMap,
+    stream: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl Watch {
+    /// Opens `GET path` on `node` as an event stream. Uses a client without a total timeout: a
+    /// stream lives as long as the test reads it.
+    pub async fn open(node: &NodeProc, path: &str) -> Watch {
+        let resp = reqwest::Client::new()
+            .get(node.url(path))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("watch {path} on node {}: {e}", node.id));
+        Watch {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            stream: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event that carries data (keep-alive comments are skipped), within `within`.
+    pub async fn next_event(&mut self, within: Duration) -> SseEvent {
+        tokio::time::timeout(within, self.next_data_event())
+            .await
+            .unwrap_or_else(|_| panic!("no event within {within:?}"))
+    }
+
+    async fn next_data_event(&mut self) -> SseEvent {
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                if let Some(event) = parse_sse_block(&block) {
+                    return event;
+                }
+            }
+            let chunk = self.stream.next().await.expect("the watch stream ended").expect("reading the watch stream");
+            self.buf.push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n"));
+        }
+    }
+}
+
+fn parse_sse_block(block: &str) -> Option<SseEvent> {
+    let mut event = SseEvent::default();
+    let mut data = Vec::new();
+    for line in block.lines() {
+        if line.starts_with(':') || line.is_empty() {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => event.event = value.to_owned(),
+            "id" => event.id = value.to_owned(),
+            "data" => data.push(value.to_owned()),
+            _ => {}
+        }
+    }
+    if data.is_empty() {
+        return None;
+    }
+    event.data = serde_json::from_str(&data.join("\n")).unwrap_or_else(|e| panic!("event data is not JSON ({e}): {block}"));
+    Some(event)
+}
+
+/// How long `fut` took, with its output.
+pub async fn timed<T>(fut: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let start = Instant::now();
+    let out = fut.await;
+    (out, start.elapsed())
+}

@@ -133,13 +133,21 @@ impl ReadParams {
     }
 }
 
+/// A `wait` of whole `ms`, `s`, `m` or `h`, at most [`MAX_WAIT`].
 fn parse_wait(w: &str) -> Result<Duration, ApiError> {
-    let wait = humantime::parse_duration(w)
-        .map_err(|e| ApiError::InvalidArgument(format!("wait {w:?} is not a duration such as 30s or 2m: {e}")))?;
-    if wait > MAX_WAIT {
-        return Err(ApiError::InvalidArgument(format!("wait {w:?} is longer than the maximum of 5m")));
+    let invalid = || ApiError::InvalidArgument(format!("wait {w:?} is not a duration such as 250ms, 30s or 2m"));
+    let (digits, unit_ms) = [("ms", 1), ("s", 1_000), ("m", 60_000), ("h", 3_600_000)]
+        .into_iter()
+        .find_map(|(unit, ms)| Some((w.strip_suffix(unit)?, ms)))
+        .ok_or_else(invalid)?;
+    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(invalid());
     }
-    Ok(wait)
+    let wait = digits.parse::<u64>().ok().and_then(|n| n.checked_mul(unit_ms)).map(Duration::from_millis);
+    match wait {
+        Some(wait) if wait <= MAX_WAIT => Ok(wait),
+        _ => Err(ApiError::InvalidArgument(format!("wait {w:?} is longer than the maximum of 5m"))),
+    }
 }
 
 /// A non-negative integer parameter.
@@ -200,7 +208,21 @@ mod tests {
         assert_eq!(params(None, Some("7"), None).blocking().unwrap(), Some((7, DEFAULT_WAIT)));
         assert_eq!(params(None, Some("0"), Some("250ms")).blocking().unwrap(), Some((0, Duration::from_millis(250))));
         assert_eq!(params(None, Some("1"), Some("5m")).blocking().unwrap(), Some((1, MAX_WAIT)));
-        for (index, wait) in [("-1", "1s"), ("x", "1s"), ("1", "301s"), ("1", "6m"), ("1", "soon"), ("1", "30")] {
+        assert_eq!(params(None, Some("1"), Some("0h")).blocking().unwrap(), Some((1, Duration::ZERO)));
+        assert_eq!(params(None, Some("1"), Some("300000ms")).blocking().unwrap(), Some((1, MAX_WAIT)));
+        for (index, wait) in [
+            ("-1", "1s"),
+            ("x", "1s"),
+            ("1", "301s"),
+            ("1", "6m"),
+            ("1", "1h"),
+            ("1", "soon"),
+            ("1", "30"),
+            ("1", "1m30s"),
+            ("1", "s"),
+            ("1", "-1s"),
+            ("1", "99999999999999999999s"),
+        ] {
             assert!(params(None, Some(index), Some(wait)).blocking().is_err(), "{index} {wait}");
         }
     }

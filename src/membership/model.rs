@@ -45,7 +45,24 @@ impl FailureDetection {
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 enum RawFailureDetection {
     Probe { path: Option<String> },
-    Lease { ttl_ms: Option<u64> },
+    Lease {
+        #[serde(default, deserialize_with = "whole_number")]
+        ttl_ms: Option<u64>,
+    },
+}
+
+/// A non-negative integer, also when written as a whole decimal such as `5000.0`: JSON does not
+/// tell the two apart, and generated clients send either.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let n: Option<serde_json::Number> = Option::deserialize(d)?;
+    match n {
+        None => Ok(None),
+        Some(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64).map(|f| f as u64))
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("ttl_ms {n} is not a non-negative integer"))),
+    }
 }
 
 impl TryFrom<RawFailureDetection> for FailureDetection {
@@ -238,7 +255,7 @@ mod tests {
             let body = format!(r#"{{"address":"a:1","failure_detection":{{"mode":"lease","ttl_ms":{ttl}}}}}"#);
             assert!(spec(&body).unwrap_err().to_string().contains("ttl_ms"), "{ttl}");
         }
-        for ttl in [500, 86_400_000] {
+        for ttl in ["500", "86400000", "5000.0", "1e4"] {
             let body = format!(r#"{{"address":"a:1","failure_detection":{{"mode":"lease","ttl_ms":{ttl}}}}}"#);
             assert!(spec(&body).is_ok(), "{ttl}");
         }
@@ -247,6 +264,8 @@ mod tests {
             r#"{"address":"a:1","failure_detection":{"mode":"probe","path":"nope"}}"#,
             r#"{"address":"a:1","failure_detection":{"mode":"probe","path":"/a b"}}"#,
             r#"{"address":"a:1","failure_detection":{"mode":"lease","ttl_ms":-1}}"#,
+            r#"{"address":"a:1","failure_detection":{"mode":"lease","ttl_ms":5000.5}}"#,
+            r#"{"address":"a:1","failure_detection":{"mode":"lease","ttl_ms":"5000"}}"#,
             r#"{"address":"a:1","failure_detection":{"mode":"lease","path":"/x"}}"#,
             r#"{"address":"a:1","metadata":{"k":1}}"#,
             r#"{"address":"a:1","instance":""}"#,

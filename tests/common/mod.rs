@@ -591,3 +591,25 @@ pub async fn timed<T>(fut: impl std::future::Future<Output = T>) -> (T, Duration
     let out = fut.await;
     (out, start.elapsed())
 }
+
+/// Fetches a JSON value with `fetch` until `check` accepts it; panics with `what` and the last
+/// value seen after [`DEADLINE`].
+pub async fn poll_json<F, Fut, C>(what: &str, mut fetch: F, check: C) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Value>>,
+    C: Fn(&Value) -> bool,
+{
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        if let Some(v) = fetch().await {
+            if check(&v) {
+                return v;
+            }
+            last = Some(v);
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}; last seen: {last:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

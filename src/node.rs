@@ -61,6 +61,8 @@ pub struct Node {
     peers: PeerClient,
     request_timeout: Duration,
     reads: mpsc::UnboundedSender<ReadWaiter>,
+    /// Cancelled when the node shuts down: long waits (watches, blocking queries) end with it.
+    pub shutdown: CancellationToken,
 }
 
 impl Node {
@@ -75,7 +77,7 @@ impl Node {
         cancel: CancellationToken,
     ) -> (Arc<Node>, tokio::task::JoinHandle<()>) {
         let (reads, rx) = mpsc::unbounded_channel();
-        let node = Arc::new(Node { id, raft, state, advert, peers, request_timeout, reads });
+        let node = Arc::new(Node { id, raft, state, advert, peers, request_timeout, reads, shutdown: cancel.clone() });
         let batcher = tokio::spawn(Arc::clone(&node).batch_reads(rx, cancel));
         (node, batcher)
     }

@@ -17,7 +17,7 @@ use super::AppState;
 use crate::membership::{
     Command, FailureDetection, GroupName, GroupSummary, GroupView, LeaveReason, Member, MemberSpec, Outcome, Timestamp,
 };
-use crate::node::Node;
+use crate::node::{Node, NodeError};
 use crate::raft::state_machine::StateHandle;
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -155,7 +155,10 @@ pub async fn get_group(
     if consistency == Consistency::Linearizable {
         linearize_patiently(&app.node, deadline).await?;
     }
-    wait_for_change(&app.node.state, &group, index, deadline).await;
+    tokio::select! {
+        _ = wait_for_change(&app.node.state, &group, index, deadline) => {}
+        _ = app.node.shutdown.cancelled() => return Err(NodeError::ShuttingDown.into()),
+    }
     current_view(&app.node.state, &group)
 }
 
@@ -170,6 +173,7 @@ pub async fn linearize_patiently(node: &Node, deadline: Instant) -> Result<()> {
     loop {
         match node.linearize_until(deadline).await {
             Ok(_) => return Ok(()),
+            Err(e @ NodeError::ShuttingDown) => return Err(e.into()),
             Err(e) if Instant::now() >= deadline => return Err(e.into()),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }

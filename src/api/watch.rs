@@ -53,8 +53,9 @@ pub async fn watch(
             }
         }
     });
-    let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> =
-        Box::pin(stream::once(async move { event(&first) }).chain(later));
+    let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
+        stream::once(async move { event(&first) }).chain(later).take_until(app.node.shutdown.clone().cancelled_owned()),
+    );
     let mut resp = Sse::new(events).keep_alive(KeepAlive::default()).into_response();
     resp.headers_mut().insert(REVISION_HEADER, HeaderValue::from(revision));
     Ok(resp)

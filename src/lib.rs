@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod probe;
 pub mod raft;
 pub mod server;
 pub mod telemetry;

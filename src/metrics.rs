@@ -15,6 +15,10 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub leader_changes: IntCounter,
+    pub probes: IntCounterVec,
+    pub indirect_probes: IntCounterVec,
+    pub evictions: IntCounterVec,
+    pub heartbeats: IntCounterVec,
     term: IntGauge,
     is_leader: IntGauge,
     applied: IntGauge,
@@ -37,6 +41,17 @@ impl Metrics {
             &["route", "method"],
         )?;
         let leader_changes = IntCounter::new("raft_leader_changes_total", "Times this node saw the leader change")?;
+        let probes = IntCounterVec::new(Opts::new("probes_total", "Probes sent by this node, by result"), &["result"])?;
+        let indirect_probes = IntCounterVec::new(
+            Opts::new("indirect_probes_total", "Indirect probes of suspects asked of other nodes, by result"),
+            &["result"],
+        )?;
+        let evictions =
+            IntCounterVec::new(Opts::new("evictions_total", "Members this node removed, by reason"), &["reason"])?;
+        let heartbeats = IntCounterVec::new(
+            Opts::new("heartbeats_total", "Lease heartbeats answered by this node, by outcome"),
+            &["outcome"],
+        )?;
         let term = IntGauge::new("raft_term", "Current Raft term")?;
         let is_leader = IntGauge::new("raft_is_leader", "1 if this node is the leader")?;
         let applied = IntGauge::new("raft_applied_index", "Last log index applied to the state machine")?;
@@ -47,6 +62,10 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(leader_changes.clone()))?;
+        registry.register(Box::new(probes.clone()))?;
+        registry.register(Box::new(indirect_probes.clone()))?;
+        registry.register(Box::new(evictions.clone()))?;
+        registry.register(Box::new(heartbeats.clone()))?;
         registry.register(Box::new(term.clone()))?;
         registry.register(Box::new(is_leader.clone()))?;
         registry.register(Box::new(applied.clone()))?;
@@ -59,6 +78,10 @@ impl Metrics {
             http_requests,
             http_duration,
             leader_changes,
+            probes,
+            indirect_probes,
+            evictions,
+            heartbeats,
             term,
             is_leader,
             applied,

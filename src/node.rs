@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::membership::{Command, NodeAdvert, NodeId};
+use crate::membership::{Command, GroupName, MemberId, NodeAdvert, NodeId};
+use crate::probe::lease::{Heartbeat, Leases};
 use crate::raft::network::{PeerClient, PeerError};
 use crate::raft::state_machine::StateHandle;
 use crate::raft::{Applied, NodeInfo, Raft};
@@ -41,6 +42,9 @@ impl From<PeerError> for NodeError {
 pub mod peer_path {
     pub const WRITE: &str = "/forward/write";
     pub const READ_INDEX: &str = "/forward/read-index";
+    pub const HEARTBEAT: &str = "/forward/heartbeat";
+    pub const PING: &str = "/peer/ping";
+    pub const INDIRECT_PROBE: &str = "/probe/indirect";
 }
 
 /// The leader as this node sees it.
@@ -63,6 +67,8 @@ pub struct Node {
     reads: mpsc::UnboundedSender<ReadWaiter>,
     /// Cancelled when the node shuts down: long waits (watches, blocking queries) end with it.
     pub shutdown: CancellationToken,
+    /// Lease deadlines, used while this node leads.
+    pub leases: Leases,
 }
 
 impl Node {
@@ -77,7 +83,17 @@ impl Node {
         cancel: CancellationToken,
     ) -> (Arc<Node>, tokio::task::JoinHandle<()>) {
         let (reads, rx) = mpsc::unbounded_channel();
-        let node = Arc::new(Node { id, raft, state, advert, peers, request_timeout, reads, shutdown: cancel.clone() });
+        let node = Arc::new(Node {
+            id,
+            raft,
+            state,
+            advert,
+            peers,
+            request_timeout,
+            reads,
+            shutdown: cancel.clone(),
+            leases: Leases::default(),
+        });
         let batcher = tokio::spawn(Arc::clone(&node).batch_reads(rx, cancel));
         (node, batcher)
     }
@@ -96,28 +112,61 @@ impl Node {
     }
 
     pub fn is_leader(&self) -> bool {
+        self.leader_term().is_some()
+    }
+
+    /// The current term, if this node leads in it.
+    pub fn leader_term(&self) -> Option<u64> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+        (m.state == ServerState::Leader && m.current_leader == Some(self.id)).then_some(m.current_term)
+    }
+
+    pub fn peers(&self) -> &PeerClient {
+        &self.peers
+    }
+
+    /// Renews a lease-mode member's lease at the leader, wherever it is.
+    pub async fn heartbeat(&self, group: &GroupName, id: &MemberId) -> Result<Heartbeat, NodeError> {
+        let key = (group.clone(), id.clone());
+        self.on_leader(peer_path::HEARTBEAT, &key, || self.local_heartbeat(group, id)).await
+    }
+
+    /// The leader's half of a heartbeat: a linearizable look-up, then the renewal.
+    pub async fn local_heartbeat(&self, group: &GroupName, id: &MemberId) -> Result<Heartbeat, NodeError> {
+        let index = self.local_read_index().await?;
+        if !self.state.wait_applied(index, self.request_timeout).await {
+            return Err(NodeError::Timeout);
+        }
+        let term = self.leader_term().ok_or(NodeError::NotLeader)?;
+        let m = self.state.read();
+        Ok(self.leases.heartbeat(term, &m.state, group, id, Instant::now()))
     }
 
     /// Commits `command` through the leader, wherever it is, within the request timeout.
     pub async fn write(&self, command: Command) -> Result<Applied, NodeError> {
+        self.on_leader(peer_path::WRITE, &command, || self.write_local(command.clone())).await
+    }
+
+    /// Runs `local` if this node leads, else sends `request` to the leader's `path`; again if
+    /// leadership moved meanwhile; 503-worthy errors after the request timeout.
+    async fn on_leader<Req, Resp, F, Fut>(&self, path: &str, request: &Req, local: F) -> Result<Resp, NodeError>
+    where
+        Req: Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, NodeError>>,
+    {
         let deadline = Instant::now() + self.request_timeout;
         tokio::time::timeout_at(deadline, async {
             loop {
                 let leader = self.wait_for_leader(deadline).await?;
                 let result = if leader.id == self.id {
-                    self.write_local(command.clone()).await
+                    local().await
                 } else {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     self.peers
-                        .call::<_, Result<Applied, NodeError>>(
-                            &leader.info.peer_addr,
-                            peer_path::WRITE,
-                            &command,
-                            remaining,
-                        )
+                        .call::<_, Result<Resp, NodeError>>(&leader.info.peer_addr, path, request, remaining)
                         .await
                         .map_err(NodeError::from)
                         .and_then(|r| r)
@@ -208,26 +257,7 @@ impl Node {
     }
 
     async fn read_index_round(&self) -> Result<u64, NodeError> {
-        let deadline = Instant::now() + self.request_timeout;
-        loop {
-            let leader = self.wait_for_leader(deadline).await?;
-            let result = if leader.id == self.id {
-                self.local_read_index().await
-            } else {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                self.peers
-                    .call::<_, Result<u64, NodeError>>(&leader.info.peer_addr, peer_path::READ_INDEX, &(), remaining)
-                    .await
-                    .map_err(NodeError::from)
-                    .and_then(|r| r)
-            };
-            match result {
-                Err(NodeError::NotLeader) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                other => return other,
-            }
-        }
+        self.on_leader(peer_path::READ_INDEX, &(), || self.local_read_index()).await
     }
 
     /// The current leader, waiting for an election to finish until `deadline`.

@@ -15,10 +15,13 @@ use crate::discovery::static_peers::{self, DiscoveryError};
 use crate::membership::{NodeAdvert, NodeId};
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::probe::check::Checker;
+use crate::probe::{handover, lease, prober, ProbeConfig};
 use crate::raft::log_store::{LogStore, LogStoreError};
 use crate::raft::network::{PeerClient, PeerNetwork};
+use crate::raft::peer::{self, PeerState};
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::{peer, Raft};
+use crate::raft::Raft;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -77,7 +80,12 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let metrics = Arc::new(Metrics::new()?);
     let app = Arc::new(AppState { node: Arc::clone(&node), metrics: Arc::clone(&metrics) });
 
-    tasks.spawn(serve(peer_listener, peer::router(Arc::clone(&node)), cancel.clone()));
+    let probe = ProbeConfig::from(&config);
+    let peer_state = Arc::new(PeerState { node: Arc::clone(&node), checker: Checker::new(probe.timeout) });
+    tasks.spawn(serve(peer_listener, peer::router(peer_state), cancel.clone()));
+    tasks.spawn(prober::run(Arc::clone(&node), probe, Arc::clone(&metrics), cancel.clone()));
+    tasks.spawn(handover::run(Arc::clone(&node), probe, cancel.clone()));
+    tasks.spawn(lease::run_expiry(Arc::clone(&node), Arc::clone(&metrics), cancel.clone()));
     tasks.spawn(serve(api_listener, api::router(app), cancel.clone()));
     tasks.spawn(Arc::clone(&node).keep_cluster_record(cancel.clone()));
     {

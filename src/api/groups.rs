@@ -15,9 +15,10 @@ use super::extract::{
 };
 use super::AppState;
 use crate::membership::{
-    Command, FailureDetection, GroupName, GroupSummary, GroupView, LeaveReason, Member, MemberSpec, Outcome, Timestamp,
+    Command, GroupName, GroupSummary, GroupView, LeaveReason, Member, MemberSpec, Outcome, Timestamp,
 };
 use crate::node::{Node, NodeError};
+use crate::probe::lease::Heartbeat;
 use crate::raft::state_machine::StateHandle;
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -110,21 +111,18 @@ pub async fn get_member(
     Ok(Answer::ok(m.state.revision(), member))
 }
 
-/// Keep-alive of a lease-mode member. It answers whether the member holds a lease now, as seen
-/// by a linearizable read.
+/// Keep-alive of a lease-mode member, renewed at the leader.
 pub async fn heartbeat(
     State(app): State<Arc<AppState>>,
     PathParams((group, id)): PathParams<(String, String)>,
 ) -> Result<Answer<HeartbeatAnswer>> {
     let (group, id) = member_path(&group, &id)?;
-    read_barrier(&app.node, Consistency::Linearizable).await?;
-    let m = app.node.state.read();
-    let member = m.state.member(&group, &id).ok_or_else(|| not_a_member(&group, &id))?;
-    match member.failure_detection {
-        FailureDetection::Lease { ttl_ms } => {
-            Ok(Answer::ok(m.state.revision(), HeartbeatAnswer { revision: m.state.revision(), ttl_ms }))
-        }
-        FailureDetection::Probe { .. } => Err(ApiError::Conflict(format!(
+    let outcome = app.node.heartbeat(&group, &id).await?;
+    app.metrics.heartbeats.with_label_values(&[outcome.label()]).inc();
+    match outcome {
+        Heartbeat::Renewed { revision, ttl_ms } => Ok(Answer::ok(revision, HeartbeatAnswer { revision, ttl_ms })),
+        Heartbeat::NotMember => Err(not_a_member(&group, &id)),
+        Heartbeat::ProbeMode => Err(ApiError::Conflict(format!(
             "member {id} of group {group} is in probe mode: GM probes it, it sends no heartbeats"
         ))),
     }

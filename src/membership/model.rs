@@ -44,7 +44,9 @@ impl FailureDetection {
 #[derive(Deserialize)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 enum RawFailureDetection {
-    Probe { path: Option<String> },
+    Probe {
+        path: Option<String>,
+    },
     Lease {
         #[serde(default, deserialize_with = "whole_number")]
         ttl_ms: Option<u64>,

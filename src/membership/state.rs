@@ -161,12 +161,22 @@ impl MembershipState {
     /// How many probe-mode members each node is responsible for.
     pub fn responsible_counts(&self) -> BTreeMap<NodeId, usize> {
         let mut counts = BTreeMap::new();
-        for m in self.groups.values().flat_map(|g| g.members.values()) {
+        for m in self.members() {
             if let Some(node) = m.responsible_node {
                 *counts.entry(node).or_insert(0) += 1;
             }
         }
         counts
+    }
+
+    /// Every member, group by group.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.groups.values().flat_map(|g| g.members.values())
+    }
+
+    /// The probe-mode members `node` is responsible for.
+    pub fn probed_by(&self, node: NodeId) -> impl Iterator<Item = &Member> {
+        self.members().filter(move |m| m.responsible_node == Some(node))
     }
 
     pub fn member_count(&self) -> usize {
@@ -381,6 +391,18 @@ mod tests {
         // Setting the same probers again changes nothing.
         s.apply(2001, &Command::SetProbers { nodes: vec![2, 1] });
         assert_eq!(s.group_revision(&g("g")), Some(2000));
+    }
+
+    #[test]
+    fn rendezvous_spreads_evenly() {
+        let (g1, mut counts) = (g("orders"), [0usize; 5]);
+        for i in 0..10_000 {
+            let node = responsible(&[1, 2, 3, 4, 5], &g1, &m(&format!("worker-{i}"))).unwrap();
+            counts[node as usize - 1] += 1;
+        }
+        for c in counts {
+            assert!((1800..=2200).contains(&c), "{counts:?}");
+        }
     }
 
     #[test]

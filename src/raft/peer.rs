@@ -12,52 +12,81 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotRespon
 
 use super::network::decode_snapshot;
 use super::{Applied, RaftError, TypeConfig};
-use crate::membership::{Command, NodeId};
+use crate::membership::{Command, GroupName, MemberId, NodeId};
 use crate::node::{peer_path, Node, NodeError};
+use crate::probe::check::{Checker, ProbeTarget};
+use crate::probe::lease::Heartbeat;
 
 /// Snapshots of large clusters travel in one body.
 const PEER_BODY_LIMIT: usize = 1 << 30;
 
-pub fn router(node: Arc<Node>) -> Router {
+/// What the peer handlers reach.
+pub struct PeerState {
+    pub node: Arc<Node>,
+    /// Probes members for other nodes that suspect them.
+    pub checker: Checker,
+}
+
+pub fn router(state: Arc<PeerState>) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .route(peer_path::WRITE, post(forward_write))
         .route(peer_path::READ_INDEX, post(forward_read_index))
+        .route(peer_path::HEARTBEAT, post(forward_heartbeat))
+        .route(peer_path::PING, post(ping))
+        .route(peer_path::INDIRECT_PROBE, post(indirect_probe))
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
-        .with_state(node)
+        .with_state(state)
 }
 
 async fn append(
-    State(node): State<Arc<Node>>,
+    State(peer): State<Arc<PeerState>>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError>> {
-    Json(node.raft.append_entries(req).await)
+    Json(peer.node.raft.append_entries(req).await)
 }
 
 async fn vote(
-    State(node): State<Arc<Node>>,
+    State(peer): State<Arc<PeerState>>,
     Json(req): Json<VoteRequest<NodeId>>,
 ) -> Json<Result<VoteResponse<NodeId>, RaftError>> {
-    Json(node.raft.vote(req).await)
+    Json(peer.node.raft.vote(req).await)
 }
 
 async fn snapshot(
-    State(node): State<Arc<Node>>,
+    State(peer): State<Arc<PeerState>>,
     body: Bytes,
 ) -> Result<Json<Result<SnapshotResponse<NodeId>, openraft::error::Fatal<NodeId>>>, (StatusCode, String)> {
     let (vote, snapshot) = decode_snapshot(&body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-    Ok(Json(node.raft.install_full_snapshot(vote, snapshot).await))
+    Ok(Json(peer.node.raft.install_full_snapshot(vote, snapshot).await))
 }
 
 async fn forward_write(
-    State(node): State<Arc<Node>>,
+    State(peer): State<Arc<PeerState>>,
     Json(command): Json<Command>,
 ) -> Json<Result<Applied, NodeError>> {
-    Json(node.write_local(command).await)
+    Json(peer.node.write_local(command).await)
 }
 
-async fn forward_read_index(State(node): State<Arc<Node>>) -> Json<Result<u64, NodeError>> {
-    Json(node.local_read_index().await)
+async fn forward_read_index(State(peer): State<Arc<PeerState>>) -> Json<Result<u64, NodeError>> {
+    Json(peer.node.local_read_index().await)
+}
+
+async fn forward_heartbeat(
+    State(peer): State<Arc<PeerState>>,
+    Json((group, id)): Json<(GroupName, MemberId)>,
+) -> Json<Result<Heartbeat, NodeError>> {
+    Json(peer.node.local_heartbeat(&group, &id).await)
+}
+
+/// The leader's liveness check of this node: answers with this node's applied revision.
+async fn ping(State(peer): State<Arc<PeerState>>) -> Json<u64> {
+    Json(peer.node.state.revision())
+}
+
+/// Probes a member another node suspects; true if it answered.
+async fn indirect_probe(State(peer): State<Arc<PeerState>>, Json(target): Json<ProbeTarget>) -> Json<bool> {
+    Json(peer.checker.probe(&target).await)
 }

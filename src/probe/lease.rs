@@ -1,0 +1,216 @@
+//! Leases of lease-mode members, kept by the leader alone. Deadlines live in the leader's
+//! memory, not in the log: a heartbeat costs no write. A leader that has just taken office (a
+//! new term) knows no deadlines, so it gives every lease a full TTL, as etcd does: a leader
+//! change never expires a lease early.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, MemberId, MembershipState};
+use crate::metrics::Metrics;
+use crate::node::Node;
+
+/// How often the leader looks for expired leases; expiry is at most this late.
+const EXPIRY_TICK: Duration = Duration::from_millis(100);
+
+/// What a heartbeat found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Heartbeat {
+    Renewed { revision: u64, ttl_ms: u64 },
+    NotMember,
+    ProbeMode,
+}
+
+impl Heartbeat {
+    /// The metric label of this outcome.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Heartbeat::Renewed { .. } => "renewed",
+            Heartbeat::NotMember => "not_member",
+            Heartbeat::ProbeMode => "probe_mode",
+        }
+    }
+}
+
+struct Lease {
+    incarnation: u64,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct Book {
+    /// The term these deadlines were granted in.
+    term: u64,
+    leases: HashMap<(GroupName, MemberId), Lease>,
+}
+
+/// The leader's lease deadlines.
+#[derive(Default)]
+pub struct Leases {
+    book: Mutex<Book>,
+}
+
+impl Leases {
+    fn book(&self, term: u64) -> std::sync::MutexGuard<'_, Book> {
+        let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        if book.term != term {
+            book.term = term;
+            book.leases.clear();
+        }
+        book
+    }
+
+    /// Renews the lease of `id` as the leader of `term` sees it in `state` at `now`.
+    pub fn heartbeat(
+        &self,
+        term: u64,
+        state: &MembershipState,
+        group: &GroupName,
+        id: &MemberId,
+        now: Instant,
+    ) -> Heartbeat {
+        let Some(member) = state.member(group, id) else {
+            return Heartbeat::NotMember;
+        };
+        let FailureDetection::Lease { ttl_ms } = member.failure_detection else {
+            return Heartbeat::ProbeMode;
+        };
+        let deadline = now + Duration::from_millis(ttl_ms);
+        self.book(term).leases.insert((group.clone(), id.clone()), Lease { incarnation: member.incarnation, deadline });
+        Heartbeat::Renewed { revision: state.revision(), ttl_ms }
+    }
+
+    /// The lease members of `state` whose deadline passed; members seen for the first time in
+    /// this term (or under a new incarnation) get a full TTL from `now`.
+    pub fn expired(&self, term: u64, state: &MembershipState, now: Instant) -> Vec<(GroupName, MemberId, u64)> {
+        let mut book = self.book(term);
+        let mut seen = HashMap::with_capacity(book.leases.len());
+        let mut expired = Vec::new();
+        for m in state.members() {
+            let FailureDetection::Lease { ttl_ms } = m.failure_detection else { continue };
+            let key = (m.group.clone(), m.id.clone());
+            let lease = match book.leases.remove(&key) {
+                Some(lease) if lease.incarnation == m.incarnation => lease,
+                _ => Lease { incarnation: m.incarnation, deadline: now + Duration::from_millis(ttl_ms) },
+            };
+            if lease.deadline <= now {
+                expired.push((m.group.clone(), m.id.clone(), m.incarnation));
+            }
+            seen.insert(key, lease);
+        }
+        book.leases = seen;
+        expired
+    }
+}
+
+/// On the leader, removes members whose lease ran out, until `cancel`.
+pub async fn run_expiry(node: Arc<Node>, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(term) = node.leader_term() else { continue };
+        let expired = {
+            let m = node.state.read();
+            node.leases.expired(term, &m.state, Instant::now())
+        };
+        let removals = expired.into_iter().map(|(group, id, incarnation)| {
+            let (node, metrics) = (&node, &metrics);
+            async move {
+                let reason = LeaveReason::Expired;
+                let command =
+                    Command::Leave { group: group.clone(), id: id.clone(), incarnation: Some(incarnation), reason };
+                match node.write_local(command).await {
+                    Ok(_) => {
+                        metrics.evictions.with_label_values(&[reason.as_str()]).inc();
+                        tracing::info!(%group, member = %id, incarnation, "lease expired; member removed");
+                    }
+                    Err(error) => tracing::warn!(%group, member = %id, %error, "removing an expired member failed"),
+                }
+            }
+        });
+        futures::future::join_all(removals).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::{MemberSpec, Timestamp};
+
+    fn state_with(members: &[(&str, serde_json::Value)]) -> MembershipState {
+        let mut s = MembershipState::default();
+        s.apply(1, &Command::SetProbers { nodes: vec![1] });
+        for (i, (id, spec)) in members.iter().enumerate() {
+            let spec: MemberSpec = serde_json::from_value(spec.clone()).unwrap();
+            let command = Command::Join {
+                group: GroupName::parse("g").unwrap(),
+                id: MemberId::parse(id).unwrap(),
+                spec,
+                at: Timestamp::from_millis(0),
+            };
+            s.apply(2 + i as u64, &command);
+        }
+        s
+    }
+
+    fn lease(ttl_ms: u64) -> serde_json::Value {
+        serde_json::json!({"address": "h:1", "failure_detection": {"mode": "lease", "ttl_ms": ttl_ms}})
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_expires_after_its_ttl_without_heartbeats() {
+        let s = state_with(&[("a", lease(1000)), ("p", serde_json::json!({"address": "h:1"}))]);
+        let leases = Leases::default();
+        let t0 = Instant::now();
+        assert!(leases.expired(1, &s, t0).is_empty(), "first sight grants a full TTL");
+        assert!(leases.expired(1, &s, t0 + Duration::from_millis(999)).is_empty());
+        let expired = leases.expired(1, &s, t0 + Duration::from_millis(1000));
+        assert_eq!(expired.len(), 1, "only the lease member, never the probe member");
+        assert_eq!(expired[0].1.as_str(), "a");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_push_the_deadline() {
+        let s = state_with(&[("a", lease(1000))]);
+        let (g, a) = (GroupName::parse("g").unwrap(), MemberId::parse("a").unwrap());
+        let leases = Leases::default();
+        let t0 = Instant::now();
+        leases.expired(1, &s, t0);
+        assert!(matches!(
+            leases.heartbeat(1, &s, &g, &a, t0 + Duration::from_millis(900)),
+            Heartbeat::Renewed { ttl_ms: 1000, .. }
+        ));
+        assert!(leases.expired(1, &s, t0 + Duration::from_millis(1800)).is_empty());
+        assert_eq!(leases.expired(1, &s, t0 + Duration::from_millis(1900)).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_term_grants_a_full_ttl() {
+        let s = state_with(&[("a", lease(1000))]);
+        let leases = Leases::default();
+        let t0 = Instant::now();
+        leases.expired(1, &s, t0);
+        // Term 2 starts late: the lease is not expired by the old deadline.
+        assert!(leases.expired(2, &s, t0 + Duration::from_millis(1500)).is_empty());
+        assert!(leases.expired(2, &s, t0 + Duration::from_millis(2499)).is_empty());
+        assert_eq!(leases.expired(2, &s, t0 + Duration::from_millis(2500)).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_answers_for_unknown_and_probe_members() {
+        let s = state_with(&[("p", serde_json::json!({"address": "h:1"}))]);
+        let g = GroupName::parse("g").unwrap();
+        let leases = Leases::default();
+        assert_eq!(leases.heartbeat(1, &s, &g, &MemberId::parse("x").unwrap(), Instant::now()), Heartbeat::NotMember);
+        assert_eq!(leases.heartbeat(1, &s, &g, &MemberId::parse("p").unwrap(), Instant::now()), Heartbeat::ProbeMode);
+    }
+}

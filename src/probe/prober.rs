@@ -1,0 +1,217 @@
+//! Probes the members this node is responsible for, each once per `--probe-interval`, and
+//! removes one after `--suspect-after` consecutive failures, but only if another GM node also
+//! fails to reach it (a ping-req, as in SWIM) and only for the incarnation that was probed.
+//! A node cut off from its members (but not from the other nodes) evicts no one: the others
+//! still reach them. A node cut off from the other nodes cannot ask them, and evicts no one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::check::{Checker, ProbeTarget};
+use super::ProbeConfig;
+use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, MemberId, NodeId};
+use crate::metrics::Metrics;
+use crate::node::{peer_path, Node};
+
+/// Most other nodes asked to probe a suspect before it is removed.
+const INDIRECT_PROBERS: usize = 4;
+
+type Key = (GroupName, MemberId);
+
+struct Tracked {
+    target: ProbeTarget,
+    failures: u32,
+    next_due: Instant,
+    busy: bool,
+}
+
+enum Done {
+    Probed {
+        key: Key,
+        incarnation: u64,
+        alive: bool,
+    },
+    /// A suspect's fate is settled (removed or found alive elsewhere) or left for later.
+    Judged {
+        key: Key,
+        incarnation: u64,
+        removed: bool,
+    },
+}
+
+/// Probes and evicts until `cancel`.
+pub async fn run(node: Arc<Node>, config: ProbeConfig, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    let checker = Checker::new(config.timeout);
+    let tick = (config.interval / 10).clamp(Duration::from_millis(10), Duration::from_millis(100));
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tracked: HashMap<Key, Tracked> = HashMap::new();
+    let mut synced_at = u64::MAX;
+    let mut tasks: JoinSet<Done> = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+            Some(Ok(done)) = tasks.join_next(), if !tasks.is_empty() => {
+                settle(&node, &config, &checker, &metrics, &mut tracked, &mut tasks, done);
+                continue;
+            }
+        }
+        let revision = node.state.revision();
+        if revision != synced_at {
+            sync(&node, &config, &mut tracked);
+            synced_at = revision;
+        }
+        let now = Instant::now();
+        for (key, t) in tracked.iter_mut().filter(|(_, t)| !t.busy && t.next_due <= now) {
+            t.busy = true;
+            t.next_due = now + config.interval;
+            let (checker, target, key) = (checker.clone(), t.target.clone(), key.clone());
+            tasks.spawn(async move {
+                let alive = checker.probe(&target).await;
+                Done::Probed { key, incarnation: target.incarnation, alive }
+            });
+        }
+    }
+}
+
+/// Brings the tracked set in line with the members this node is responsible for now, keeping
+/// the failure count of a member whose incarnation did not change.
+fn sync(node: &Node, config: &ProbeConfig, tracked: &mut HashMap<Key, Tracked>) {
+    let m = node.state.read();
+    let mut next = HashMap::with_capacity(tracked.len());
+    let now = Instant::now();
+    for member in m.state.probed_by(node.id) {
+        let FailureDetection::Probe { path } = &member.failure_detection else { continue };
+        let key = (member.group.clone(), member.id.clone());
+        let entry = match tracked.remove(&key) {
+            Some(t) if t.target.incarnation == member.incarnation && t.target.address == member.address => t,
+            _ => Tracked {
+                target: ProbeTarget {
+                    group: member.group.clone(),
+                    id: member.id.clone(),
+                    incarnation: member.incarnation,
+                    address: member.address.clone(),
+                    path: path.clone(),
+                },
+                failures: 0,
+                // Spread first probes over an interval so a handover does not probe in a burst.
+                next_due: now + config.interval.mul_f64(rand::random::<f64>()),
+                busy: false,
+            },
+        };
+        next.insert(key, entry);
+    }
+    *tracked = next;
+}
+
+fn settle(
+    node: &Arc<Node>,
+    config: &ProbeConfig,
+    checker: &Checker,
+    metrics: &Arc<Metrics>,
+    tracked: &mut HashMap<Key, Tracked>,
+    tasks: &mut JoinSet<Done>,
+    done: Done,
+) {
+    match done {
+        Done::Probed { key, incarnation, alive } => {
+            metrics.probes.with_label_values(&[if alive { "success" } else { "failure" }]).inc();
+            let Some(t) = tracked.get_mut(&key).filter(|t| t.target.incarnation == incarnation) else { return };
+            if alive {
+                t.failures = 0;
+                t.busy = false;
+                return;
+            }
+            t.failures += 1;
+            if t.failures < config.suspect_after {
+                t.busy = false;
+                return;
+            }
+            let (node, checker, metrics, target) =
+                (Arc::clone(node), checker.clone(), Arc::clone(metrics), t.target.clone());
+            tasks.spawn(async move {
+                let removed = judge(&node, &checker, &metrics, &target).await;
+                Done::Judged { key, incarnation: target.incarnation, removed }
+            });
+        }
+        Done::Judged { key, incarnation, removed } => {
+            if removed {
+                tracked.remove(&key);
+            } else if let Some(t) = tracked.get_mut(&key).filter(|t| t.target.incarnation == incarnation) {
+                t.busy = false;
+            }
+        }
+    }
+}
+
+/// Asks other nodes to probe the suspect; removes it only if none reached it and at least one
+/// answered, so a node cut off from everyone removes nothing. Returns whether it was removed.
+async fn judge(node: &Node, checker: &Checker, metrics: &Metrics, target: &ProbeTarget) -> bool {
+    let others = other_probers(node);
+    let mut answered = 0;
+    if others.is_empty() {
+        answered = 1; // a single-node cluster has only its own judgement
+    }
+    for (peer, addr) in others {
+        let call = node.peers().call::<_, bool>(&addr, peer_path::INDIRECT_PROBE, target, checker.timeout() * 2).await;
+        match call {
+            Ok(true) => {
+                metrics.indirect_probes.with_label_values(&["alive"]).inc();
+                tracing::info!(group = %target.group, member = %target.id, via = peer, "suspect answered an indirect probe; kept");
+                return false;
+            }
+            Ok(false) => {
+                metrics.indirect_probes.with_label_values(&["failed"]).inc();
+                answered += 1;
+            }
+            Err(error) => {
+                metrics.indirect_probes.with_label_values(&["unreachable"]).inc();
+                tracing::debug!(via = peer, %error, "indirect probe could not be asked");
+            }
+        }
+    }
+    if answered == 0 {
+        return false;
+    }
+    let reason = LeaveReason::Failed;
+    let command = Command::Leave {
+        group: target.group.clone(),
+        id: target.id.clone(),
+        incarnation: Some(target.incarnation),
+        reason,
+    };
+    match node.write(command).await {
+        Ok(_) => {
+            metrics.evictions.with_label_values(&[reason.as_str()]).inc();
+            tracing::info!(group = %target.group, member = %target.id, incarnation = target.incarnation, "member failed; removed");
+            true
+        }
+        Err(error) => {
+            tracing::warn!(group = %target.group, member = %target.id, %error, "removing a failed member failed");
+            false
+        }
+    }
+}
+
+/// Up to [`INDIRECT_PROBERS`] other probing nodes, picked at random, with their peer addresses.
+fn other_probers(node: &Node) -> Vec<(NodeId, String)> {
+    let probers: Vec<NodeId> = node.state.read().state.probers().to_vec();
+    let metrics = node.raft.metrics();
+    let m = metrics.borrow();
+    let membership = m.membership_config.membership();
+    let mut others: Vec<(NodeId, String)> = probers
+        .into_iter()
+        .filter(|&id| id != node.id)
+        .filter_map(|id| Some((id, membership.get_node(&id)?.peer_addr.clone())))
+        .collect();
+    others.shuffle(&mut rand::thread_rng());
+    others.truncate(INDIRECT_PROBERS);
+    others
+}

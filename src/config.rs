@@ -43,7 +43,8 @@ pub enum Discovery {
     Kubernetes,
 }
 
-fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
+/// Parses `250ms`, `1s`, `2m`.
+pub fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
 }
 
@@ -91,10 +92,11 @@ pub struct ServerConfig {
     #[arg(long, env = "GM_REQUEST_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub request_timeout: Duration,
     /// Leader heartbeat period.
-    #[arg(long, env = "GM_HEARTBEAT_INTERVAL", default_value = "100ms", value_parser = duration)]
+    #[arg(long, env = "GM_HEARTBEAT_INTERVAL", default_value = "50ms", value_parser = duration)]
     pub heartbeat_interval: Duration,
-    /// Shortest election timeout; the longest is twice this.
-    #[arg(long, env = "GM_ELECTION_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    /// Shortest election timeout; the longest is twice this. A follower waits for the longest
+    /// before it votes for a new leader, so failover takes 2 to 3 times this.
+    #[arg(long, env = "GM_ELECTION_TIMEOUT", default_value = "250ms", value_parser = duration)]
     pub election_timeout: Duration,
     /// Log entries between snapshots; older entries are then purged.
     #[arg(long, env = "GM_SNAPSHOT_EVERY", default_value_t = 20_000)]

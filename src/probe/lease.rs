@@ -40,13 +40,17 @@ impl Heartbeat {
 struct Lease {
     incarnation: u64,
     deadline: Instant,
+    /// The scan that last saw this member; leases of members gone from the state are dropped.
+    seen: u64,
 }
 
 #[derive(Default)]
 struct Book {
     /// The term these deadlines were granted in.
     term: u64,
-    leases: HashMap<(GroupName, MemberId), Lease>,
+    scans: u64,
+    /// By group, then member: looked up by reference, so a scan allocates only for new leases.
+    leases: HashMap<GroupName, HashMap<MemberId, Lease>>,
 }
 
 /// The leader's lease deadlines.
@@ -81,7 +85,10 @@ impl Leases {
             return Heartbeat::ProbeMode;
         };
         let deadline = now + Duration::from_millis(ttl_ms);
-        self.book(term).leases.insert((group.clone(), id.clone()), Lease { incarnation: member.incarnation, deadline });
+        let mut book = self.book(term);
+        let seen = book.scans;
+        let lease = Lease { incarnation: member.incarnation, deadline, seen };
+        book.leases.entry(group.clone()).or_default().insert(id.clone(), lease);
         Heartbeat::Renewed { revision: state.revision(), ttl_ms }
     }
 
@@ -89,21 +96,33 @@ impl Leases {
     /// this term (or under a new incarnation) get a full TTL from `now`.
     pub fn expired(&self, term: u64, state: &MembershipState, now: Instant) -> Vec<(GroupName, MemberId, u64)> {
         let mut book = self.book(term);
-        let mut seen = HashMap::with_capacity(book.leases.len());
+        book.scans += 1;
+        let scan = book.scans;
         let mut expired = Vec::new();
         for m in state.members() {
             let FailureDetection::Lease { ttl_ms } = m.failure_detection else { continue };
-            let key = (m.group.clone(), m.id.clone());
-            let lease = match book.leases.remove(&key) {
-                Some(lease) if lease.incarnation == m.incarnation => lease,
-                _ => Lease { incarnation: m.incarnation, deadline: now + Duration::from_millis(ttl_ms) },
+            let fresh = Lease { incarnation: m.incarnation, deadline: now + Duration::from_millis(ttl_ms), seen: scan };
+            let group = match book.leases.get_mut(&m.group) {
+                Some(group) => group,
+                None => book.leases.entry(m.group.clone()).or_default(),
             };
+            let lease = match group.get_mut(&m.id) {
+                Some(lease) if lease.incarnation == m.incarnation => lease,
+                Some(lease) => {
+                    *lease = fresh;
+                    lease
+                }
+                None => group.entry(m.id.clone()).or_insert(fresh),
+            };
+            lease.seen = scan;
             if lease.deadline <= now {
                 expired.push((m.group.clone(), m.id.clone(), m.incarnation));
             }
-            seen.insert(key, lease);
         }
-        book.leases = seen;
+        book.leases.retain(|_, group| {
+            group.retain(|_, lease| lease.seen == scan);
+            !group.is_empty()
+        });
         expired
     }
 }

@@ -155,13 +155,14 @@ fn settle(
 /// answered, so a node cut off from everyone removes nothing. Returns whether it was removed.
 async fn judge(node: &Node, checker: &Checker, metrics: &Metrics, target: &ProbeTarget) -> bool {
     let others = other_probers(node);
-    let mut answered = 0;
-    if others.is_empty() {
-        answered = 1; // a single-node cluster has only its own judgement
-    }
-    for (peer, addr) in others {
-        let call = node.peers().call::<_, bool>(&addr, peer_path::INDIRECT_PROBE, target, checker.timeout() * 2).await;
-        match call {
+    let asks = others.iter().map(|(peer, addr)| async move {
+        let timeout = checker.timeout() * 2;
+        (*peer, node.peers().call::<_, bool>(addr, peer_path::INDIRECT_PROBE, target, timeout).await)
+    });
+    // A single-node cluster has only its own judgement.
+    let mut answered = usize::from(others.is_empty());
+    for (peer, answer) in futures::future::join_all(asks).await {
+        match answer {
             Ok(true) => {
                 metrics.indirect_probes.with_label_values(&["alive"]).inc();
                 tracing::info!(group = %target.group, member = %target.id, via = peer, "suspect answered an indirect probe; kept");

@@ -17,6 +17,9 @@ use crate::node::Node;
 
 /// How often the leader looks for expired leases; expiry is at most this late.
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
+/// A gap between ticks this long means this process was stalled (paused, starved): heartbeats
+/// sent meanwhile may still be queued, so no deadline seen across the stall is trusted.
+const STALL: Duration = Duration::from_millis(500);
 
 /// What a heartbeat found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +95,11 @@ impl Leases {
         Heartbeat::Renewed { revision: state.revision(), ttl_ms }
     }
 
+    /// Forgets every deadline: each lease gets a full TTL from the next scan.
+    pub fn reset(&self) {
+        self.book.lock().unwrap_or_else(|e| e.into_inner()).leases.clear();
+    }
+
     /// The lease members of `state` whose deadline passed; members seen for the first time in
     /// this term (or under a new incarnation) get a full TTL from `now`.
     pub fn expired(&self, term: u64, state: &MembershipState, now: Instant) -> Vec<(GroupName, MemberId, u64)> {
@@ -131,15 +139,25 @@ impl Leases {
 pub async fn run_expiry(node: Arc<Node>, metrics: Arc<Metrics>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let now = Instant::now();
+        if now - last > STALL {
+            tracing::warn!(
+                stalled_ms = (now - last).as_millis() as u64,
+                "lease keeper was stalled; renewing every lease"
+            );
+            node.leases.reset();
+        }
+        last = now;
         let Some(term) = node.leader_term() else { continue };
         let expired = {
             let m = node.state.read();
-            node.leases.expired(term, &m.state, Instant::now())
+            node.leases.expired(term, &m.state, now)
         };
         let removals = expired.into_iter().map(|(group, id, incarnation)| {
             let (node, metrics) = (&node, &metrics);
@@ -222,6 +240,17 @@ mod tests {
         assert!(leases.expired(2, &s, t0 + Duration::from_millis(1500)).is_empty());
         assert!(leases.expired(2, &s, t0 + Duration::from_millis(2499)).is_empty());
         assert_eq!(leases.expired(2, &s, t0 + Duration::from_millis(2500)).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reset_grants_a_full_ttl() {
+        let s = state_with(&[("a", lease(1000))]);
+        let leases = Leases::default();
+        let t0 = Instant::now();
+        leases.expired(1, &s, t0);
+        leases.reset();
+        assert!(leases.expired(1, &s, t0 + Duration::from_millis(1500)).is_empty());
+        assert_eq!(leases.expired(1, &s, t0 + Duration::from_millis(2500)).len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -32,17 +32,10 @@ struct Tracked {
 }
 
 enum Done {
-    Probed {
-        key: Key,
-        incarnation: u64,
-        alive: bool,
-    },
+    /// `alive` is `None` when the probe says nothing either way.
+    Probed { key: Key, incarnation: u64, alive: Option<bool> },
     /// A suspect's fate is settled (removed or found alive elsewhere) or left for later.
-    Judged {
-        key: Key,
-        incarnation: u64,
-        removed: bool,
-    },
+    Judged { key: Key, incarnation: u64, removed: bool },
 }
 
 /// Probes and evicts until `cancel`.
@@ -74,8 +67,12 @@ pub async fn run(node: Arc<Node>, config: ProbeConfig, metrics: Arc<Metrics>, ca
             t.next_due = now + config.interval;
             let (checker, target, key) = (checker.clone(), t.target.clone(), key.clone());
             tasks.spawn(async move {
+                let sent = Instant::now();
                 let alive = checker.probe(&target).await;
-                Done::Probed { key, incarnation: target.incarnation, alive }
+                // A failure that took far longer than the timeout says this process stalled
+                // (paused, starved), not that the member failed: it does not count.
+                let stalled = !alive && sent.elapsed() > checker.timeout() * 3;
+                Done::Probed { key, incarnation: target.incarnation, alive: (!stalled).then_some(alive) }
             });
         }
     }
@@ -122,12 +119,24 @@ fn settle(
 ) {
     match done {
         Done::Probed { key, incarnation, alive } => {
-            metrics.probes.with_label_values(&[if alive { "success" } else { "failure" }]).inc();
+            let label = match alive {
+                Some(true) => "success",
+                Some(false) => "failure",
+                None => "stalled",
+            };
+            metrics.probes.with_label_values(&[label]).inc();
             let Some(t) = tracked.get_mut(&key).filter(|t| t.target.incarnation == incarnation) else { return };
-            if alive {
-                t.failures = 0;
-                t.busy = false;
-                return;
+            match alive {
+                Some(false) => {}
+                Some(true) => {
+                    t.failures = 0;
+                    t.busy = false;
+                    return;
+                }
+                None => {
+                    t.busy = false;
+                    return;
+                }
             }
             t.failures += 1;
             if t.failures < config.suspect_after {

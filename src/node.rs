@@ -40,11 +40,19 @@ impl From<PeerError> for NodeError {
 
 /// Where a node's calls to its leader go.
 pub mod peer_path {
-    pub const WRITE: &str = "/forward/write";
+    pub const WRITES: &str = "/forward/writes";
     pub const READ_INDEX: &str = "/forward/read-index";
     pub const HEARTBEAT: &str = "/forward/heartbeat";
     pub const PING: &str = "/peer/ping";
     pub const INDIRECT_PROBE: &str = "/probe/indirect";
+}
+
+fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> NodeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => NodeError::NotLeader,
+        RaftError::APIError(e) => NodeError::Unavailable(e.to_string()),
+        RaftError::Fatal(_) => NodeError::ShuttingDown,
+    }
 }
 
 /// The leader as this node sees it.
@@ -55,6 +63,13 @@ pub struct Leader {
 }
 
 type ReadWaiter = oneshot::Sender<Result<u64, NodeError>>;
+type WriteWaiter = (Command, oneshot::Sender<Result<Applied, NodeError>>);
+
+/// Forwarded batches of writes a follower has on the way to the leader at once: enough to keep
+/// the leader's log busy, few enough that each batch gathers many writes.
+const FORWARDS_IN_FLIGHT: usize = 4;
+/// The most writes in one forwarded batch.
+const FORWARD_BATCH: usize = 1024;
 
 /// One GM node: its Raft handle, its applied state, and its way to the leader.
 pub struct Node {
@@ -65,6 +80,7 @@ pub struct Node {
     peers: PeerClient,
     request_timeout: Duration,
     reads: mpsc::UnboundedSender<ReadWaiter>,
+    writes: mpsc::UnboundedSender<WriteWaiter>,
     /// Cancelled when the node shuts down: long waits (watches, blocking queries) end with it.
     pub shutdown: CancellationToken,
     /// Lease deadlines, used while this node leads.
@@ -72,7 +88,7 @@ pub struct Node {
 }
 
 impl Node {
-    /// Creates the node and starts its read batcher, which stops with `cancel`.
+    /// Creates the node and starts its read and write batchers, which stop with `cancel`.
     pub fn start(
         id: NodeId,
         raft: Raft,
@@ -82,7 +98,8 @@ impl Node {
         request_timeout: Duration,
         cancel: CancellationToken,
     ) -> (Arc<Node>, tokio::task::JoinHandle<()>) {
-        let (reads, rx) = mpsc::unbounded_channel();
+        let (reads, read_rx) = mpsc::unbounded_channel();
+        let (writes, write_rx) = mpsc::unbounded_channel();
         let node = Arc::new(Node {
             id,
             raft,
@@ -91,11 +108,20 @@ impl Node {
             peers,
             request_timeout,
             reads,
+            writes,
             shutdown: cancel.clone(),
             leases: Leases::default(),
         });
-        let batcher = tokio::spawn(Arc::clone(&node).batch_reads(rx, cancel));
-        (node, batcher)
+        let batchers = tokio::spawn({
+            let node = Arc::clone(&node);
+            async move {
+                tokio::join!(
+                    Arc::clone(&node).batch_reads(read_rx, cancel.clone()),
+                    node.batch_writes(write_rx, cancel)
+                );
+            }
+        });
+        (node, batchers)
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -129,7 +155,11 @@ impl Node {
     /// Renews a lease-mode member's lease at the leader, wherever it is.
     pub async fn heartbeat(&self, group: &GroupName, id: &MemberId) -> Result<Heartbeat, NodeError> {
         let key = (group.clone(), id.clone());
-        self.on_leader(peer_path::HEARTBEAT, &key, || self.local_heartbeat(group, id)).await
+        self.on_leader(
+            || self.local_heartbeat(group, id),
+            |leader, left| self.call(leader, peer_path::HEARTBEAT, &key, left),
+        )
+        .await
     }
 
     /// The leader's half of a heartbeat: a linearizable look-up, then the renewal.
@@ -145,17 +175,17 @@ impl Node {
 
     /// Commits `command` through the leader, wherever it is, within the request timeout.
     pub async fn write(&self, command: Command) -> Result<Applied, NodeError> {
-        self.on_leader(peer_path::WRITE, &command, || self.write_local(command.clone())).await
+        self.on_leader(|| self.write_local(command.clone()), |_, _| self.forward_write(command.clone())).await
     }
 
-    /// Runs `local` if this node leads, else sends `request` to the leader's `path`; again if
-    /// leadership moved meanwhile; 503-worthy errors after the request timeout.
-    async fn on_leader<Req, Resp, F, Fut>(&self, path: &str, request: &Req, local: F) -> Result<Resp, NodeError>
+    /// Runs `local` if this node leads, else `remote` with the leader and the time left; again
+    /// if leadership moved meanwhile; 503-worthy errors after the request timeout.
+    async fn on_leader<Resp, L, LFut, R, RFut>(&self, local: L, remote: R) -> Result<Resp, NodeError>
     where
-        Req: Serialize,
-        Resp: serde::de::DeserializeOwned,
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<Resp, NodeError>>,
+        L: Fn() -> LFut,
+        LFut: std::future::Future<Output = Result<Resp, NodeError>>,
+        R: Fn(Leader, Duration) -> RFut,
+        RFut: std::future::Future<Output = Result<Resp, NodeError>>,
     {
         let deadline = Instant::now() + self.request_timeout;
         tokio::time::timeout_at(deadline, async {
@@ -164,12 +194,7 @@ impl Node {
                 let result = if leader.id == self.id {
                     local().await
                 } else {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    self.peers
-                        .call::<_, Result<Resp, NodeError>>(&leader.info.peer_addr, path, request, remaining)
-                        .await
-                        .map_err(NodeError::from)
-                        .and_then(|r| r)
+                    remote(leader, deadline.saturating_duration_since(Instant::now())).await
                 };
                 match result {
                     // Leadership moved while the request travelled: ask again.
@@ -184,14 +209,104 @@ impl Node {
         .unwrap_or(Err(NodeError::Timeout))
     }
 
+    /// A peer call to the leader whose answer is a node result.
+    async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        leader: Leader,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, NodeError> {
+        self.peers.call::<_, Result<Resp, NodeError>>(&leader.info.peer_addr, path, request, timeout).await?
+    }
+
+    /// Hands `command` to the write batcher, which forwards it to the leader with others.
+    async fn forward_write(&self, command: Command) -> Result<Applied, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes.send((command, tx)).map_err(|_| NodeError::ShuttingDown)?;
+        rx.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    /// Forwards queued writes to the leader in batches: one HTTP request carries many writes,
+    /// and up to [`FORWARDS_IN_FLIGHT`] batches travel at once.
+    async fn batch_writes(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<WriteWaiter>, cancel: CancellationToken) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT));
+        let mut in_flight = tokio::task::JoinSet::new();
+        loop {
+            let first = tokio::select! {
+                _ = cancel.cancelled() => return,
+                w = rx.recv() => match w { Some(w) => w, None => return },
+            };
+            // Waiting for a free slot lets more writes queue up behind `first`.
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => return,
+                p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            };
+            while in_flight.try_join_next().is_some() {}
+            let mut batch = vec![first];
+            while batch.len() < FORWARD_BATCH {
+                match rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+            let node = Arc::clone(&self);
+            in_flight.spawn(async move {
+                node.send_writes(batch).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn send_writes(&self, batch: Vec<WriteWaiter>) {
+        let (commands, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        let answers = match self.leader() {
+            None => Err(NodeError::NoLeader),
+            Some(leader) if leader.id == self.id => Err(NodeError::NotLeader),
+            Some(leader) => self
+                .peers
+                .call::<_, Vec<Result<Applied, NodeError>>>(
+                    &leader.info.peer_addr,
+                    peer_path::WRITES,
+                    &commands,
+                    self.request_timeout,
+                )
+                .await
+                .map_err(NodeError::from)
+                .and_then(|answers| {
+                    if answers.len() == waiters.len() {
+                        Ok(answers)
+                    } else {
+                        Err(NodeError::Unavailable("the leader answered a batch of another size".into()))
+                    }
+                }),
+        };
+        match answers {
+            Ok(answers) => waiters.into_iter().zip(answers).for_each(|(w, a)| drop(w.send(a))),
+            Err(e) => waiters.into_iter().for_each(|w| drop(w.send(Err(e.clone())))),
+        }
+    }
+
+    /// The leader's half of forwarded writes: proposes them all, then waits for each.
+    pub async fn write_local_many(&self, commands: Vec<Command>) -> Vec<Result<Applied, NodeError>> {
+        let mut pending = Vec::with_capacity(commands.len());
+        for command in commands {
+            pending.push(self.raft.client_write_ff(command).await);
+        }
+        let answers = pending.into_iter().map(|proposed| async move {
+            let rx = proposed.map_err(|_| NodeError::ShuttingDown)?;
+            match rx.await {
+                Ok(Ok(resp)) => Ok(resp.data),
+                Ok(Err(e)) => Err(client_write_error(RaftError::APIError(e))),
+                Err(_) => Err(NodeError::ShuttingDown),
+            }
+        });
+        futures::future::join_all(answers).await
+    }
+
     /// Proposes `command` on this node, which must be the leader.
     pub async fn write_local(&self, command: Command) -> Result<Applied, NodeError> {
-        match self.raft.client_write(command).await {
-            Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(NodeError::NotLeader),
-            Err(RaftError::APIError(e)) => Err(NodeError::Unavailable(e.to_string())),
-            Err(RaftError::Fatal(_)) => Err(NodeError::ShuttingDown),
-        }
+        self.raft.client_write(command).await.map(|resp| resp.data).map_err(client_write_error)
     }
 
     /// Makes the local state at least as new as every write acknowledged before this call, and
@@ -257,7 +372,8 @@ impl Node {
     }
 
     async fn read_index_round(&self) -> Result<u64, NodeError> {
-        self.on_leader(peer_path::READ_INDEX, &(), || self.local_read_index()).await
+        self.on_leader(|| self.local_read_index(), |leader, left| self.call(leader, peer_path::READ_INDEX, &(), left))
+            .await
     }
 
     /// The current leader, waiting for an election to finish until `deadline`.

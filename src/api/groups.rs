@@ -23,6 +23,9 @@ use crate::raft::state_machine::StateHandle;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
+/// How long a blocking query whose wait ended without a change may take to confirm a quorum.
+const QUORUM_RECHECK: Duration = Duration::from_secs(2);
+
 #[derive(Serialize)]
 pub struct JoinAnswer {
     member: Member,
@@ -153,9 +156,13 @@ pub async fn get_group(
     if consistency == Consistency::Linearizable {
         linearize_patiently(&app.node, deadline).await?;
     }
-    tokio::select! {
-        _ = wait_for_change(&app.node.state, &group, index, deadline) => {}
+    let changed = tokio::select! {
+        changed = wait_for_change(&app.node.state, &group, index, deadline) => changed,
         _ = app.node.shutdown.cancelled() => return Err(NodeError::ShuttingDown.into()),
+    };
+    // A change seen was committed; a wait that ended without one must still find a quorum.
+    if !changed && consistency == Consistency::Linearizable {
+        app.node.linearize_until(Instant::now() + QUORUM_RECHECK).await?;
     }
     current_view(&app.node.state, &group)
 }
@@ -178,19 +185,20 @@ pub async fn linearize_patiently(node: &Node, deadline: Instant) -> Result<()> {
     }
 }
 
-/// Waits until the group's revision passes `index`, or the group it was disappears, or `deadline`.
-async fn wait_for_change(state: &StateHandle, group: &GroupName, index: u64, deadline: Instant) {
+/// Waits until the group's revision passes `index`, or the group it was disappears (true), or
+/// until `deadline` (false).
+async fn wait_for_change(state: &StateHandle, group: &GroupName, index: u64, deadline: Instant) -> bool {
     let mut applied = state.applied();
     let existed = state.read().state.group_revision(group).is_some();
     loop {
         match state.read().state.group_revision(group) {
-            Some(revision) if revision > index => return,
-            None if existed => return,
+            Some(revision) if revision > index => return true,
+            None if existed => return true,
             _ => {}
         }
         match tokio::time::timeout_at(deadline, applied.changed()).await {
             Ok(Ok(())) => {}
-            _ => return,
+            _ => return false,
         }
     }
 }

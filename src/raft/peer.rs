@@ -32,7 +32,7 @@ pub fn router(state: Arc<PeerState>) -> Router {
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
-        .route(peer_path::WRITE, post(forward_write))
+        .route(peer_path::WRITES, post(forward_writes))
         .route(peer_path::READ_INDEX, post(forward_read_index))
         .route(peer_path::HEARTBEAT, post(forward_heartbeat))
         .route(peer_path::PING, post(ping))
@@ -63,11 +63,11 @@ async fn snapshot(
     Ok(Json(peer.node.raft.install_full_snapshot(vote, snapshot).await))
 }
 
-async fn forward_write(
+async fn forward_writes(
     State(peer): State<Arc<PeerState>>,
-    Json(command): Json<Command>,
-) -> Json<Result<Applied, NodeError>> {
-    Json(peer.node.write_local(command).await)
+    Json(commands): Json<Vec<Command>>,
+) -> Json<Vec<Result<Applied, NodeError>>> {
+    Json(peer.node.write_local_many(commands).await)
 }
 
 async fn forward_read_index(State(peer): State<Arc<PeerState>>) -> Json<Result<u64, NodeError>> {

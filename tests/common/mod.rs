@@ -4,6 +4,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod members;
+pub mod partition;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -34,6 +37,14 @@ impl NodeProc {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Whether the process the test started has exited on its own (it is a zombie, not yet
+    /// reaped: Linux's `/proc/PID/stat` says `Z`).
+    pub fn has_exited(&self) -> bool {
+        let Some(child) = &self.child else { return false };
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
     }
 }
 
@@ -161,6 +172,7 @@ impl Cluster {
         for node in self.running() {
             let url = node.url("/readyz");
             wait_for(&format!("node {} ready", node.id), || async {
+                assert!(!node.has_exited(), "node {} exited; its log:\n{}", node.id, self.log_text(node.id));
                 matches!(self.http.get(&url).send().await, Ok(r) if r.status() == 200)
             })
             .await;
@@ -293,19 +305,28 @@ impl Reply {
     }
 
     /// Asserts the contract's error shape: `status`, `{"error": {"code", "message"}}` with
-    /// `code` and a non-empty message.
+    /// `code` and a non-empty message (and `Retry-After` on a 503).
     pub fn expect_error(&self, status: u16, code: &str, what: &str) {
-        assert_eq!(self.status, status, "{what}: {self:?}");
+        if let Some(wrong) = self.error_mismatch(status, code) {
+            panic!("{what}: {wrong}");
+        }
+    }
+
+    /// What differs from the contract's error `status` + `code`, if anything.
+    pub fn error_mismatch(&self, status: u16, code: &str) -> Option<String> {
         let error = &self.body["error"];
-        assert_eq!(error["code"], code, "{what}: error code in {self:?}");
-        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: no message in {self:?}");
-        if let Some(obj) = self.body.as_object() {
-            assert_eq!(obj.len(), 1, "{what}: only `error` at the top of {self:?}");
+        let message_ok = error["message"].as_str().is_some_and(|m| !m.is_empty());
+        let only_error = self.body.as_object().is_some_and(|o| o.len() == 1);
+        let retry_ok = status != 503 || self.header("retry-after").is_some_and(|r| r.parse::<u64>().is_ok());
+        if self.status == status && error["code"] == code && message_ok && only_error && retry_ok {
+            return None;
         }
-        if status == 503 {
-            let retry = self.header("retry-after").unwrap_or_else(|| panic!("{what}: 503 without Retry-After"));
-            assert!(retry.parse::<u64>().is_ok(), "{what}: Retry-After {retry:?} is not whole seconds");
-        }
+        Some(format!(
+            "expected {status} {code}, got {} {} (Retry-After: {:?})",
+            self.status,
+            self.body,
+            self.header("retry-after")
+        ))
     }
 }
 
@@ -327,6 +348,40 @@ impl Consistency {
 
 /// Every member of every group as one node reports it: `(group, id)` to the member record.
 pub type MemberSet = BTreeMap<(String, String), Value>;
+
+/// Every member of every group: `(group, id)` to its incarnation.
+pub type Incarnations = BTreeMap<(String, String), u64>;
+
+pub fn incarnations(set: &MemberSet) -> Incarnations {
+    set.iter().map(|(k, m)| (k.clone(), m["incarnation"].as_u64().unwrap_or(0))).collect()
+}
+
+/// What differs between the members a node reported (`None`: its reads failed) and `expected`.
+fn member_set_mismatch(got: Option<&Incarnations>, expected: &Incarnations) -> Option<String> {
+    let Some(got) = got else {
+        return Some(format!("its reads failed; {} members expected", expected.len()));
+    };
+    if got == expected {
+        return None;
+    }
+    let missing: Vec<_> = expected.iter().filter(|(k, v)| got.get(*k) != Some(v)).take(10).collect();
+    let extra: Vec<_> = got.iter().filter(|(k, v)| expected.get(*k) != Some(v)).take(10).collect();
+    Some(format!(
+        "{} members expected, {} reported; missing or different (first 10): {missing:?}; unexpected: {extra:?}",
+        expected.len(),
+        got.len()
+    ))
+}
+
+/// `count` joins of lease members `{prefix}-{i}`, spread over `groups` groups `{prefix}-g{i % groups}`.
+pub fn lease_joins(prefix: &str, range: std::ops::Range<usize>, groups: usize) -> Vec<(String, String, Value)> {
+    range
+        .map(|i| {
+            let address = format!("10.{}.{}.{}:{}", i / 65536 % 256, i / 256 % 256, i % 256, 1000 + i % 1000);
+            (format!("{prefix}-g{}", i % groups), format!("{prefix}-{i}"), lease_member(&address))
+        })
+        .collect()
+}
 
 impl Cluster {
     /// Sends `req` and reads the answer.
@@ -396,36 +451,27 @@ impl Cluster {
 
     /// Waits until `node` reports, at `consistency`, exactly the members of `expected` with
     /// their incarnations.
-    pub async fn wait_member_set(&self, node: &NodeProc, consistency: Consistency, expected: &BTreeMap<(String, String), u64>) {
-        let mut last = None;
+    pub async fn wait_member_set(&self, node: &NodeProc, consistency: Consistency, expected: &Incarnations) {
         let start = Instant::now();
         loop {
-            if let Some(set) = self.member_set(node, consistency).await {
-                let got: BTreeMap<_, _> = set.iter().map(|(k, m)| (k.clone(), m["incarnation"].as_u64().unwrap_or(0))).collect();
-                if &got == expected {
-                    return;
-                }
-                last = Some(got);
-            }
-            if start.elapsed() > DEADLINE {
-                let got = last.unwrap_or_default();
-                let missing: Vec<_> = expected.iter().filter(|(k, v)| got.get(*k) != Some(v)).take(10).collect();
-                let extra: Vec<_> = got.iter().filter(|(k, v)| expected.get(*k) != Some(v)).take(10).collect();
-                panic!(
-                    "node {} ({consistency:?}) never showed the {} expected members; it has {}; \
-                     missing or different (first 10): {missing:?}; unexpected: {extra:?}",
-                    node.id,
-                    expected.len(),
-                    got.len()
-                );
-            }
+            let got = self.member_set(node, consistency).await.map(|set| incarnations(&set));
+            let Some(wrong) = member_set_mismatch(got.as_ref(), expected) else { return };
+            assert!(start.elapsed() < DEADLINE, "node {} ({consistency:?}): {wrong}", node.id);
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asserts that `node` reports, at `consistency`, exactly the members of `expected` now.
+    pub async fn assert_member_set(&self, node: &NodeProc, consistency: Consistency, expected: &Incarnations) {
+        let got = self.member_set(node, consistency).await.map(|set| incarnations(&set));
+        if let Some(wrong) = member_set_mismatch(got.as_ref(), expected) {
+            panic!("node {} ({consistency:?}): {wrong}", node.id);
         }
     }
 
     /// Joins every `(group, id, body)` with `concurrency` joins in flight, each through a
     /// different node in turn, retrying until acknowledged. Returns each member's incarnation.
-    pub async fn join_many(&self, joins: Vec<(String, String, Value)>, concurrency: usize) -> BTreeMap<(String, String), u64> {
+    pub async fn join_many(&self, joins: Vec<(String, String, Value)>, concurrency: usize) -> Incarnations {
         futures::stream::iter(joins.into_iter().enumerate())
             .map(|(i, (group, id, body))| async move {
                 let answer = poll(&format!("join {group}/{id}"), || {
@@ -460,11 +506,17 @@ impl Cluster {
     }
 
     /// The last `lines` lines of every node's log, to read why a test failed.
-    pub fn print_log_tails(&self, lines: usize) {
-        for node in &self.nodes {
+    pub fn print_log_tails(&mut self, lines: usize) {
+        for node in &mut self.nodes {
             let text = std::fs::read_to_string(node.data_dir.with_extension("log")).unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();
-            eprintln!("----- node {} log (last {lines} lines) -----", node.id);
+            let process = match node.child.as_mut().map(|c| (c.id(), c.try_wait())) {
+                None => "stopped by the test".to_owned(),
+                Some((pid, Ok(None))) => format!("pid {pid}, running"),
+                Some((pid, Ok(Some(status)))) => format!("pid {pid}, exited: {status}"),
+                Some((pid, Err(e))) => format!("pid {pid}, unknown: {e}"),
+            };
+            eprintln!("----- node {} ({process}) log (last {lines} lines) -----", node.id);
             for line in &all[all.len().saturating_sub(lines)..] {
                 eprintln!("{line}");
             }
@@ -543,9 +595,13 @@ impl Watch {
 
     /// The next event that carries data (keep-alive comments are skipped), within `within`.
     pub async fn next_event(&mut self, within: Duration) -> SseEvent {
-        tokio::time::timeout(within, self.next_data_event())
-            .await
-            .unwrap_or_else(|_| panic!("no event within {within:?}"))
+        self.try_next_event(within).await.unwrap_or_else(|| panic!("no event within {within:?}"))
+    }
+
+    /// The next event within `within`, or `None` if the stream stays open and quiet that long.
+    /// The stream ending fails the test.
+    pub async fn try_next_event(&mut self, within: Duration) -> Option<SseEvent> {
+        tokio::time::timeout(within, self.next_data_event()).await.ok()
     }
 
     async fn next_data_event(&mut self) -> SseEvent {
@@ -581,7 +637,8 @@ fn parse_sse_block(block: &str) -> Option<SseEvent> {
     if data.is_empty() {
         return None;
     }
-    event.data = serde_json::from_str(&data.join("\n")).unwrap_or_else(|e| panic!("event data is not JSON ({e}): {block}"));
+    event.data =
+        serde_json::from_str(&data.join("\n")).unwrap_or_else(|e| panic!("event data is not JSON ({e}): {block}"));
     Some(event)
 }
 

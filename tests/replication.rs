@@ -1,0 +1,327 @@
+//! Replication under failure, end to end: crashes (kill -9) of the leader, of every node, of a
+//! quorum; a paused leader; a follower brought back by snapshot install; blocking queries and
+//! watches without a quorum. Each test starts its own cluster. Acknowledged means answered
+//! 200/201: such a write must survive everything here.
+
+mod common;
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use common::{lease_joins, lease_member, poll, poll_json, timed, Cluster, Consistency, Incarnations, Watch};
+
+/// The contract's bound for a write or read without quorum (10 s), with room for a slow machine.
+const UNAVAILABLE_WITHIN: Duration = Duration::from_secs(12);
+
+/// Leaves `(group, id)` of `expected` through the node at `i` in turn, and forgets them there.
+async fn leave_some(c: &Cluster, expected: &mut Incarnations, keys: Vec<(String, String)>) {
+    for (i, (group, id)) in keys.into_iter().enumerate() {
+        let node = c.running().nth(i % c.running().count()).expect("a running node");
+        let reply = c.delete(node, &format!("/v1/groups/{group}/members/{id}")).await;
+        reply.expect_ok(200, &format!("leave {group}/{id}"));
+        expected.remove(&(group, id));
+    }
+}
+
+/// Every running node shows exactly `expected` on a linearizable read, and soon on a stale one.
+async fn assert_everywhere(c: &Cluster, expected: &Incarnations) {
+    for node in c.running() {
+        c.assert_member_set(node, Consistency::Linearizable, expected).await;
+        c.wait_member_set(node, Consistency::Stale, expected).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_crash_and_restart_keeps_acknowledged_writes() {
+    let mut c = Cluster::start(3).await;
+    let mut expected = c.join_many(lease_joins("before", 0..40, 3), 4).await;
+    let leaving: Vec<_> = expected.keys().take(5).cloned().collect();
+    leave_some(&c, &mut expected, leaving).await;
+
+    let old = c.leader().await;
+    c.kill(old);
+    let new = c.leader().await;
+    assert_ne!(new, old, "a new leader among the survivors");
+    assert_everywhere(&c, &expected).await;
+    expected.extend(c.join_many(lease_joins("during", 0..40, 3), 4).await);
+    let leaving: Vec<_> = expected.keys().filter(|(_, id)| id.starts_with("during")).take(5).cloned().collect();
+    leave_some(&c, &mut expected, leaving).await;
+    assert_everywhere(&c, &expected).await;
+
+    c.spawn(old);
+    c.wait_ready_all().await;
+    let back = c.node(old);
+    c.assert_member_set(back, Consistency::Linearizable, &expected).await;
+    c.wait_member_set(back, Consistency::Stale, &expected).await;
+    // It takes writes again, and the others see them.
+    let reply = c.put(back, "/v1/groups/after/members/m", &lease_member("10.0.0.1:80")).await;
+    reply.expect_ok(201, "join through the restarted node");
+    expected.insert(("after".into(), "m".into()), reply.body["member"]["incarnation"].as_u64().unwrap());
+    assert_everywhere(&c, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn whole_cluster_crash_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3).await;
+    let cluster_id = c.cluster_id().await;
+    let mut expected = c.join_many(lease_joins("seq", 0..100, 4), 1).await;
+    expected.extend(c.join_many(lease_joins("conc", 0..250, 8), 16).await);
+    // Re-joins with a new instance: the incarnations that must come back are the new ones.
+    let rejoins: Vec<_> = lease_joins("conc", 0..50, 8)
+        .into_iter()
+        .map(|(g, id, mut body)| {
+            body["instance"] = json!("restarted");
+            (g, id, body)
+        })
+        .collect();
+    let rejoined = c.join_many(rejoins, 16).await;
+    for (key, incarnation) in &rejoined {
+        assert!(*incarnation > expected[key], "a re-join raises the incarnation of {key:?}");
+    }
+    expected.extend(rejoined);
+    let leaving: Vec<_> = expected.keys().step_by(11).cloned().collect();
+    leave_some(&c, &mut expected, leaving).await;
+    assert_everywhere(&c, &expected).await;
+
+    for id in 1..=3 {
+        c.kill(id);
+    }
+    for id in 1..=3 {
+        c.spawn(id);
+    }
+    c.wait_ready_all().await;
+    assert_everywhere(&c, &expected).await;
+    for node in &c.nodes {
+        let (status, body) = c.get_json(node, "/v1/cluster").await.expect("GET /v1/cluster");
+        assert_eq!(status, 200);
+        assert_eq!(body["cluster_id"], cluster_id.as_str(), "the cluster id survives a restart of every node");
+    }
+    // And it still takes writes.
+    let more = c.join_many(lease_joins("after", 0..10, 2), 4).await;
+    expected.extend(more);
+    assert_everywhere(&c, &expected).await;
+}
+
+/// Asserts that, on the running node `id` alone, writes and linearizable reads answer 503 with
+/// `Retry-After` within the bound, while stale reads and health still answer.
+async fn assert_unavailable_alone(c: &Cluster, id: u64, expected: &Incarnations) {
+    let node = c.node(id);
+    let (group, member) = expected.keys().next().cloned().expect("a member to read");
+    let (reply, took) = timed(c.put(node, "/v1/groups/q/members/lonely", &lease_member("10.0.0.9:80"))).await;
+    reply.expect_error(503, "unavailable", "a write without quorum");
+    assert!(took < UNAVAILABLE_WITHIN, "a write without quorum answered after {took:?}");
+    let (reply, took) = timed(c.delete(node, "/v1/groups/q/members/m")).await;
+    reply.expect_error(503, "unavailable", "a leave without quorum");
+    assert!(took < UNAVAILABLE_WITHIN, "a leave without quorum answered after {took:?}");
+    let reads = [
+        format!("/v1/groups/{group}"),
+        format!("/v1/groups/{group}/members/{member}"),
+        "/v1/groups".to_owned(),
+        "/v1/cluster".to_owned(),
+    ];
+    for path in &reads {
+        let (reply, took) = timed(c.get(node, path)).await;
+        reply.expect_error(503, "unavailable", &format!("linearizable {path} without quorum"));
+        assert!(took < UNAVAILABLE_WITHIN, "linearizable {path} without quorum answered after {took:?}");
+    }
+    let reply = c.call(Method::POST, node, &format!("/v1/groups/{group}/members/{member}/heartbeat"), None).await;
+    reply.expect_error(503, "unavailable", "a heartbeat without quorum");
+    c.assert_member_set(node, Consistency::Stale, expected).await;
+    for path in &reads {
+        let path = format!("{path}{}consistency=stale", if path.contains('?') { '&' } else { '?' });
+        c.get(node, &path).await.expect_ok(200, &path);
+    }
+    assert_eq!(c.get(node, "/healthz").await.status, 200);
+    assert_eq!(c.get(node, "/readyz").await.status, 503, "a node without quorum is not ready");
+}
+
+/// The writes of [`assert_unavailable_alone`] answered 503, which leaves open whether they were
+/// applied (a lone leader's log may still commit them later): retries settle them.
+async fn settle_unavailable_writes(c: &Cluster, expected: &mut Incarnations) {
+    let answer = c.join_retrying("q", "lonely", lease_member("10.0.0.9:80")).await;
+    expected.insert(("q".into(), "lonely".into()), answer["member"]["incarnation"].as_u64().unwrap());
+    poll("the leave of q/m to settle", || async {
+        let node = c.running().next()?;
+        matches!(c.leave(node, "q", "m").await, Ok((200 | 404, _))).then_some(())
+    })
+    .await;
+    expected.remove(&("q".into(), "m".into()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quorum_loss_answers_503_and_recovers() {
+    let mut c = Cluster::start(3).await;
+    let mut expected = c.join_many(vec![("q".into(), "m".into(), lease_member("10.0.0.1:80"))], 1).await;
+    let leader = c.leader().await;
+    let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+
+    // The leader alone keeps its term but can commit nothing.
+    for &id in &others {
+        c.kill(id);
+    }
+    assert_unavailable_alone(&c, leader, &expected).await;
+
+    c.spawn(others[0]);
+    c.wait_ready_all().await;
+    settle_unavailable_writes(&c, &mut expected).await;
+    expected.extend(c.join_many(lease_joins("back", 0..10, 1), 2).await);
+    assert_everywhere(&c, &expected).await;
+
+    // A follower alone: no leader at all.
+    let leader = c.leader().await;
+    c.kill(leader);
+    let alone = c.running().next().expect("one node left").id;
+    assert_unavailable_alone(&c, alone, &expected).await;
+    c.spawn(leader);
+    c.wait_ready_all().await;
+    settle_unavailable_writes(&c, &mut expected).await;
+    expected.extend(c.join_many(lease_joins("again", 0..10, 1), 2).await);
+    assert_everywhere(&c, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paused_leader_is_replaced_and_catches_up() {
+    let c = Cluster::start(3).await;
+    let mut expected = c.join_many(lease_joins("before", 0..20, 2), 4).await;
+    let old = c.leader().await;
+    c.pause(old, true);
+    let new = c.leader().await;
+    assert_ne!(new, old, "the others elect a new leader");
+    expected.extend(c.join_many(lease_joins("during", 0..20, 2), 4).await);
+    assert_everywhere(&c, &expected).await;
+
+    c.pause(old, false);
+    let back = c.node(old);
+    let view = poll_json(
+        &format!("node {old} to step down"),
+        || async { c.get_json(back, "/v1/cluster?consistency=stale").await.ok().map(|(_, b)| b) },
+        |b| {
+            let leader = b["leader_id"].as_u64();
+            let me = b["nodes"].as_array().and_then(|ns| ns.iter().find(|n| n["id"] == old).cloned());
+            leader.is_some_and(|l| l != old) && me.is_some_and(|n| n["role"] == "follower")
+        },
+    )
+    .await;
+    assert!(view["term"].as_u64() > Some(0));
+    c.wait_member_set(back, Consistency::Stale, &expected).await;
+    c.assert_member_set(back, Consistency::Linearizable, &expected).await;
+    let reply = c.put(back, "/v1/groups/after/members/m", &lease_member("10.0.0.1:80")).await;
+    reply.expect_ok(201, "join through the old leader");
+    expected.insert(("after".into(), "m".into()), reply.body["member"]["incarnation"].as_u64().unwrap());
+    assert_everywhere(&c, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_install_catches_up_a_restarted_follower() {
+    let mut c = Cluster::start_with(3, &["--snapshot-every", "100"]).await;
+    let mut expected = c.join_many(lease_joins("early", 0..500, 10), 16).await;
+    let follower = c.follower().await;
+    c.kill(follower);
+    // The server keeps 1000 entries behind its last snapshot (`max_in_snapshot_log_to_keep`):
+    // only well past that is the follower's next entry surely purged, so that it must install a
+    // snapshot.
+    expected.extend(c.join_many(lease_joins("late", 0..3000, 10), 16).await);
+    c.spawn(follower);
+    c.wait_ready_all().await;
+    let back = c.node(follower);
+    c.assert_member_set(back, Consistency::Linearizable, &expected).await;
+    c.wait_member_set(back, Consistency::Stale, &expected).await;
+
+    // Not only the same members: the same records as the leader's.
+    let leader = c.leader().await;
+    let theirs = c.member_set(c.node(leader), Consistency::Linearizable).await.expect("the leader's members");
+    let ours = c.member_set(back, Consistency::Stale).await.expect("the follower's members");
+    assert!(theirs == ours, "the restarted follower's records equal the leader's");
+
+    assert!(
+        c.log_text(follower).contains("snapshot installed"),
+        "node {follower} caught up by installing a snapshot (its log says so)"
+    );
+    for node in &c.nodes {
+        assert!(node.data_dir.join("snapshot").join("snapshot.json").is_file(), "node {} keeps a snapshot", node.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blocking_query_without_quorum_answers_503_when_its_wait_ends() {
+    let mut c = Cluster::start(3).await;
+    let follower = c.follower().await;
+    let reply = c.put(c.node(follower), "/v1/groups/bq/members/m", &lease_member("10.0.0.1:80")).await;
+    let n = reply.expect_ok(201, "join");
+    for id in (1..=3).filter(|&id| id != follower) {
+        c.kill(id);
+    }
+    let wait = Duration::from_secs(3);
+    let (reply, took) = timed(c.get(c.node(follower), &format!("/v1/groups/bq?index={n}&wait=3s"))).await;
+    reply.expect_error(503, "unavailable", "a blocking query whose wait ends without quorum");
+    assert!(took >= wait.mul_f64(0.9), "it kept waiting for its whole wait, answered after {took:?}");
+    assert!(took < wait + UNAVAILABLE_WITHIN, "answered after {took:?}");
+}
+
+/// Node ids other than `id`.
+fn others(id: u64) -> Vec<u64> {
+    (1..=3).filter(|&other| other != id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blocking_query_that_loses_quorum_while_waiting_answers_503() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let l = c.node(leader);
+    let n = c.put(l, "/v1/groups/bq/members/m", &lease_member("10.0.0.1:80")).await.expect_ok(201, "join");
+
+    // The query starts with a quorum; the other two nodes stop answering during its wait.
+    let wait = Duration::from_secs(4);
+    let path = format!("/v1/groups/bq?index={n}&wait=4s");
+    let ((reply, took), ()) = tokio::join!(timed(c.get(l, &path)), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for id in others(leader) {
+            c.pause(id, true);
+        }
+    });
+    assert!(took >= wait.mul_f64(0.9), "the blocking query kept waiting its whole wait: answered after {took:?}");
+    assert!(took < wait + UNAVAILABLE_WITHIN, "answered after {took:?}");
+    reply.expect_error(503, "unavailable", "a blocking query whose wait ended without quorum");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_that_loses_quorum_keeps_waiting() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let l = c.node(leader);
+    let n = c.put(l, "/v1/groups/bw/members/m", &lease_member("10.0.0.1:80")).await.expect_ok(201, "join");
+    let mut watch = Watch::open(l, "/v1/groups/bw/watch").await;
+    let first = watch.next_event(Duration::from_secs(10)).await;
+    assert_eq!(first.id, n.to_string());
+
+    for id in others(leader) {
+        c.pause(id, true);
+    }
+    // Without a quorum: no event and no end of the stream.
+    assert!(watch.try_next_event(Duration::from_secs(3)).await.is_none(), "no view without a change");
+    // A watch opened now waits for its first view until the quorum is back.
+    let (late_first, ()) = tokio::join!(
+        async {
+            let mut late = Watch::open(l, "/v1/groups/bw/watch").await;
+            assert_eq!(late.status, 200, "a watch opened without quorum waits");
+            late.next_event(Duration::from_secs(30)).await
+        },
+        async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            for id in others(leader) {
+                c.pause(id, false);
+            }
+        }
+    );
+    assert!(late_first.id.parse::<u64>().unwrap() >= n);
+    assert_eq!(late_first.data["members"].as_array().map(Vec::len), Some(1), "{late_first:?}");
+
+    // With the quorum back, the first watch goes on with the next change.
+    let answer = c.join_retrying("bw", "m2", lease_member("10.0.0.2:80")).await;
+    let event = watch.next_event(Duration::from_secs(20)).await;
+    assert!(event.id.parse::<u64>().unwrap() <= answer["revision"].as_u64().unwrap());
+    let ids: Vec<&str> = event.data["members"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["m", "m2"], "{event:?}");
+}

@@ -7,7 +7,9 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Weak;
+
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -15,7 +17,8 @@ use crate::membership::{Command, GroupName, MemberId, NodeAdvert, NodeId};
 use crate::probe::lease::{Heartbeat, Leases};
 use crate::raft::network::{PeerClient, PeerError};
 use crate::raft::state_machine::StateHandle;
-use crate::raft::{Applied, NodeInfo, Raft};
+use crate::batcher::Batcher;
+use crate::raft::{Applied, Batch, NodeInfo, Raft};
 
 /// Why a write or a linearizable read could not be served now. Retrying later may succeed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -62,14 +65,13 @@ pub struct Leader {
     pub info: NodeInfo,
 }
 
-type ReadWaiter = oneshot::Sender<Result<u64, NodeError>>;
-type WriteWaiter = (Command, oneshot::Sender<Result<Applied, NodeError>>);
+/// Batches of forwarded writes a follower has on the way to the leader at once, and batches
+/// of proposals the leader has in its log pipeline at once.
+const WRITES_IN_FLIGHT: usize = 4;
+/// The most writes in one batch.
+const WRITE_BATCH: usize = 1024;
 
-/// Forwarded batches of writes a follower has on the way to the leader at once: enough to keep
-/// the leader's log busy, few enough that each batch gathers many writes.
-const FORWARDS_IN_FLIGHT: usize = 4;
-/// The most writes in one forwarded batch.
-const FORWARD_BATCH: usize = 1024;
+type WriteBatcher = Batcher<Command, Result<Applied, NodeError>>;
 
 /// One GM node: its Raft handle, its applied state, and its way to the leader.
 pub struct Node {
@@ -79,8 +81,12 @@ pub struct Node {
     pub advert: NodeAdvert,
     peers: PeerClient,
     request_timeout: Duration,
-    reads: mpsc::UnboundedSender<ReadWaiter>,
-    writes: mpsc::UnboundedSender<WriteWaiter>,
+    /// Read-index rounds, one at a time: a reader waits for a round that starts after it came.
+    reads: Batcher<(), Result<u64, NodeError>>,
+    /// Writes this node forwards to the leader.
+    forwards: WriteBatcher,
+    /// Writes this node, as leader, appends to the log: many commands per entry.
+    proposals: WriteBatcher,
     /// Cancelled when the node shuts down: long waits (watches, blocking queries) end with it.
     pub shutdown: CancellationToken,
     /// Lease deadlines, used while this node leads.
@@ -88,7 +94,7 @@ pub struct Node {
 }
 
 impl Node {
-    /// Creates the node and starts its read and write batchers, which stop with `cancel`.
+    /// Creates the node and starts its batchers, which stop with `cancel`.
     pub fn start(
         id: NodeId,
         raft: Raft,
@@ -97,31 +103,65 @@ impl Node {
         peers: PeerClient,
         request_timeout: Duration,
         cancel: CancellationToken,
-    ) -> (Arc<Node>, tokio::task::JoinHandle<()>) {
-        let (reads, read_rx) = mpsc::unbounded_channel();
-        let (writes, write_rx) = mpsc::unbounded_channel();
-        let node = Arc::new(Node {
-            id,
-            raft,
-            state,
-            advert,
-            peers,
-            request_timeout,
-            reads,
-            writes,
-            shutdown: cancel.clone(),
-            leases: Leases::default(),
-        });
-        let batchers = tokio::spawn({
-            let node = Arc::clone(&node);
-            async move {
-                tokio::join!(
-                    Arc::clone(&node).batch_reads(read_rx, cancel.clone()),
-                    node.batch_writes(write_rx, cancel)
-                );
+    ) -> (Arc<Node>, Vec<JoinHandle<()>>) {
+        let mut tasks = Vec::new();
+        let node = Arc::new_cyclic(|me: &Weak<Node>| {
+            // The batchers reach the node weakly: it owns them, they must not keep it alive.
+            let (reads, task) = Batcher::start(usize::MAX, 1, cancel.clone(), {
+                let me = me.clone();
+                move |waiters: Vec<()>| {
+                    let me = me.clone();
+                    async move {
+                        let result = match me.upgrade() {
+                            Some(node) => node.read_index_round().await,
+                            None => Err(NodeError::ShuttingDown),
+                        };
+                        vec![result; waiters.len()]
+                    }
+                }
+            });
+            tasks.push(task);
+            let (forwards, task) = Batcher::start(WRITE_BATCH, WRITES_IN_FLIGHT, cancel.clone(), {
+                let me = me.clone();
+                move |commands: Vec<Command>| {
+                    let me = me.clone();
+                    async move {
+                        match me.upgrade() {
+                            Some(node) => node.send_writes(commands).await,
+                            None => vec![Err(NodeError::ShuttingDown); commands.len()],
+                        }
+                    }
+                }
+            });
+            tasks.push(task);
+            let (proposals, task) = Batcher::start(WRITE_BATCH, WRITES_IN_FLIGHT, cancel.clone(), {
+                let me = me.clone();
+                move |commands: Vec<Command>| {
+                    let me = me.clone();
+                    async move {
+                        match me.upgrade() {
+                            Some(node) => node.propose(commands).await,
+                            None => vec![Err(NodeError::ShuttingDown); commands.len()],
+                        }
+                    }
+                }
+            });
+            tasks.push(task);
+            Node {
+                id,
+                raft,
+                state,
+                advert,
+                peers,
+                request_timeout,
+                reads,
+                forwards,
+                proposals,
+                shutdown: cancel.clone(),
+                leases: Leases::default(),
             }
         });
-        (node, batchers)
+        (node, tasks)
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -220,46 +260,14 @@ impl Node {
         self.peers.call::<_, Result<Resp, NodeError>>(&leader.info.peer_addr, path, request, timeout).await?
     }
 
-    /// Hands `command` to the write batcher, which forwards it to the leader with others.
+    /// Hands `command` to the forward batcher, which sends it to the leader with others.
     async fn forward_write(&self, command: Command) -> Result<Applied, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.writes.send((command, tx)).map_err(|_| NodeError::ShuttingDown)?;
-        rx.await.map_err(|_| NodeError::ShuttingDown)?
+        self.forwards.submit(command).await.unwrap_or(Err(NodeError::ShuttingDown))
     }
 
-    /// Forwards queued writes to the leader in batches: one HTTP request carries many writes,
-    /// and up to [`FORWARDS_IN_FLIGHT`] batches travel at once.
-    async fn batch_writes(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<WriteWaiter>, cancel: CancellationToken) {
-        let slots = Arc::new(tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT));
-        let mut in_flight = tokio::task::JoinSet::new();
-        loop {
-            let first = tokio::select! {
-                _ = cancel.cancelled() => return,
-                w = rx.recv() => match w { Some(w) => w, None => return },
-            };
-            // Waiting for a free slot lets more writes queue up behind `first`.
-            let permit = tokio::select! {
-                _ = cancel.cancelled() => return,
-                p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            };
-            while in_flight.try_join_next().is_some() {}
-            let mut batch = vec![first];
-            while batch.len() < FORWARD_BATCH {
-                match rx.try_recv() {
-                    Ok(w) => batch.push(w),
-                    Err(_) => break,
-                }
-            }
-            let node = Arc::clone(&self);
-            in_flight.spawn(async move {
-                node.send_writes(batch).await;
-                drop(permit);
-            });
-        }
-    }
-
-    async fn send_writes(&self, batch: Vec<WriteWaiter>) {
-        let (commands, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+    /// Sends one batch of forwarded writes to the leader.
+    async fn send_writes(&self, commands: Vec<Command>) -> Vec<Result<Applied, NodeError>> {
+        let n = commands.len();
         let answers = match self.leader() {
             None => Err(NodeError::NoLeader),
             Some(leader) if leader.id == self.id => Err(NodeError::NotLeader),
@@ -272,41 +280,33 @@ impl Node {
                     self.request_timeout,
                 )
                 .await
-                .map_err(NodeError::from)
-                .and_then(|answers| {
-                    if answers.len() == waiters.len() {
-                        Ok(answers)
-                    } else {
-                        Err(NodeError::Unavailable("the leader answered a batch of another size".into()))
-                    }
-                }),
+                .map_err(NodeError::from),
         };
         match answers {
-            Ok(answers) => waiters.into_iter().zip(answers).for_each(|(w, a)| drop(w.send(a))),
-            Err(e) => waiters.into_iter().for_each(|w| drop(w.send(Err(e.clone())))),
+            Ok(answers) if answers.len() == n => answers,
+            Ok(_) => vec![Err(NodeError::Unavailable("the leader answered a batch of another size".into())); n],
+            Err(e) => vec![Err(e); n],
         }
     }
 
-    /// The leader's half of forwarded writes: proposes them all, then waits for each.
+    /// Appends one batch of commands to the log as a single entry, and waits until it is applied.
+    async fn propose(&self, commands: Vec<Command>) -> Vec<Result<Applied, NodeError>> {
+        let n = commands.len();
+        match self.raft.client_write(Batch(commands)).await {
+            Ok(resp) if resp.data.len() == n => resp.data.into_iter().map(Ok).collect(),
+            Ok(_) => vec![Err(NodeError::Unavailable("a batch applied to another number of outcomes".into())); n],
+            Err(e) => vec![Err(client_write_error(e)); n],
+        }
+    }
+
+    /// The leader's half of forwarded writes.
     pub async fn write_local_many(&self, commands: Vec<Command>) -> Vec<Result<Applied, NodeError>> {
-        let mut pending = Vec::with_capacity(commands.len());
-        for command in commands {
-            pending.push(self.raft.client_write_ff(command).await);
-        }
-        let answers = pending.into_iter().map(|proposed| async move {
-            let rx = proposed.map_err(|_| NodeError::ShuttingDown)?;
-            match rx.await {
-                Ok(Ok(resp)) => Ok(resp.data),
-                Ok(Err(e)) => Err(client_write_error(RaftError::APIError(e))),
-                Err(_) => Err(NodeError::ShuttingDown),
-            }
-        });
-        futures::future::join_all(answers).await
+        futures::future::join_all(commands.into_iter().map(|c| self.write_local(c))).await
     }
 
-    /// Proposes `command` on this node, which must be the leader.
+    /// Proposes `command` on this node, which must be the leader, batched with others.
     pub async fn write_local(&self, command: Command) -> Result<Applied, NodeError> {
-        self.raft.client_write(command).await.map(|resp| resp.data).map_err(client_write_error)
+        self.proposals.submit(command).await.unwrap_or(Err(NodeError::ShuttingDown))
     }
 
     /// Makes the local state at least as new as every write acknowledged before this call, and
@@ -319,9 +319,7 @@ impl Node {
     /// Like [`Node::linearize`], with a caller's deadline.
     pub async fn linearize_until(&self, deadline: Instant) -> Result<u64, NodeError> {
         tokio::time::timeout_at(deadline, async {
-            let (tx, rx) = oneshot::channel();
-            self.reads.send(tx).map_err(|_| NodeError::ShuttingDown)?;
-            let index = rx.await.map_err(|_| NodeError::ShuttingDown)??;
+            let index = self.reads.submit(()).await.unwrap_or(Err(NodeError::ShuttingDown))?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if !self.state.wait_applied(index, remaining).await {
                 return Err(NodeError::Timeout);
@@ -342,32 +340,6 @@ impl Node {
             }
             Err(RaftError::APIError(e)) => Err(NodeError::Unavailable(e.to_string())),
             Err(RaftError::Fatal(_)) => Err(NodeError::ShuttingDown),
-        }
-    }
-
-    /// Serves read-index rounds one at a time; all readers queued when a round starts share it.
-    /// A reader that arrives during a round waits for the next, so its round starts after it did.
-    async fn batch_reads(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<ReadWaiter>, cancel: CancellationToken) {
-        loop {
-            let first = tokio::select! {
-                _ = cancel.cancelled() => return,
-                w = rx.recv() => match w { Some(w) => w, None => return },
-            };
-            let mut waiters = vec![first];
-            while let Ok(w) = rx.try_recv() {
-                waiters.push(w);
-            }
-            waiters.retain(|w| !w.is_closed());
-            if waiters.is_empty() {
-                continue;
-            }
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = self.read_index_round() => r,
-            };
-            for w in waiters {
-                let _ = w.send(result.clone());
-            }
         }
     }
 

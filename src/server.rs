@@ -72,11 +72,13 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
 
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let (node, batcher) =
+    let (node, batchers) =
         Node::start(id, raft.clone(), state, advert, peer_client, config.request_timeout, cancel.clone());
-    tasks.spawn(async move {
-        let _ = batcher.await;
-    });
+    for batcher in batchers {
+        tasks.spawn(async move {
+            let _ = batcher.await;
+        });
+    }
     let metrics = Arc::new(Metrics::new()?);
     let app = Arc::new(AppState { node: Arc::clone(&node), metrics: Arc::clone(&metrics) });
 

@@ -14,7 +14,7 @@ struct Group {
     members: BTreeMap<MemberId, Member>,
 }
 
-/// All groups at `revision`, the index of the last applied log entry.
+/// All groups at `revision`: the number of changes applied so far.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MembershipState {
     revision: u64,
@@ -25,15 +25,16 @@ pub struct MembershipState {
 }
 
 impl MembershipState {
-    /// Applies `command`, committed at log index `revision`.
+    /// Applies `command`. A command that changes anything takes the next revision; one that
+    /// changes nothing (a retried join, a leave of a non-member) leaves the revision as it is.
     ///
     /// Incarnations never repeat for one id in one group, without keeping tombstones: a first join
-    /// takes the log index of the join, and a re-join adds one. Each re-join uses up a log index, so
-    /// a member's incarnation never exceeds the index of its last change, and a later first join
-    /// (at a larger index) starts above every incarnation the id had before.
-    pub fn apply(&mut self, revision: u64, command: &Command) -> Outcome {
-        self.advance(revision);
-        match command {
+    /// takes the revision of the join, and a re-join adds one. Each re-join uses up a revision, so
+    /// a member's incarnation never exceeds the revision of its last change, and a later first join
+    /// (at a larger revision) starts above every incarnation the id had before.
+    pub fn apply(&mut self, command: &Command) -> Outcome {
+        let next = self.revision + 1;
+        let (outcome, changed) = match command {
             Command::Join { group, id, spec, at } => {
                 let responsible_node =
                     if spec.failure_detection.is_probe() { responsible(&self.probers, group, id) } else { None };
@@ -43,7 +44,7 @@ impl MembershipState {
                         return Outcome::Joined { member: current.clone(), created: false, changed: false };
                     }
                     Some(current) => current.incarnation + 1,
-                    None => revision,
+                    None => next,
                 };
                 let member = Member {
                     id: id.clone(),
@@ -57,50 +58,54 @@ impl MembershipState {
                     failure_detection: spec.failure_detection.clone(),
                 };
                 let created = g.members.insert(id.clone(), member.clone()).is_none();
-                g.revision = revision;
-                Outcome::Joined { member, created, changed: true }
+                g.revision = next;
+                (Outcome::Joined { member, created, changed: true }, true)
             }
             Command::Leave { group, id, incarnation, reason: _ } => {
-                let Some(g) = self.groups.get_mut(group) else {
-                    return Outcome::NotMember;
-                };
-                let Some(current) = g.members.get(id) else {
+                let Some(current) = self.member(group, id) else {
                     return Outcome::NotMember;
                 };
                 if incarnation.is_some_and(|n| n != current.incarnation) {
                     return Outcome::IncarnationMismatch { current: current.incarnation };
                 }
-                let member = g.members.remove(id).expect("checked above");
-                g.revision = revision;
+                let Some(g) = self.groups.get_mut(group) else {
+                    return Outcome::NotMember;
+                };
+                let Some(member) = g.members.remove(id) else {
+                    return Outcome::NotMember;
+                };
+                g.revision = next;
                 if g.members.is_empty() {
                     self.groups.remove(group);
                 }
-                Outcome::Left { member }
+                (Outcome::Left { member }, true)
             }
             Command::InitCluster { cluster_id } => {
+                let changed = self.cluster_id.is_none();
                 self.cluster_id.get_or_insert_with(|| cluster_id.clone());
-                Outcome::Done
+                (Outcome::Done, changed)
             }
             Command::SetProbers { nodes } => {
                 let mut nodes = nodes.clone();
                 nodes.sort_unstable();
                 nodes.dedup();
-                if nodes != self.probers {
+                let changed = nodes != self.probers;
+                if changed {
                     self.probers = nodes;
-                    self.reassign(revision);
+                    self.reassign(next);
                 }
-                Outcome::Done
+                (Outcome::Done, changed)
             }
             Command::AdvertiseNode { node, advert } => {
+                let changed = self.adverts.get(node) != Some(advert);
                 self.adverts.insert(*node, advert.clone());
-                Outcome::Done
+                (Outcome::Done, changed)
             }
+        };
+        if changed {
+            self.revision = next;
         }
-    }
-
-    /// Records a log entry that changes no group (a leader's blank entry, a Raft membership change).
-    pub fn advance(&mut self, revision: u64) {
-        self.revision = self.revision.max(revision);
+        outcome
     }
 
     /// Hands every probe-mode member to its node under the current probers.
@@ -242,52 +247,57 @@ mod tests {
             other => panic!("expected Joined, got {other:?}"),
         }
     }
+    fn addr(a: &str) -> serde_json::Value {
+        serde_json::json!({ "address": a })
+    }
 
     #[test]
     fn first_join_creates_group_and_member() {
         let mut s = MembershipState::default();
-        let (member, created, changed) =
-            joined(s.apply(5, &join("orders", "w1", serde_json::json!({"address": "10.0.0.1:80"}), 1000)));
+        s.apply(&Command::InitCluster { cluster_id: "c".into() });
+        let (member, created, changed) = joined(s.apply(&join("orders", "w1", addr("10.0.0.1:80"), 1000)));
         assert!(created && changed);
-        assert_eq!(member.incarnation, 5);
+        assert_eq!(member.incarnation, 2, "the revision of the join");
         assert_eq!(member.joined_at, Timestamp::from_millis(1000));
         assert_eq!(member.responsible_node, None, "no probers yet");
-        assert_eq!(s.revision(), 5);
-        assert_eq!(s.group_revision(&g("orders")), Some(5));
+        assert_eq!(s.revision(), 2);
+        assert_eq!(s.group_revision(&g("orders")), Some(2));
         let view = s.view(&g("orders")).unwrap();
         assert_eq!(view.members, vec![member]);
-        assert_eq!(s.groups(), vec![GroupSummary { group: g("orders"), revision: 5, size: 1 }]);
+        assert_eq!(s.groups(), vec![GroupSummary { group: g("orders"), revision: 2, size: 1 }]);
     }
 
     #[test]
     fn identical_join_is_a_no_op() {
         let mut s = MembershipState::default();
         let body = serde_json::json!({"address": "10.0.0.1:80", "metadata": {"zone": "a"}});
-        let (first, ..) = joined(s.apply(1, &join("g", "w", body.clone(), 10)));
-        let (again, created, changed) = joined(s.apply(2, &join("g", "w", body, 20)));
+        let (first, ..) = joined(s.apply(&join("g", "w", body.clone(), 10)));
+        let (again, created, changed) = joined(s.apply(&join("g", "w", body, 20)));
         assert!(!created && !changed);
         assert_eq!(again, first, "same record, same joined_at and incarnation");
         assert_eq!(s.group_revision(&g("g")), Some(1), "a no-op does not change the group");
-        assert_eq!(s.revision(), 2);
+        assert_eq!(s.revision(), 1, "nor the revision");
     }
 
     #[test]
     fn defaults_make_explicit_and_implicit_bodies_equal() {
         let mut s = MembershipState::default();
-        joined(s.apply(1, &join("g", "w", serde_json::json!({"address": "h:1"}), 0)));
+        joined(s.apply(&join("g", "w", addr("h:1"), 0)));
         let explicit = serde_json::json!({"address": "h:1", "metadata": {}, "instance": null,
             "failure_detection": {"mode": "probe", "path": "/gm/heartbeat"}});
-        let (_, _, changed) = joined(s.apply(2, &join("g", "w", explicit, 0)));
+        let (_, _, changed) = joined(s.apply(&join("g", "w", explicit, 0)));
         assert!(!changed);
     }
 
     #[test]
     fn any_difference_is_a_rejoin_that_bumps_incarnation() {
         let mut s = MembershipState::default();
-        let base = serde_json::json!({"address": "h:1"});
-        joined(s.apply(3, &join("g", "w", base, 0)));
+        s.apply(&Command::InitCluster { cluster_id: "c".into() });
+        s.apply(&Command::SetProbers { nodes: vec![1] });
+        let (first, ..) = joined(s.apply(&join("g", "w", addr("h:1"), 0)));
+        assert_eq!(first.incarnation, 3);
         let changes = [
-            serde_json::json!({"address": "h:2"}),
+            addr("h:2"),
             serde_json::json!({"address": "h:2", "metadata": {"k": "v"}}),
             serde_json::json!({"address": "h:2", "metadata": {"k": "v"}, "instance": "i1"}),
             serde_json::json!({"address": "h:2", "metadata": {"k": "v"}, "instance": "i2"}),
@@ -295,12 +305,12 @@ mod tests {
                 "failure_detection": {"mode": "lease", "ttl_ms": 1000}}),
         ];
         for (i, body) in changes.into_iter().enumerate() {
-            let rev = 10 + i as u64;
-            let (member, created, changed) = joined(s.apply(rev, &join("g", "w", body, rev as i64)));
+            let at = 100 + i as i64;
+            let (member, created, changed) = joined(s.apply(&join("g", "w", body, at)));
             assert!(!created && changed);
             assert_eq!(member.incarnation, 3 + 1 + i as u64);
-            assert_eq!(member.joined_at, Timestamp::from_millis(rev as i64), "joined_at renewed");
-            assert_eq!(s.group_revision(&g("g")), Some(rev));
+            assert_eq!(member.joined_at, Timestamp::from_millis(at), "joined_at renewed");
+            assert_eq!(s.group_revision(&g("g")), Some(s.revision()));
         }
     }
 
@@ -308,43 +318,43 @@ mod tests {
     fn incarnations_never_repeat_after_leave_and_rejoin() {
         let mut s = MembershipState::default();
         let mut seen = std::collections::BTreeSet::new();
-        let mut rev = 1;
         for round in 0..5 {
             for k in 0..3 {
                 let body = serde_json::json!({"address": "h:1", "instance": format!("r{round}k{k}")});
-                let (member, ..) = joined(s.apply(rev, &join("g", "w", body, 0)));
+                let (member, ..) = joined(s.apply(&join("g", "w", body, 0)));
                 assert!(seen.insert(member.incarnation), "incarnation {} repeated", member.incarnation);
-                rev += 1;
             }
-            assert!(matches!(s.apply(rev, &leave("g", "w", None)), Outcome::Left { .. }));
-            rev += 1;
+            // Other members' changes in between must not matter either.
+            joined(s.apply(&join("g", &format!("other{round}"), addr("h:1"), 0)));
+            assert!(matches!(s.apply(&leave("g", "w", None)), Outcome::Left { .. }));
         }
     }
 
     #[test]
     fn leave_checks_membership_and_incarnation() {
         let mut s = MembershipState::default();
-        assert_eq!(s.apply(1, &leave("g", "w", None)), Outcome::NotMember);
-        assert_eq!(s.apply(2, &leave("g", "w", Some(1))), Outcome::NotMember, "404 whatever N");
-        joined(s.apply(3, &join("g", "w", serde_json::json!({"address": "h:1"}), 0)));
-        joined(s.apply(4, &join("g", "v", serde_json::json!({"address": "h:1"}), 0)));
-        assert_eq!(s.apply(5, &leave("g", "w", Some(2))), Outcome::IncarnationMismatch { current: 3 });
+        assert_eq!(s.apply(&leave("g", "w", None)), Outcome::NotMember);
+        assert_eq!(s.apply(&leave("g", "w", Some(1))), Outcome::NotMember, "404 whatever N");
+        assert_eq!(s.revision(), 0, "a failed leave changes nothing");
+        joined(s.apply(&join("g", "w", addr("h:1"), 0)));
+        joined(s.apply(&join("g", "v", addr("h:1"), 0)));
+        assert_eq!(s.apply(&leave("g", "w", Some(7))), Outcome::IncarnationMismatch { current: 1 });
         assert!(s.member(&g("g"), &m("w")).is_some(), "a stale leave changes nothing");
-        assert_eq!(s.group_revision(&g("g")), Some(4));
-        let Outcome::Left { member } = s.apply(6, &leave("g", "w", Some(3))) else { panic!() };
+        assert_eq!((s.group_revision(&g("g")), s.revision()), (Some(2), 2));
+        let Outcome::Left { member } = s.apply(&leave("g", "w", Some(1))) else { panic!() };
         assert_eq!(member.id, m("w"));
-        assert_eq!(s.group_revision(&g("g")), Some(6));
-        assert!(matches!(s.apply(7, &leave("g", "v", None)), Outcome::Left { .. }));
+        assert_eq!(s.group_revision(&g("g")), Some(3));
+        assert!(matches!(s.apply(&leave("g", "v", None)), Outcome::Left { .. }));
         assert_eq!(s.view(&g("g")), None, "the last leave removes the group");
         assert!(s.groups().is_empty());
-        assert_eq!(s.revision(), 7);
+        assert_eq!(s.revision(), 4);
     }
 
     #[test]
     fn members_in_a_view_are_sorted_by_id() {
         let mut s = MembershipState::default();
-        for (i, id) in ["c", "a", "B", "b"].iter().enumerate() {
-            joined(s.apply(i as u64 + 1, &join("g", id, serde_json::json!({"address": "h:1"}), 0)));
+        for id in ["c", "a", "B", "b"] {
+            joined(s.apply(&join("g", id, addr("h:1"), 0)));
         }
         let ids: Vec<_> = s.view(&g("g")).unwrap().members.iter().map(|m| m.id.to_string()).collect();
         assert_eq!(ids, ["B", "a", "b", "c"]);
@@ -353,21 +363,13 @@ mod tests {
     #[test]
     fn probe_members_are_spread_over_probers_and_lease_members_are_not() {
         let mut s = MembershipState::default();
-        s.apply(1, &Command::SetProbers { nodes: vec![3, 1, 2, 2] });
+        s.apply(&Command::SetProbers { nodes: vec![3, 1, 2, 2] });
         assert_eq!(s.probers(), &[1, 2, 3]);
         for i in 0..300 {
-            joined(s.apply(2 + i, &join("g", &format!("m{i}"), serde_json::json!({"address": "h:1"}), 0)));
+            joined(s.apply(&join("g", &format!("m{i}"), addr("h:1"), 0)));
         }
-        let (lease, ..) = joined(s.apply(
-            1000,
-            &join(
-                "g",
-                "lease",
-                serde_json::json!({"address": "h:1",
-            "failure_detection": {"mode": "lease"}}),
-                0,
-            ),
-        ));
+        let lease = serde_json::json!({"address": "h:1", "failure_detection": {"mode": "lease"}});
+        let (lease, ..) = joined(s.apply(&join("g", "lease", lease, 0)));
         assert_eq!(lease.responsible_node, None);
         let counts = s.responsible_counts();
         assert_eq!(counts.values().sum::<usize>(), 300);
@@ -377,9 +379,9 @@ mod tests {
         }
         // Removing a node moves only its members; the group revision records the change.
         let before: Vec<_> = s.view(&g("g")).unwrap().members;
-        s.apply(2000, &Command::SetProbers { nodes: vec![1, 2] });
+        s.apply(&Command::SetProbers { nodes: vec![1, 2] });
         let after = s.view(&g("g")).unwrap();
-        assert_eq!(after.revision, 2000);
+        assert_eq!(after.revision, s.revision());
         for (b, a) in before.iter().zip(&after.members) {
             if b.responsible_node != Some(3) {
                 assert_eq!(a.responsible_node, b.responsible_node, "{} moved needlessly", a.id);
@@ -389,8 +391,9 @@ mod tests {
         }
         assert_eq!(s.responsible_counts().get(&3), None);
         // Setting the same probers again changes nothing.
-        s.apply(2001, &Command::SetProbers { nodes: vec![2, 1] });
-        assert_eq!(s.group_revision(&g("g")), Some(2000));
+        let revision = s.revision();
+        s.apply(&Command::SetProbers { nodes: vec![2, 1] });
+        assert_eq!((s.revision(), s.group_revision(&g("g"))), (revision, Some(revision)));
     }
 
     #[test]
@@ -408,35 +411,31 @@ mod tests {
     #[test]
     fn cluster_id_is_set_once() {
         let mut s = MembershipState::default();
-        s.apply(1, &Command::InitCluster { cluster_id: "a".into() });
-        s.apply(2, &Command::InitCluster { cluster_id: "b".into() });
+        s.apply(&Command::InitCluster { cluster_id: "a".into() });
+        s.apply(&Command::InitCluster { cluster_id: "b".into() });
         assert_eq!(s.cluster_id(), Some("a"));
+        assert_eq!(s.revision(), 1);
     }
 
     #[test]
     fn adverts_replace_earlier_ones() {
         let mut s = MembershipState::default();
         let advert = |api: &str| NodeAdvert { name: "gm-0".into(), api_address: api.into() };
-        s.apply(1, &Command::AdvertiseNode { node: 1, advert: advert("a:1") });
-        s.apply(2, &Command::AdvertiseNode { node: 1, advert: advert("a:2") });
+        s.apply(&Command::AdvertiseNode { node: 1, advert: advert("a:1") });
+        s.apply(&Command::AdvertiseNode { node: 1, advert: advert("a:2") });
+        s.apply(&Command::AdvertiseNode { node: 1, advert: advert("a:2") });
         assert_eq!(s.advert(1), Some(&advert("a:2")));
         assert_eq!(s.advert(2), None);
+        assert_eq!(s.revision(), 2, "repeating an advert changes nothing");
     }
 
     #[test]
     fn state_round_trips_through_json() {
         let mut s = MembershipState::default();
-        s.apply(1, &Command::SetProbers { nodes: vec![1, 2, 3] });
-        joined(s.apply(
-            2,
-            &join(
-                "g",
-                "w",
-                serde_json::json!({"address": "[::1]:80", "metadata": {"a": "b"},
-            "instance": "x", "failure_detection": {"mode": "lease", "ttl_ms": 700}}),
-                42,
-            ),
-        ));
+        s.apply(&Command::SetProbers { nodes: vec![1, 2, 3] });
+        let lease = serde_json::json!({"address": "[::1]:80", "metadata": {"a": "b"},
+            "instance": "x", "failure_detection": {"mode": "lease", "ttl_ms": 700}});
+        joined(s.apply(&join("g", "w", lease, 42)));
         let back: MembershipState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
         let rec = serde_json::to_value(s.member(&g("g"), &m("w")).unwrap()).unwrap();

@@ -185,8 +185,8 @@ mod tests {
 
     fn state_with(members: &[(&str, serde_json::Value)]) -> MembershipState {
         let mut s = MembershipState::default();
-        s.apply(1, &Command::SetProbers { nodes: vec![1] });
-        for (i, (id, spec)) in members.iter().enumerate() {
+        s.apply(&Command::SetProbers { nodes: vec![1] });
+        for (id, spec) in members {
             let spec: MemberSpec = serde_json::from_value(spec.clone()).unwrap();
             let command = Command::Join {
                 group: GroupName::parse("g").unwrap(),
@@ -194,7 +194,7 @@ mod tests {
                 spec,
                 at: Timestamp::from_millis(0),
             };
-            s.apply(2 + i as u64, &command);
+            s.apply(&command);
         }
         s
     }

@@ -657,6 +657,7 @@ mod tests {
 
     use super::*;
     use crate::membership::Command;
+    use crate::raft::Batch;
 
     fn log_id(term: u64, index: u64) -> LogId {
         LogId::new(CommittedLeaderId::new(term, 1), index)
@@ -664,7 +665,10 @@ mod tests {
 
     fn entry(term: u64, index: u64) -> Entry {
         let cluster_id = format!("cluster-{index}");
-        Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Command::InitCluster { cluster_id }) }
+        Entry {
+            log_id: log_id(term, index),
+            payload: EntryPayload::Normal(Batch(vec![Command::InitCluster { cluster_id }])),
+        }
     }
 
     /// Appends each index as its own record and waits until all are on disk.

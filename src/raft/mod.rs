@@ -21,7 +21,12 @@ pub struct NodeInfo {
     pub peer_addr: String,
 }
 
-/// The result of applying one command: the outcome at its revision (the entry's log index).
+/// Commands proposed together as one log entry: the leader gathers concurrent writes into one
+/// append, so they share one fsync (openraft 0.9 waits for each append's flush in turn).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Command>);
+
+/// The result of applying one command: its outcome, and the revision after it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     pub revision: u64,
@@ -29,10 +34,10 @@ pub struct Applied {
 }
 
 openraft::declare_raft_types!(
-    /// gm's Raft types: commands in, outcomes out, snapshots as serialized state.
+    /// gm's Raft types: batches of commands in, their outcomes out, snapshots as serialized state.
     pub TypeConfig:
-        D = Command,
-        R = Applied,
+        D = Batch,
+        R = Vec<Applied>,
         NodeId = NodeId,
         Node = NodeInfo,
         SnapshotData = Vec<u8>,

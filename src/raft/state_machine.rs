@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::{broadcast, watch};
 
-use super::{Applied, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use super::{Applied, Batch, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::membership::{Command, GroupName, GroupView, MembershipState, Outcome};
 
 const SNAPSHOT_FILE: &str = "snapshot.json";
@@ -35,16 +36,20 @@ pub struct StateHandle {
 
 struct Shared {
     machine: RwLock<Machine>,
-    /// The revision after each applied batch.
+    /// The log index applied last, after each applied batch of entries.
     applied: watch::Sender<u64>,
+    /// The state's revision, readable without the lock.
+    revision: AtomicU64,
     /// Per-group streams of views, only for groups someone watches.
     watchers: Mutex<HashMap<GroupName, broadcast::Sender<Arc<GroupView>>>>,
 }
 
 impl StateHandle {
     fn new(machine: Machine) -> Self {
-        let (applied, _) = watch::channel(machine.state.revision());
-        StateHandle { inner: Arc::new(Shared { machine: RwLock::new(machine), applied, watchers: Mutex::default() }) }
+        let (applied, _) = watch::channel(machine.last_applied.map_or(0, |id| id.index));
+        let revision = AtomicU64::new(machine.state.revision());
+        let inner = Shared { machine: RwLock::new(machine), applied, revision, watchers: Mutex::default() };
+        StateHandle { inner: Arc::new(inner) }
     }
 
     /// A read lock on the applied state. Hold it briefly: the state machine waits for it.
@@ -52,17 +57,18 @@ impl StateHandle {
         self.inner.machine.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The revision of the applied state.
     pub fn revision(&self) -> u64 {
-        *self.inner.applied.borrow()
+        self.inner.revision.load(Ordering::Acquire)
     }
 
-    /// Waits until the applied revision is at least `revision`; false if `timeout` passes first.
-    pub async fn wait_applied(&self, revision: u64, timeout: Duration) -> bool {
+    /// Waits until the log is applied up to `index`; false if `timeout` passes first.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         let mut rx = self.inner.applied.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|&r| r >= revision)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|&i| i >= index)).await.is_ok_and(|r| r.is_ok())
     }
 
-    /// A receiver that wakes whenever a batch is applied.
+    /// A receiver that wakes whenever entries are applied.
     pub fn applied(&self) -> watch::Receiver<u64> {
         self.inner.applied.subscribe()
     }
@@ -77,6 +83,20 @@ impl StateHandle {
     /// The view of `group` in `state`; a group without members is an empty view at `revision`.
     pub fn view_or_empty(state: &MembershipState, group: &GroupName, revision: u64) -> GroupView {
         state.view(group).unwrap_or_else(|| GroupView { group: group.clone(), revision, members: Vec::new() })
+    }
+
+    /// Applies one command to `state` and tells the watchers of what it changed.
+    fn apply(&self, state: &mut MembershipState, command: &Command) -> Applied {
+        let outcome = state.apply(command);
+        let revision = state.revision();
+        let changed = match (command, &outcome) {
+            (Command::Join { group, .. }, Outcome::Joined { changed: true, .. })
+            | (Command::Leave { group, .. }, Outcome::Left { .. }) => Some(std::slice::from_ref(group)),
+            (Command::SetProbers { .. }, _) => None,
+            _ => Some(&[][..]),
+        };
+        self.publish(state, changed, revision);
+        Applied { revision, outcome }
     }
 
     /// Sends the current view to the watchers of each group in `groups` (all watched groups if None).
@@ -190,7 +210,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((m.last_applied, m.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Applied>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
     {
@@ -199,37 +219,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut guard = self.handle.inner.machine.write().unwrap_or_else(|e| e.into_inner());
             let m = &mut *guard;
             for entry in entries {
-                let revision = entry.log_id.index;
                 m.last_applied = Some(entry.log_id);
-                let outcome = match entry.payload {
-                    EntryPayload::Blank => {
-                        m.state.advance(revision);
-                        Outcome::Done
-                    }
-                    EntryPayload::Normal(command) => {
-                        let outcome = m.state.apply(revision, &command);
-                        let changed = match (&command, &outcome) {
-                            (Command::Join { group, .. }, Outcome::Joined { changed: true, .. })
-                            | (Command::Leave { group, .. }, Outcome::Left { .. }) => Some(std::slice::from_ref(group)),
-                            (Command::SetProbers { .. }, _) => None,
-                            _ => Some(&[][..]),
-                        };
-                        self.handle.publish(&m.state, changed, revision);
-                        outcome
+                let applied = match entry.payload {
+                    EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Normal(Batch(commands)) => {
+                        commands.iter().map(|command| self.handle.apply(&mut m.state, command)).collect()
                     }
                     EntryPayload::Membership(membership) => {
-                        // Every voter probes: spreading members over them is decided by the log, so
-                        // every node agrees on each member's responsible node.
+                        // Every voter probes until the leader learns otherwise: starting from the
+                        // log, every node agrees on each member's responsible node.
                         let nodes = membership.voter_ids().collect();
-                        m.state.apply(revision, &Command::SetProbers { nodes });
                         m.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                        self.handle.publish(&m.state, None, revision);
-                        Outcome::Done
+                        vec![self.handle.apply(&mut m.state, &Command::SetProbers { nodes })]
                     }
                 };
-                results.push(Applied { revision, outcome });
+                results.push(applied);
             }
-            m.state.revision()
+            self.handle.inner.revision.store(m.state.revision(), Ordering::Release);
+            m.last_applied.map_or(0, |id| id.index)
         };
         self.handle.inner.applied.send_replace(last);
         Ok(results)
@@ -251,13 +258,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| snapshot_error(ErrorVerb::Write, e))?
             .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
-        let revision = {
+        {
             let mut m = self.handle.inner.machine.write().unwrap_or_else(|e| e.into_inner());
             *m = Machine { state, last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
             self.handle.publish(&m.state, None, m.state.revision());
-            m.state.revision()
-        };
-        self.handle.inner.applied.send_replace(revision);
+            self.handle.inner.revision.store(m.state.revision(), Ordering::Release);
+        }
+        self.handle.inner.applied.send_replace(meta.last_log_id.map_or(0, |id| id.index));
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
         Ok(())
     }

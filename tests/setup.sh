@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on a fresh machine (idempotent): cargo-nextest and the
-# Python OpenAPI validator. Safe to run again.
+# Installs what the test suite needs on a fresh machine (idempotent): cargo-nextest, the
+# Python OpenAPI validator, and iptables (the partition tests drop one node's packets).
 set -euo pipefail
+if ! command -v iptables >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq iptables >/dev/null
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

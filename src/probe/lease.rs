@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::membership::Outcome;
 use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, MemberId, MembershipState};
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::raft::Applied;
 
 /// How often the leader looks for expired leases; expiry is at most this late.
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
@@ -166,10 +168,12 @@ pub async fn run_expiry(node: Arc<Node>, metrics: Arc<Metrics>, cancel: Cancella
                 let command =
                     Command::Leave { group: group.clone(), id: id.clone(), incarnation: Some(incarnation), reason };
                 match node.write_local(command).await {
-                    Ok(_) => {
+                    Ok(Applied { outcome: Outcome::Left { .. }, .. }) => {
                         metrics.evictions.with_label_values(&[reason.as_str()]).inc();
                         tracing::info!(%group, member = %id, incarnation, "lease expired; member removed");
                     }
+                    // Re-joined or gone meanwhile: nothing was removed.
+                    Ok(_) => {}
                     Err(error) => tracing::warn!(%group, member = %id, %error, "removing an expired member failed"),
                 }
             }

@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::check::{Checker, ProbeTarget};
 use super::ProbeConfig;
-use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, MemberId, NodeId};
+use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, MemberId, NodeId, Outcome};
 use crate::metrics::Metrics;
 use crate::node::{peer_path, Node};
+use crate::raft::Applied;
 
 /// Most other nodes asked to probe a suspect before it is removed.
 const INDIRECT_PROBERS: usize = 4;
@@ -151,10 +152,13 @@ fn settle(
             });
         }
         Done::Judged { key, incarnation, removed } => {
-            if removed {
-                tracked.remove(&key);
-            } else if let Some(t) = tracked.get_mut(&key).filter(|t| t.target.incarnation == incarnation) {
-                t.busy = false;
+            // The entry may already track a newer incarnation, which the judgement is not about.
+            if tracked.get(&key).is_some_and(|t| t.target.incarnation == incarnation) {
+                if removed {
+                    tracked.remove(&key);
+                } else if let Some(t) = tracked.get_mut(&key) {
+                    t.busy = false;
+                }
             }
         }
     }
@@ -198,11 +202,13 @@ async fn judge(node: &Node, checker: &Checker, metrics: &Metrics, target: &Probe
         reason,
     };
     match node.write(command).await {
-        Ok(_) => {
+        Ok(Applied { outcome: Outcome::Left { .. }, .. }) => {
             metrics.evictions.with_label_values(&[reason.as_str()]).inc();
             tracing::info!(group = %target.group, member = %target.id, incarnation = target.incarnation, "member failed; removed");
             true
         }
+        // It re-joined or left meanwhile: the probed incarnation is gone, a newer one is not.
+        Ok(_) => true,
         Err(error) => {
             tracing::warn!(group = %target.group, member = %target.id, %error, "removing a failed member failed");
             false

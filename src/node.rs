@@ -13,11 +13,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::batcher::Batcher;
 use crate::membership::{Command, GroupName, MemberId, NodeAdvert, NodeId};
 use crate::probe::lease::{Heartbeat, Leases};
 use crate::raft::network::{PeerClient, PeerError};
 use crate::raft::state_machine::StateHandle;
-use crate::batcher::Batcher;
 use crate::raft::{Applied, Batch, NodeInfo, Raft};
 
 /// Why a write or a linearizable read could not be served now. Retrying later may succeed.
@@ -48,6 +48,33 @@ pub mod peer_path {
     pub const HEARTBEAT: &str = "/forward/heartbeat";
     pub const PING: &str = "/peer/ping";
     pub const INDIRECT_PROBE: &str = "/probe/indirect";
+}
+
+/// A batcher whose batches `serve` answers on the node while it lives. It holds the node
+/// weakly: the node owns its batchers, they must not keep it alive.
+fn node_batcher<Req, T, F, Fut>(
+    me: &Weak<Node>,
+    max_batch: usize,
+    in_flight: usize,
+    cancel: &CancellationToken,
+    serve: F,
+) -> (Batcher<Req, Result<T, NodeError>>, JoinHandle<()>)
+where
+    Req: Send + 'static,
+    T: Clone + Send + 'static,
+    F: Fn(Arc<Node>, Vec<Req>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Vec<Result<T, NodeError>>> + Send + 'static,
+{
+    let me = me.clone();
+    Batcher::start(max_batch, in_flight, cancel.clone(), move |batch: Vec<Req>| {
+        let me = me.clone();
+        async move {
+            match me.upgrade() {
+                Some(node) => serve(node, batch).await,
+                None => vec![Err(NodeError::ShuttingDown); batch.len()],
+            }
+        }
+    })
 }
 
 fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> NodeError {
@@ -107,45 +134,20 @@ impl Node {
         let mut tasks = Vec::new();
         let node = Arc::new_cyclic(|me: &Weak<Node>| {
             // The batchers reach the node weakly: it owns them, they must not keep it alive.
-            let (reads, task) = Batcher::start(usize::MAX, 1, cancel.clone(), {
-                let me = me.clone();
-                move |waiters: Vec<()>| {
-                    let me = me.clone();
-                    async move {
-                        let result = match me.upgrade() {
-                            Some(node) => node.read_index_round().await,
-                            None => Err(NodeError::ShuttingDown),
-                        };
-                        vec![result; waiters.len()]
-                    }
-                }
+            let (reads, task) = node_batcher(me, usize::MAX, 1, &cancel, |node, waiters: Vec<()>| async move {
+                let result = node.read_index_round().await;
+                vec![result; waiters.len()]
             });
             tasks.push(task);
-            let (forwards, task) = Batcher::start(WRITE_BATCH, WRITES_IN_FLIGHT, cancel.clone(), {
-                let me = me.clone();
-                move |commands: Vec<Command>| {
-                    let me = me.clone();
-                    async move {
-                        match me.upgrade() {
-                            Some(node) => node.send_writes(commands).await,
-                            None => vec![Err(NodeError::ShuttingDown); commands.len()],
-                        }
-                    }
-                }
-            });
+            let (forwards, task) =
+                node_batcher(me, WRITE_BATCH, WRITES_IN_FLIGHT, &cancel, |node, commands| async move {
+                    node.send_writes(commands).await
+                });
             tasks.push(task);
-            let (proposals, task) = Batcher::start(WRITE_BATCH, WRITES_IN_FLIGHT, cancel.clone(), {
-                let me = me.clone();
-                move |commands: Vec<Command>| {
-                    let me = me.clone();
-                    async move {
-                        match me.upgrade() {
-                            Some(node) => node.propose(commands).await,
-                            None => vec![Err(NodeError::ShuttingDown); commands.len()],
-                        }
-                    }
-                }
-            });
+            let (proposals, task) =
+                node_batcher(me, WRITE_BATCH, WRITES_IN_FLIGHT, &cancel, |node, commands| async move {
+                    node.propose(commands).await
+                });
             tasks.push(task);
             Node {
                 id,

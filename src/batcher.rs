@@ -20,7 +20,12 @@ pub struct Batcher<Req, Resp> {
 impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     /// Starts the batching task. `send` gets up to `max_batch` requests and must answer each, in
     /// order; at most `in_flight` calls of `send` run at once. The task stops with `cancel`.
-    pub fn start<F, Fut>(max_batch: usize, in_flight: usize, cancel: CancellationToken, send: F) -> (Self, JoinHandle<()>)
+    pub fn start<F, Fut>(
+        max_batch: usize,
+        in_flight: usize,
+        cancel: CancellationToken,
+        send: F,
+    ) -> (Self, JoinHandle<()>)
     where
         F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Resp>> + Send + 'static,

@@ -95,17 +95,6 @@ impl LocalCluster {
         }
     }
 
-    /// Completes when any node exits, with its id.
-    async fn any_exit(&mut self) -> u64 {
-        let waits = self.nodes.iter_mut().filter_map(|n| Some((n.id, n.child.as_mut()?))).map(|(id, c)| {
-            Box::pin(async move {
-                let _ = c.wait().await;
-                id
-            })
-        });
-        futures::future::select_all(waits).await.0
-    }
-
     /// SIGTERM to every node so each stops cleanly; SIGKILL after 10 s for any that does not.
     pub async fn stop(mut self) {
         for child in self.nodes.iter().filter_map(|n| n.child.as_ref()) {
@@ -122,18 +111,15 @@ impl LocalCluster {
     }
 }
 
-/// Starts the nodes, prints their API URLs, and stops them all when `shutdown` completes or any
-/// node exits.
+/// Starts the nodes, prints their API URLs, and stops them all when `shutdown` completes. A node
+/// that is killed meanwhile (to watch a failover) leaves the others running.
 pub async fn run(config: DevConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), DevError> {
-    let mut cluster = LocalCluster::start(&config, &[])?;
+    let cluster = LocalCluster::start(&config, &[])?;
     for node in &cluster.nodes {
         println!("node {}: http://{}", node.id, node.api);
     }
     println!("data in {}; Ctrl-C stops all nodes", config.data_dir.display());
-    tokio::select! {
-        _ = shutdown => {}
-        id = cluster.any_exit() => tracing::warn!(node = id, "a node exited; stopping the others"),
-    }
+    shutdown.await;
     cluster.stop().await;
     Ok(())
 }

@@ -95,8 +95,8 @@ pub struct Leader {
 /// Batches of forwarded writes a follower has on the way to the leader at once, and batches
 /// of proposals the leader has in its log pipeline at once.
 const WRITES_IN_FLIGHT: usize = 4;
-/// The most writes in one batch.
-const WRITE_BATCH: usize = 1024;
+/// The most writes in one batch, and so in one log entry.
+const WRITE_BATCH: usize = 256;
 
 type WriteBatcher = Batcher<Command, Result<Applied, NodeError>>;
 

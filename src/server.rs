@@ -132,7 +132,9 @@ fn raft_config(config: &ServerConfig) -> Result<Arc<openraft::Config>, ServerErr
         heartbeat_interval: ms(config.heartbeat_interval),
         election_timeout_min: election,
         election_timeout_max: election * 2,
-        max_payload_entries: 4096,
+        // Each entry is a batch of up to `WRITE_BATCH` commands, and openraft gives an
+        // AppendEntries one heartbeat interval: keep a catching-up follower's payloads small.
+        max_payload_entries: 8,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
         max_in_snapshot_log_to_keep: 1000,
         install_snapshot_timeout: 30_000,

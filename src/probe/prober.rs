@@ -65,7 +65,9 @@ pub async fn run(node: Arc<Node>, config: ProbeConfig, metrics: Arc<Metrics>, ca
         let now = Instant::now();
         for (key, t) in tracked.iter_mut().filter(|(_, t)| !t.busy && t.next_due <= now) {
             t.busy = true;
-            t.next_due = now + config.interval;
+            // From the due time, not from now: probes keep their period instead of slipping by a
+            // tick each round; a member overdue by more than a period starts afresh.
+            t.next_due = (t.next_due + config.interval).max(now);
             let (checker, target, key) = (checker.clone(), t.target.clone(), key.clone());
             tasks.spawn(async move {
                 let sent = Instant::now();

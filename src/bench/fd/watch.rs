@@ -1,0 +1,348 @@
+//! Every node's view of every group, followed live: one watch stream
+//! (`GET /v1/groups/{group}/watch?consistency=stale`) per group per node, so a removal is seen
+//! when that node applies it. Records when each member first left each node's view.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::Client;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Layout;
+use crate::bench::cluster::ViewIds;
+use crate::bench::BenchError;
+
+/// Pause before a broken watch stream is opened again.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
+
+/// One Server-Sent Event.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+/// Turns a byte stream into Server-Sent Events as the HTML standard reads them: lines end in
+/// LF, CRLF or CR; `:` starts a comment (keep-alives); a blank line ends an event; an event
+/// without data is dropped. Chunks may split lines (and UTF-8 characters) anywhere.
+#[derive(Default)]
+pub(super) struct SseParser {
+    pending: Vec<u8>,
+    /// The last byte seen was a CR: a LF right after it ends no second line.
+    after_cr: bool,
+    event: String,
+    data: String,
+    last_id: Option<String>,
+}
+
+impl SseParser {
+    /// Feeds `chunk`; returns the events it completes.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        let scan_from = self.pending.len();
+        self.pending.extend_from_slice(chunk);
+        let mut start = 0;
+        for i in scan_from..self.pending.len() {
+            let byte = self.pending[i];
+            if std::mem::take(&mut self.after_cr) && byte == b'\n' && i == start {
+                start = i + 1;
+                continue;
+            }
+            if byte == b'\n' || byte == b'\r' {
+                let line = String::from_utf8_lossy(&self.pending[start..i]).into_owned();
+                self.line(&line, &mut events);
+                self.after_cr = byte == b'\r';
+                start = i + 1;
+            }
+        }
+        self.pending.drain(..start);
+        events
+    }
+
+    fn line(&mut self, line: &str, events: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            let event = std::mem::take(&mut self.event);
+            let mut data = std::mem::take(&mut self.data);
+            if !data.is_empty() {
+                data.pop();
+                let event = if event.is_empty() { "message".to_owned() } else { event };
+                events.push(SseEvent { event, id: self.last_id.clone(), data });
+            }
+            return;
+        }
+        if line.starts_with(':') {
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => self.event = value.to_owned(),
+            "data" => {
+                self.data.push_str(value);
+                self.data.push('\n');
+            }
+            "id" if !value.contains('\0') => self.last_id = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+}
+
+/// The bench's members in a view's `data`; other ids and every other field are ignored.
+pub(super) fn view_members(data: &str, layout: &Layout) -> Result<HashSet<u32>, serde_json::Error> {
+    let view: ViewIds = serde_json::from_str(data)?;
+    Ok(view.members.iter().filter_map(|m| layout.parse_id(&m.id)).collect())
+}
+
+/// What the watch streams have shown.
+pub(super) struct Book {
+    /// Whether each member is in each node's latest view: `[node][member]`.
+    pub present: Vec<Vec<bool>>,
+    /// When each member first left each node's view: `[node][member]`.
+    pub vanished: Vec<Vec<Option<Instant>>>,
+    /// Streams that have shown their first view.
+    pub first_views: usize,
+    /// Streams that broke and were opened again.
+    pub reconnects: u64,
+    /// View events received, and bytes of stream, over all streams.
+    views: u64,
+    bytes: u64,
+}
+
+impl Book {
+    pub fn new(nodes: usize, members: u32) -> Book {
+        Book {
+            present: vec![vec![false; members as usize]; nodes],
+            vanished: vec![vec![None; members as usize]; nodes],
+            first_views: 0,
+            reconnects: 0,
+            views: 0,
+            bytes: 0,
+        }
+    }
+
+    /// View events and bytes the streams have brought so far.
+    pub fn traffic(&self) -> (u64, u64) {
+        (self.views, self.bytes)
+    }
+
+    /// Node `node`'s view of one group went from `before` to `after` at `at`.
+    pub fn changed(&mut self, node: usize, before: &HashSet<u32>, after: &HashSet<u32>, at: Instant) {
+        for &n in before.difference(after) {
+            self.present[node][n as usize] = false;
+            self.vanished[node][n as usize].get_or_insert(at);
+        }
+        for &n in after.difference(before) {
+            self.present[node][n as usize] = true;
+        }
+    }
+
+    /// Whether every node's view has lost each of `members`.
+    pub fn removed_everywhere(&self, mut members: impl Iterator<Item = u32>) -> bool {
+        members.all(|n| self.vanished.iter().all(|node| node[n as usize].is_some()))
+    }
+
+    /// Whether member `n` is in every node's latest view.
+    pub fn everywhere(&self, n: u32) -> bool {
+        self.present.iter().all(|node| node[n as usize])
+    }
+}
+
+/// The watch streams, one task each, until stopped.
+pub(super) struct Watches {
+    book: Arc<Mutex<Book>>,
+    streams: usize,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Watches {
+    /// Opens a watch of every group of `layout` on every endpoint.
+    pub fn start(client: &Client, endpoints: &[String], layout: Layout) -> Watches {
+        let book = Arc::new(Mutex::new(Book::new(endpoints.len(), layout.members)));
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        for (node, endpoint) in endpoints.iter().enumerate() {
+            for g in 0..layout.groups {
+                let url = format!("{endpoint}/v1/groups/{}/watch?consistency=stale", layout.group(g));
+                let stream = Stream { client: client.clone(), url, node, layout, book: Arc::clone(&book) };
+                let cancel = cancel.clone();
+                tasks.spawn(async move {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = stream.follow() => {}
+                    }
+                });
+            }
+        }
+        Watches { book, streams: endpoints.len() * layout.groups as usize, cancel, tasks }
+    }
+
+    /// What the streams have shown so far.
+    pub fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until every stream has shown its first view.
+    pub async fn first_views(&self, waited: Duration) -> Result<(), BenchError> {
+        let deadline = Instant::now() + waited;
+        loop {
+            let seen = self.book().first_views;
+            if seen >= self.streams {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(BenchError::Watch(format!(
+                    "only {seen} of {} watch streams showed a first view within {waited:?}",
+                    self.streams
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// One watch stream: one group on one node.
+struct Stream {
+    client: Client,
+    url: String,
+    node: usize,
+    layout: Layout,
+    book: Arc<Mutex<Book>>,
+}
+
+impl Stream {
+    /// Follows the stream, opening it again whenever it breaks.
+    async fn follow(self) {
+        let mut current: HashSet<u32> = HashSet::new();
+        let mut first = true;
+        loop {
+            if let Err(error) = self.read(&mut current, &mut first).await {
+                tracing::debug!(url = %self.url, %error, "watch stream broke; opening it again");
+            }
+            self.book.lock().unwrap_or_else(|e| e.into_inner()).reconnects += 1;
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+        }
+    }
+
+    /// Reads the stream until it ends, applying each view to the book.
+    async fn read(&self, current: &mut HashSet<u32>, first: &mut bool) -> Result<(), String> {
+        let response = self.client.get(&self.url).send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let mut parser = SseParser::default();
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            // The moment the bytes arrived, before any parsing: that is when the view was seen.
+            let at = Instant::now();
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            self.book.lock().unwrap_or_else(|e| e.into_inner()).bytes += chunk.len() as u64;
+            for event in parser.push(&chunk).into_iter().filter(|e| e.event == "view") {
+                let after = view_members(&event.data, &self.layout).map_err(|e| e.to_string())?;
+                let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+                book.views += 1;
+                book.changed(self.node, current, &after, at);
+                if std::mem::take(first) {
+                    book.first_views += 1;
+                }
+                *current = after;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(parser: &mut SseParser, chunks: &[&str]) -> Vec<SseEvent> {
+        chunks.iter().flat_map(|c| parser.push(c.as_bytes())).collect()
+    }
+
+    fn view(id: &str, data: &str) -> SseEvent {
+        SseEvent { event: "view".into(), id: Some(id.into()), data: data.into() }
+    }
+
+    #[test]
+    fn events_end_at_a_blank_line() {
+        let mut p = SseParser::default();
+        let got = events(&mut p, &["event: view\nid: 7\ndata: {\"a\":1}\n\n", "event: view\nid: 8\ndata: x\n\n"]);
+        assert_eq!(got, vec![view("7", "{\"a\":1}"), view("8", "x")]);
+    }
+
+    #[test]
+    fn chunks_split_anywhere() {
+        let text = "event: view\r\nid: 9\r\ndata: {\"id\":\"é\"}\r\n\r\n";
+        for cut in 1..text.len() {
+            let (a, b) = text.as_bytes().split_at(cut);
+            let mut p = SseParser::default();
+            let mut got = p.push(a);
+            got.extend(p.push(b));
+            assert_eq!(got, vec![view("9", "{\"id\":\"é\"}")], "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn comments_and_empty_events_are_skipped() {
+        let mut p = SseParser::default();
+        let got = events(&mut p, &[":\n\n", ": keep-alive\n\n", "event: view\n\n", "data: a\r\rdata:b\ndata\n\n"]);
+        // Lone CRs end lines too; `data:b` has no space to strip; a bare `data` adds an empty line.
+        assert_eq!(
+            got,
+            vec![
+                SseEvent { event: "message".into(), id: None, data: "a".into() },
+                SseEvent { event: "message".into(), id: None, data: "b\n".into() }
+            ]
+        );
+    }
+
+    #[test]
+    fn the_last_id_carries_over() {
+        let mut p = SseParser::default();
+        let got = events(&mut p, &["id: 3\ndata: a\n\n", "data: b\n\n"]);
+        assert_eq!(got[1].id.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn views_yield_the_bench_members_only() {
+        let layout = Layout { members: 10, addresses: 1, groups: 1 };
+        let data = r#"{"group":"fd-0","revision":5,"members":[
+            {"id":"m1","group":"fd-0","address":"127.0.0.1:1","metadata":{},"incarnation":1,
+             "failure_detection":{"mode":"probe","path":"/gm/heartbeat"}},
+            {"id":"m9","group":"fd-0","address":"127.0.0.1:1"},
+            {"id":"m10","group":"fd-0","address":"127.0.0.1:1"},
+            {"id":"other","group":"fd-0","address":"127.0.0.1:1"}]}"#;
+        assert_eq!(view_members(data, &layout).expect("view"), HashSet::from([1, 9]));
+        assert!(view_members("{", &layout).is_err());
+    }
+
+    #[test]
+    fn the_book_keeps_the_first_time_a_member_left() {
+        let mut book = Book::new(2, 3);
+        let t0 = Instant::now();
+        let (all, some) = (HashSet::from([0, 1, 2]), HashSet::from([0, 2]));
+        book.changed(0, &HashSet::new(), &all, t0);
+        book.changed(1, &HashSet::new(), &all, t0);
+        assert!(book.everywhere(1));
+        book.changed(0, &all, &some, t0 + Duration::from_secs(1));
+        book.changed(0, &some, &HashSet::from([0]), t0 + Duration::from_secs(2));
+        assert!(!book.everywhere(1));
+        assert!(book.everywhere(0));
+        assert_eq!(book.vanished[0][1], Some(t0 + Duration::from_secs(1)));
+        assert_eq!(book.vanished[0][2], Some(t0 + Duration::from_secs(2)));
+        assert_eq!(book.vanished[1][1], None);
+    }
+}

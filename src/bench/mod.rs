@@ -1,0 +1,142 @@
+//! `gm bench`: measure a cluster through its public API and print figures, never judging them.
+//!
+//! - `gm bench` (no subcommand, [`load`]): join throughput and latency, linearizable and stale
+//!   read throughput, and how long writes stop when the leader is killed.
+//! - `gm bench fd` ([`fd`]): failure detection of probe-mode members: how long the cluster takes to
+//!   remove crashed members, whether it removes live ones, and what probing costs.
+//!
+//! Both start their own local cluster of real `gm server` processes on a fresh data dir
+//! ([`cluster`]) unless `gm bench` is given `--endpoints`; [`figures`] tallies and formats results.
+
+mod cluster;
+mod fd;
+mod figures;
+mod load;
+
+use std::future::Future;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::dev::DevError;
+
+pub use cluster::ClusterArgs;
+pub use fd::FdConfig;
+pub use load::{LoadConfig, Workload};
+
+/// `gm bench [FLAGS]` runs the load bench; `gm bench fd [FLAGS]` the failure-detection bench.
+#[derive(Clone, Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchConfig {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub load: LoadConfig,
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Failure detection: crash probe-mode members and measure how fast every node removes them,
+    /// count live members removed by mistake, and measure what probing costs.
+    Fd(FdConfig),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("cannot start the local cluster: {0}")]
+    Cluster(#[from] DevError),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(reqwest::Error),
+    #[error("bad endpoint {0:?}: expected http://HOST:PORT")]
+    Endpoint(String),
+    #[error("{url}: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("{url}: unexpected status {status}")]
+    Status { url: String, status: u16 },
+    #[error("{endpoint} was not ready within {waited:?} (is its port free? is it part of a cluster?)")]
+    NotReady { endpoint: String, waited: Duration },
+    #[error("port {0} on 127.0.0.1 is taken (another cluster?); choose others with --api-port and --peer-port")]
+    PortInUse(u16),
+    #[error("no node knew a leader within {0:?}")]
+    NoLeader(Duration),
+    #[error("no write was acknowledged within {0:?} before the leader was killed")]
+    NoSteadyWrites(Duration),
+    #[error("the failover phase kills nodes, so it needs the bench's own cluster (no --endpoints)")]
+    FailoverNeedsOwnCluster,
+    #[error("no members to read: every setup join failed ({0})")]
+    NoMembers(String),
+    #[error("a latency histogram failed: {0}")]
+    Histogram(String),
+    #[error("a bench worker failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+    #[error("cannot encode the figures: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("cannot start a member server: {0}")]
+    MemberServer(std::io::Error),
+    #[error("cannot find the process of node {0} in /proc")]
+    NodeProcess(u64),
+    #[error("{0}")]
+    Flags(String),
+    #[error("{0}")]
+    Watch(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Runs the bench the command line chose.
+pub async fn run(config: BenchConfig) -> Result<(), BenchError> {
+    match config.command {
+        None => load::run(config.load).await,
+        Some(BenchCommand::Fd(fd)) => fd::run(fd).await,
+    }
+}
+
+/// `work`, or [`BenchError::Interrupted`] on Ctrl-C, so the caller still stops its cluster.
+async fn interruptible<T>(work: impl Future<Output = Result<T, BenchError>>) -> Result<T, BenchError> {
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(BenchError::Interrupted),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::config::{Cli, CliCommand};
+
+    use super::*;
+
+    fn bench(args: &[&str]) -> Result<BenchConfig, clap::Error> {
+        let cli = Cli::try_parse_from(["gm", "bench"].iter().chain(args))?;
+        match cli.command {
+            CliCommand::Bench(config) => Ok(config),
+            other => panic!("not bench: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bench_without_a_subcommand_is_the_load_bench() {
+        let config = bench(&["--groups", "4", "--workload", "joins"]).expect("parses");
+        assert!(config.command.is_none());
+        assert_eq!(config.load.groups, 4);
+        assert_eq!(config.load.workload, Workload::Joins);
+    }
+
+    #[test]
+    fn bench_fd_has_its_own_flags() {
+        let config =
+            bench(&["fd", "--members", "2000", "--probe-interval", "200ms", "--pause-node", "2"]).expect("parses");
+        let Some(BenchCommand::Fd(fd)) = config.command else { panic!("not fd") };
+        assert_eq!(fd.members, 2000);
+        assert_eq!(fd.probe_interval, Duration::from_millis(200));
+        assert_eq!(fd.pause_node, Some(2));
+        assert_eq!(fd.groups, 10);
+        assert_eq!(fd.cluster.nodes, 3);
+    }
+
+    #[test]
+    fn load_flags_before_fd_are_refused() {
+        assert!(bench(&["--groups", "4", "fd"]).is_err());
+    }
+}

@@ -83,9 +83,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let app = Arc::new(AppState { node: Arc::clone(&node), metrics: Arc::clone(&metrics) });
 
     let probe = ProbeConfig::from(&config);
-    let peer_state = Arc::new(PeerState { node: Arc::clone(&node), checker: Checker::new(probe.timeout) });
+    let checker = Checker::new(probe.timeout);
+    let peer_state = Arc::new(PeerState { node: Arc::clone(&node), checker: checker.clone() });
     tasks.spawn(serve(peer_listener, peer::router(peer_state), cancel.clone()));
-    tasks.spawn(prober::run(Arc::clone(&node), probe, Arc::clone(&metrics), cancel.clone()));
+    tasks.spawn(prober::run(Arc::clone(&node), probe, checker, Arc::clone(&metrics), cancel.clone()));
     tasks.spawn(handover::run(Arc::clone(&node), probe, cancel.clone()));
     tasks.spawn(lease::run_expiry(Arc::clone(&node), Arc::clone(&metrics), cancel.clone()));
     tasks.spawn(serve(api_listener, api::router(app), cancel.clone()));

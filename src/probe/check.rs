@@ -1,7 +1,13 @@
 //! One probe of one member: `GET http://{address}{path}` with the `X-GM-*` headers; any 2xx
-//! within the timeout is alive. Connections are pooled and reused across probes.
+//! within the timeout is alive. Connections are pooled and reused across probes. A probe that
+//! got no answer in time says nothing when this node could not keep up: an overloaded or
+//! stalled node must not take its own slowness for its members' death.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,11 +23,12 @@ pub struct ProbeTarget {
     pub path: String,
 }
 
-/// Sends probes.
+/// Sends probes. Clones share one connection pool and one overload flag.
 #[derive(Clone)]
 pub struct Checker {
     http: reqwest::Client,
     timeout: Duration,
+    overloaded: Arc<AtomicBool>,
 }
 
 impl Checker {
@@ -33,16 +40,27 @@ impl Checker {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        Checker { http, timeout }
+        Checker { http, timeout, overloaded: Arc::default() }
+    }
+
+    /// Set by the prober when its probes run late: timeouts then say nothing.
+    pub fn set_overloaded(&self, overloaded: bool) {
+        if self.overloaded.swap(overloaded, Ordering::Relaxed) != overloaded {
+            tracing::warn!(overloaded, "probe schedule {}", if overloaded { "falls behind" } else { "keeps up again" });
+        }
     }
 
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
 
-    /// Whether the member answered with a 2xx in time.
-    pub async fn probe(&self, target: &ProbeTarget) -> bool {
+    /// `Some(true)`: a 2xx in time. `Some(false)`: another status, a refused or broken
+    /// connection, or no answer in time while this node keeps up. `None`: no answer in time
+    /// while this node is overloaded, or a probe that took far longer than its timeout (this
+    /// process was paused or starved).
+    pub async fn probe(&self, target: &ProbeTarget) -> Option<bool> {
         let url = format!("http://{}{}", target.address, target.path);
+        let start = Instant::now();
         let sent = self
             .http
             .get(url)
@@ -53,10 +71,12 @@ impl Checker {
             .send()
             .await;
         match sent {
-            Ok(resp) => resp.status().is_success(),
+            Ok(resp) => Some(resp.status().is_success()),
             Err(error) => {
                 tracing::trace!(group = %target.group, member = %target.id, %error, "probe failed");
-                false
+                let stalled = start.elapsed() > self.timeout * 3;
+                let unsure = error.is_timeout() && self.overloaded.load(Ordering::Relaxed);
+                (!stalled && !unsure).then_some(false)
             }
         }
     }

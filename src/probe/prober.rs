@@ -40,8 +40,13 @@ enum Done {
 }
 
 /// Probes and evicts until `cancel`.
-pub async fn run(node: Arc<Node>, config: ProbeConfig, metrics: Arc<Metrics>, cancel: CancellationToken) {
-    let checker = Checker::new(config.timeout);
+pub async fn run(
+    node: Arc<Node>,
+    config: ProbeConfig,
+    checker: Checker,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
     let tick = (config.interval / 10).clamp(Duration::from_millis(10), Duration::from_millis(100));
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -63,21 +68,21 @@ pub async fn run(node: Arc<Node>, config: ProbeConfig, metrics: Arc<Metrics>, ca
             synced_at = revision;
         }
         let now = Instant::now();
+        let mut lateness = Duration::ZERO;
         for (key, t) in tracked.iter_mut().filter(|(_, t)| !t.busy && t.next_due <= now) {
+            lateness = lateness.max(now - t.next_due);
             t.busy = true;
             // From the due time, not from now: probes keep their period instead of slipping by a
             // tick each round; a member overdue by more than a period starts afresh.
             t.next_due = (t.next_due + config.interval).max(now);
             let (checker, target, key) = (checker.clone(), t.target.clone(), key.clone());
             tasks.spawn(async move {
-                let sent = Instant::now();
                 let alive = checker.probe(&target).await;
-                // A failure that took far longer than the timeout says this process stalled
-                // (paused, starved), not that the member failed: it does not count.
-                let stalled = !alive && sent.elapsed() > checker.timeout() * 3;
-                Done::Probed { key, incarnation: target.incarnation, alive: (!stalled).then_some(alive) }
+                Done::Probed { key, incarnation: target.incarnation, alive }
             });
         }
+        // Probes starting half an interval late: this node cannot keep up with its members.
+        checker.set_overloaded(lateness > config.interval / 2);
     }
 }
 
@@ -167,26 +172,27 @@ fn settle(
 }
 
 /// Asks other nodes to probe the suspect; removes it only if none reached it and at least one
-/// answered, so a node cut off from everyone removes nothing. Returns whether it was removed.
+/// saw it fail, so a node cut off from everyone (or whose peers are overloaded) removes nothing. Returns whether it was removed.
 async fn judge(node: &Node, checker: &Checker, metrics: &Metrics, target: &ProbeTarget) -> bool {
     let others = other_probers(node);
     let asks = others.iter().map(|(peer, addr)| async move {
         let timeout = checker.timeout() * 2;
-        (*peer, node.peers().call::<_, bool>(addr, peer_path::INDIRECT_PROBE, target, timeout).await)
+        (*peer, node.peers().call::<_, Option<bool>>(addr, peer_path::INDIRECT_PROBE, target, timeout).await)
     });
     // A single-node cluster has only its own judgement.
     let mut answered = usize::from(others.is_empty());
     for (peer, answer) in futures::future::join_all(asks).await {
         match answer {
-            Ok(true) => {
+            Ok(Some(true)) => {
                 metrics.indirect_probes.with_label_values(&["alive"]).inc();
                 tracing::info!(group = %target.group, member = %target.id, via = peer, "suspect answered an indirect probe; kept");
                 return false;
             }
-            Ok(false) => {
+            Ok(Some(false)) => {
                 metrics.indirect_probes.with_label_values(&["failed"]).inc();
                 answered += 1;
             }
+            Ok(None) => metrics.indirect_probes.with_label_values(&["inconclusive"]).inc(),
             Err(error) => {
                 metrics.indirect_probes.with_label_values(&["unreachable"]).inc();
                 tracing::debug!(via = peer, %error, "indirect probe could not be asked");

@@ -86,7 +86,7 @@ async fn ping(State(peer): State<Arc<PeerState>>) -> Json<u64> {
     Json(peer.node.state.revision())
 }
 
-/// Probes a member another node suspects; true if it answered.
-async fn indirect_probe(State(peer): State<Arc<PeerState>>, Json(target): Json<ProbeTarget>) -> Json<bool> {
+/// Probes a member another node suspects (see [`Checker::probe`] for the answer).
+async fn indirect_probe(State(peer): State<Arc<PeerState>>, Json(target): Json<ProbeTarget>) -> Json<Option<bool>> {
     Json(peer.checker.probe(&target).await)
 }

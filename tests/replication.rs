@@ -62,6 +62,19 @@ async fn leader_crash_and_restart_keeps_acknowledged_writes() {
     assert_everywhere(&c, &expected).await;
 }
 
+/// A leader killed right after a burst of writes, which the leader packs many to a log entry:
+/// the survivors elect a leader, a follower that lagged catches up on those large entries in
+/// time, writes resume, and no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_crash_after_a_burst_of_writes_loses_nothing() {
+    let mut c = Cluster::start(3).await;
+    let mut expected = c.join_many(lease_joins("burst", 0..3000, 8), 64).await;
+    let old = c.leader().await;
+    c.kill(old);
+    expected.extend(c.join_many(lease_joins("after", 0..200, 8), 16).await);
+    assert_everywhere(&c, &expected).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn whole_cluster_crash_loses_no_acknowledged_write() {
     let mut c = Cluster::start(3).await;

@@ -12,26 +12,30 @@ use tokio_util::sync::CancellationToken;
 
 type Waiter<Req, Resp> = (Req, oneshot::Sender<Resp>);
 
+/// How big batches get, and how many travel at once.
+#[derive(Clone, Copy)]
+pub struct Limits<Req> {
+    pub weight: usize,
+    pub weigh: fn(&Req) -> usize,
+    pub in_flight: usize,
+}
+
 /// The sending half: callers submit here.
 pub struct Batcher<Req, Resp> {
     queue: mpsc::UnboundedSender<Waiter<Req, Resp>>,
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
-    /// Starts the batching task. `send` gets up to `max_batch` requests and must answer each, in
-    /// order; at most `in_flight` calls of `send` run at once. The task stops with `cancel`.
-    pub fn start<F, Fut>(
-        max_batch: usize,
-        in_flight: usize,
-        cancel: CancellationToken,
-        send: F,
-    ) -> (Self, JoinHandle<()>)
+    /// Starts the batching task. `send` gets requests whose `weigh`ts add up to at most
+    /// `limits.weight` (and at least one), and must answer each, in order; at most
+    /// `limits.in_flight` calls of `send` run at once. The task stops with `cancel`.
+    pub fn start<F, Fut>(limits: Limits<Req>, cancel: CancellationToken, send: F) -> (Self, JoinHandle<()>)
     where
         F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Resp>> + Send + 'static,
     {
         let (queue, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(rx, max_batch, in_flight, cancel, send));
+        let task = tokio::spawn(run(rx, limits, cancel, send));
         (Batcher { queue }, task)
     }
 
@@ -45,8 +49,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
 
 async fn run<Req, Resp, F, Fut>(
     mut rx: mpsc::UnboundedReceiver<Waiter<Req, Resp>>,
-    max_batch: usize,
-    in_flight: usize,
+    limits: Limits<Req>,
     cancel: CancellationToken,
     send: F,
 ) where
@@ -55,7 +58,7 @@ async fn run<Req, Resp, F, Fut>(
     F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Vec<Resp>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(in_flight));
+    let slots = Arc::new(Semaphore::new(limits.in_flight));
     let mut batches = JoinSet::new();
     loop {
         let first = tokio::select! {
@@ -68,10 +71,14 @@ async fn run<Req, Resp, F, Fut>(
             p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
         };
         while batches.try_join_next().is_some() {}
+        let mut weight = (limits.weigh)(&first.0);
         let mut batch = vec![first];
-        while batch.len() < max_batch {
+        while weight < limits.weight {
             match rx.try_recv() {
-                Ok(w) => batch.push(w),
+                Ok(w) => {
+                    weight += (limits.weigh)(&w.0);
+                    batch.push(w);
+                }
                 Err(_) => break,
             }
         }
@@ -101,7 +108,8 @@ mod tests {
     async fn concurrent_requests_share_batches_and_get_their_own_answers() {
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&calls);
-        let (batcher, task) = Batcher::start(64, 1, CancellationToken::new(), move |reqs: Vec<u32>| {
+        let limits = Limits { weight: 64, weigh: |_| 1, in_flight: 1 };
+        let (batcher, task) = Batcher::start(limits, CancellationToken::new(), move |reqs: Vec<u32>| {
             counted.fetch_add(1, Ordering::SeqCst);
             async move {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -122,9 +130,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn batches_stay_within_their_weight() {
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&sizes);
+        let limits = Limits { weight: 10, weigh: |r: &usize| *r, in_flight: 1 };
+        let (batcher, task) = Batcher::start(limits, CancellationToken::new(), move |reqs: Vec<usize>| {
+            seen.lock().unwrap().push(reqs.iter().sum::<usize>());
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                reqs
+            }
+        });
+        let batcher = Arc::new(batcher);
+        let weights = [3usize, 4, 5, 20, 1, 2, 6, 6, 6];
+        futures::future::join_all(weights.iter().map(|&w| {
+            let b = Arc::clone(&batcher);
+            async move { b.submit(w).await }
+        }))
+        .await;
+        // A batch stops growing once it reaches the weight; a single heavy request still goes.
+        for total in sizes.lock().unwrap().iter() {
+            assert!(*total < 10 + 20, "batch of weight {total}");
+        }
+        task.abort();
+    }
+
+    #[tokio::test]
     async fn a_stopped_batcher_answers_none() {
         let cancel = CancellationToken::new();
-        let (batcher, task) = Batcher::start(8, 1, cancel.clone(), |reqs: Vec<u32>| async move { reqs });
+        let limits = Limits { weight: 8, weigh: |_| 1, in_flight: 1 };
+        let (batcher, task) = Batcher::start(limits, cancel.clone(), |reqs: Vec<u32>| async move { reqs });
         cancel.cancel();
         let _ = task.await;
         assert_eq!(batcher.submit(1).await, None);

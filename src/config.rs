@@ -44,6 +44,14 @@ pub enum Discovery {
     Kubernetes,
 }
 
+fn request_timeout(s: &str) -> Result<Duration, String> {
+    match duration(s) {
+        Ok(d) if d <= Duration::from_secs(10) && !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be more than 0 and at most 10s".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Parses `250ms`, `1s`, `2m`.
 pub fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
@@ -89,11 +97,13 @@ pub struct ServerConfig {
     /// This node's name in `/v1/cluster`. Default: the host name.
     #[arg(long, env = "GM_NAME")]
     pub name: Option<String>,
-    /// Longest time a write or linearizable read waits before answering 503.
-    #[arg(long, env = "GM_REQUEST_TIMEOUT", default_value = "5s", value_parser = duration)]
+    /// Longest time a write or linearizable read waits before answering 503 (at most 10s, the
+    /// contract's bound).
+    #[arg(long, env = "GM_REQUEST_TIMEOUT", default_value = "5s", value_parser = request_timeout)]
     pub request_timeout: Duration,
     /// Leader heartbeat period.
-    #[arg(long, env = "GM_HEARTBEAT_INTERVAL", default_value = "50ms", value_parser = duration)]
+    /// openraft also gives each AppendEntries this long to complete.
+    #[arg(long, env = "GM_HEARTBEAT_INTERVAL", default_value = "100ms", value_parser = duration)]
     pub heartbeat_interval: Duration,
     /// Shortest election timeout; the longest is twice this. A follower waits for the longest
     /// before it votes for a new leader, so failover takes 2 to 3 times this.

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::batcher::Batcher;
+use crate::batcher::{Batcher, Limits};
 use crate::membership::{Command, GroupName, MemberId, NodeAdvert, NodeId};
 use crate::probe::lease::{Heartbeat, Leases};
 use crate::raft::network::{PeerClient, PeerError};
@@ -27,7 +27,7 @@ pub enum NodeError {
     NoLeader,
     #[error("this node is not the leader")]
     NotLeader,
-    #[error("timed out waiting for a quorum")]
+    #[error("timed out waiting for the leader and a quorum")]
     Timeout,
     #[error("the cluster is unavailable: {0}")]
     Unavailable(String),
@@ -54,8 +54,7 @@ pub mod peer_path {
 /// weakly: the node owns its batchers, they must not keep it alive.
 fn node_batcher<Req, T, F, Fut>(
     me: &Weak<Node>,
-    max_batch: usize,
-    in_flight: usize,
+    limits: Limits<Req>,
     cancel: &CancellationToken,
     serve: F,
 ) -> (Batcher<Req, Result<T, NodeError>>, JoinHandle<()>)
@@ -66,7 +65,7 @@ where
     Fut: std::future::Future<Output = Vec<Result<T, NodeError>>> + Send + 'static,
 {
     let me = me.clone();
-    Batcher::start(max_batch, in_flight, cancel.clone(), move |batch: Vec<Req>| {
+    Batcher::start(limits, cancel.clone(), move |batch: Vec<Req>| {
         let me = me.clone();
         async move {
             match me.upgrade() {
@@ -92,11 +91,13 @@ pub struct Leader {
     pub info: NodeInfo,
 }
 
-/// Batches of forwarded writes a follower has on the way to the leader at once, and batches
-/// of proposals the leader has in its log pipeline at once.
-const WRITES_IN_FLIGHT: usize = 4;
-/// The most writes in one batch, and so in one log entry.
-const WRITE_BATCH: usize = 256;
+/// Write batches: forwarded batches a follower has on the way to the leader at once, and
+/// proposals the leader has in its log pipeline at once; a batch (one log entry) holds about
+/// 256 KiB of commands, so that openraft's per-AppendEntries deadline (one heartbeat interval)
+/// holds for a follower catching up.
+const WRITES: Limits<Command> = Limits { weight: 256 * 1024, weigh: Command::approx_bytes, in_flight: 4 };
+/// Read-index rounds: one at a time, each serving every reader queued.
+const READS: Limits<()> = Limits { weight: usize::MAX, weigh: |_| 0, in_flight: 1 };
 
 type WriteBatcher = Batcher<Command, Result<Applied, NodeError>>;
 
@@ -134,20 +135,16 @@ impl Node {
         let mut tasks = Vec::new();
         let node = Arc::new_cyclic(|me: &Weak<Node>| {
             // The batchers reach the node weakly: it owns them, they must not keep it alive.
-            let (reads, task) = node_batcher(me, usize::MAX, 1, &cancel, |node, waiters: Vec<()>| async move {
+            let (reads, task) = node_batcher(me, READS, &cancel, |node, waiters: Vec<()>| async move {
                 let result = node.read_index_round().await;
                 vec![result; waiters.len()]
             });
             tasks.push(task);
             let (forwards, task) =
-                node_batcher(me, WRITE_BATCH, WRITES_IN_FLIGHT, &cancel, |node, commands| async move {
-                    node.send_writes(commands).await
-                });
+                node_batcher(me, WRITES, &cancel, |node, commands| async move { node.send_writes(commands).await });
             tasks.push(task);
             let (proposals, task) =
-                node_batcher(me, WRITE_BATCH, WRITES_IN_FLIGHT, &cancel, |node, commands| async move {
-                    node.propose(commands).await
-                });
+                node_batcher(me, WRITES, &cancel, |node, commands| async move { node.propose(commands).await });
             tasks.push(task);
             Node {
                 id,
@@ -204,12 +201,10 @@ impl Node {
         .await
     }
 
-    /// The leader's half of a heartbeat: a linearizable look-up, then the renewal.
+    /// The leader's half of a heartbeat: a linearizable look-up (sharing the batched read-index
+    /// rounds), then the renewal, only if this node still leads.
     pub async fn local_heartbeat(&self, group: &GroupName, id: &MemberId) -> Result<Heartbeat, NodeError> {
-        let index = self.local_read_index().await?;
-        if !self.state.wait_applied(index, self.request_timeout).await {
-            return Err(NodeError::Timeout);
-        }
+        self.linearize().await?;
         let term = self.leader_term().ok_or(NodeError::NotLeader)?;
         let m = self.state.read();
         Ok(self.leases.heartbeat(term, &m.state, group, id, Instant::now()))
@@ -294,10 +289,13 @@ impl Node {
     /// Appends one batch of commands to the log as a single entry, and waits until it is applied.
     async fn propose(&self, commands: Vec<Command>) -> Vec<Result<Applied, NodeError>> {
         let n = commands.len();
-        match self.raft.client_write(Batch(commands)).await {
-            Ok(resp) if resp.data.len() == n => resp.data.into_iter().map(Ok).collect(),
-            Ok(_) => vec![Err(NodeError::Unavailable("a batch applied to another number of outcomes".into())); n],
-            Err(e) => vec![Err(client_write_error(e)); n],
+        // Bounded, so a leader cut off from its quorum frees its proposal slots; the entry may
+        // still commit later, as the contract allows for a write that got 503.
+        match tokio::time::timeout(self.request_timeout, self.raft.client_write(Batch(commands))).await {
+            Ok(Ok(resp)) if resp.data.len() == n => resp.data.into_iter().map(Ok).collect(),
+            Ok(Ok(_)) => vec![Err(NodeError::Unavailable("a batch applied to another number of outcomes".into())); n],
+            Ok(Err(e)) => vec![Err(client_write_error(e)); n],
+            Err(_) => vec![Err(NodeError::Timeout); n],
         }
     }
 
@@ -368,13 +366,11 @@ impl Node {
     /// Keeps the replicated record of the cluster true: names the cluster once, and announces
     /// this node's name and API address whenever the record differs.
     pub async fn keep_cluster_record(self: Arc<Self>, cancel: CancellationToken) {
-        let mut metrics = self.raft.metrics();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
-                changed = metrics.changed() => if changed.is_err() { return },
             }
             let (cluster_named, advertised) = {
                 let m = self.state.read();

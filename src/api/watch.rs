@@ -34,10 +34,10 @@ pub async fn watch(
     if consistency == Consistency::Linearizable {
         super::groups::linearize_patiently(&app.node, Instant::now() + FIRST_VIEW_PATIENCE).await?;
     }
-    let first = current(&app.node.state, &group);
+    let first = Arc::new(current(&app.node.state, &group));
     let revision = first.revision;
     let state = app.node.state.clone();
-    let later = stream::unfold((changes, revision), move |(mut changes, last)| {
+    let later = stream::unfold((changes, Arc::clone(&first)), move |(mut changes, last)| {
         let (state, group) = (state.clone(), group.clone());
         async move {
             loop {
@@ -47,8 +47,10 @@ pub async fn watch(
                     Err(RecvError::Lagged(_)) => Arc::new(current(&state, &group)),
                     Err(RecvError::Closed) => return None,
                 };
-                if view.revision > last {
-                    return Some((event(&view), (changes, view.revision)));
+                // One event per change: an older view, or the same members again (an empty
+                // group re-read at a later revision), is none.
+                if view.revision > last.revision && view.members != last.members {
+                    return Some((event(&view), (changes, view)));
                 }
             }
         }

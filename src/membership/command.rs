@@ -56,6 +56,17 @@ pub struct NodeAdvert {
     pub api_address: String,
 }
 
+impl Command {
+    /// Roughly the bytes this command takes in the log: what bounds a batch of commands.
+    pub fn approx_bytes(&self) -> usize {
+        const FIXED: usize = 256;
+        match self {
+            Command::Join { spec, .. } => FIXED + spec.metadata.approx_bytes(),
+            _ => FIXED,
+        }
+    }
+}
+
 /// What applying a command did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]

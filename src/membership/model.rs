@@ -107,6 +107,13 @@ impl TryFrom<RawFailureDetection> for FailureDetection {
 #[serde(try_from = "BTreeMap<String, String>")]
 pub struct Metadata(BTreeMap<String, String>);
 
+impl Metadata {
+    /// Roughly the bytes the map takes encoded.
+    pub fn approx_bytes(&self) -> usize {
+        self.0.iter().map(|(k, v)| k.len() + v.len() + 8).sum()
+    }
+}
+
 impl TryFrom<BTreeMap<String, String>> for Metadata {
     type Error = ValidationError;
 

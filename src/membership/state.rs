@@ -62,15 +62,16 @@ impl MembershipState {
                 (Outcome::Joined { member, created, changed: true }, true)
             }
             Command::Leave { group, id, incarnation, reason: _ } => {
-                let Some(current) = self.member(group, id) else {
-                    return Outcome::NotMember;
-                };
-                if incarnation.is_some_and(|n| n != current.incarnation) {
-                    return Outcome::IncarnationMismatch { current: current.incarnation };
-                }
                 let Some(g) = self.groups.get_mut(group) else {
                     return Outcome::NotMember;
                 };
+                match g.members.get(id) {
+                    None => return Outcome::NotMember,
+                    Some(current) if incarnation.is_some_and(|n| n != current.incarnation) => {
+                        return Outcome::IncarnationMismatch { current: current.incarnation };
+                    }
+                    Some(_) => {}
+                }
                 let Some(member) = g.members.remove(id) else {
                     return Outcome::NotMember;
                 };

@@ -18,7 +18,9 @@ use crate::probe::check::{Checker, ProbeTarget};
 use crate::probe::lease::Heartbeat;
 
 /// Snapshots of large clusters travel in one body.
-const PEER_BODY_LIMIT: usize = 1 << 30;
+const SNAPSHOT_BODY_LIMIT: usize = 1 << 30;
+/// Everything else: a few AppendEntries payloads' worth.
+const PEER_BODY_LIMIT: usize = 64 << 20;
 
 /// What the peer handlers reach.
 pub struct PeerState {
@@ -31,7 +33,7 @@ pub fn router(state: Arc<PeerState>) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
-        .route("/raft/snapshot", post(snapshot))
+        .route("/raft/snapshot", post(snapshot).layer(DefaultBodyLimit::max(SNAPSHOT_BODY_LIMIT)))
         .route(peer_path::WRITES, post(forward_writes))
         .route(peer_path::READ_INDEX, post(forward_read_index))
         .route(peer_path::HEARTBEAT, post(forward_heartbeat))

@@ -87,12 +87,14 @@ impl StateHandle {
 
     /// Applies one command to `state` and tells the watchers of what it changed.
     fn apply(&self, state: &mut MembershipState, command: &Command) -> Applied {
+        let before = state.revision();
         let outcome = state.apply(command);
         let revision = state.revision();
         let changed = match (command, &outcome) {
             (Command::Join { group, .. }, Outcome::Joined { changed: true, .. })
             | (Command::Leave { group, .. }, Outcome::Left { .. }) => Some(std::slice::from_ref(group)),
-            (Command::SetProbers { .. }, _) => None,
+            // A new set of probers may move members of any group.
+            (Command::SetProbers { .. }, _) if revision != before => None,
             _ => Some(&[][..]),
         };
         self.publish(state, changed, revision);
@@ -181,17 +183,18 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let (meta, data) = {
+        let (meta, state) = {
+            // Clone under the lock, serialize outside it: apply and reads wait only for the copy.
             let m = self.handle.read();
-            let data = serde_json::to_vec(&m.state).map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
             let snapshot_id = match m.last_applied {
                 Some(id) => format!("{}-{}", id.leader_id.term, id.index),
                 None => "empty".to_owned(),
             };
             let meta =
                 SnapshotMeta { last_log_id: m.last_applied, last_membership: m.last_membership.clone(), snapshot_id };
-            (meta, data)
+            (meta, m.state.clone())
         };
+        let data = serde_json::to_vec(&state).map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
         let (dir, meta2, data2) = (self.dir.clone(), meta.clone(), data.clone());
         tokio::task::spawn_blocking(move || write_snapshot(&dir, &meta2, &data2))
             .await

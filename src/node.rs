@@ -93,9 +93,9 @@ pub struct Leader {
 
 /// Write batches: forwarded batches a follower has on the way to the leader at once, and
 /// proposals the leader has in its log pipeline at once; a batch (one log entry) holds about
-/// 256 KiB of commands, so that openraft's per-AppendEntries deadline (one heartbeat interval)
+/// 64 KiB of commands, so that openraft's per-AppendEntries deadline (one heartbeat interval)
 /// holds for a follower catching up.
-const WRITES: Limits<Command> = Limits { weight: 256 * 1024, weigh: Command::approx_bytes, in_flight: 4 };
+const WRITES: Limits<Command> = Limits { weight: 64 * 1024, weigh: Command::approx_bytes, in_flight: 4 };
 /// Read-index rounds: one at a time, each serving every reader queued.
 const READS: Limits<()> = Limits { weight: usize::MAX, weigh: |_| 0, in_flight: 1 };
 

@@ -408,7 +408,8 @@ async fn leases_expire_without_heartbeats_and_last_with_them() {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(4) {
         for node in c.running() {
-            let present = has_member(&c, node, "lease", "beating", Consistency::Stale).await;
+            // Linearizable: a stale read may not show the join yet, and must not pass for removal.
+            let present = has_member(&c, node, "lease", "beating", Consistency::Linearizable).await;
             assert_eq!(
                 present,
                 Some(true),

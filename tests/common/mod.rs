@@ -59,8 +59,16 @@ pub struct Cluster {
     pub http: reqwest::Client,
 }
 
+/// A port free now, below the kernel's ephemeral range (32768 and up): a port the kernel handed
+/// out to `bind(0)` goes back to that range and can be taken by any outgoing connection before
+/// the node binds it. Random, so concurrent test processes rarely pick the same one.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    loop {
+        let port = rand::random::<u16>() % 20_000 + 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Cluster {

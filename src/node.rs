@@ -134,7 +134,6 @@ impl Node {
     ) -> (Arc<Node>, Vec<JoinHandle<()>>) {
         let mut tasks = Vec::new();
         let node = Arc::new_cyclic(|me: &Weak<Node>| {
-            // The batchers reach the node weakly: it owns them, they must not keep it alive.
             let (reads, task) = node_batcher(me, READS, &cancel, |node, waiters: Vec<()>| async move {
                 let result = node.read_index_round().await;
                 vec![result; waiters.len()]

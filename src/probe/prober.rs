@@ -96,7 +96,7 @@ fn sync(node: &Node, config: &ProbeConfig, tracked: &mut HashMap<Key, Tracked>) 
         let FailureDetection::Probe { path } = &member.failure_detection else { continue };
         let key = (member.group.clone(), member.id.clone());
         let entry = match tracked.remove(&key) {
-            Some(t) if t.target.incarnation == member.incarnation && t.target.address == member.address => t,
+            Some(t) if t.target.incarnation == member.incarnation => t,
             _ => Tracked {
                 target: ProbeTarget {
                     group: member.group.clone(),

@@ -20,6 +20,9 @@ use crate::metrics::Metrics;
 use crate::node::{peer_path, Node};
 use crate::raft::Applied;
 
+/// Probes on the way at once: past this, due probes wait (and count as late), so a node with
+/// more members than it can probe sheds probes instead of starving its own Raft work.
+const MAX_PROBES_IN_FLIGHT: usize = 2048;
 /// Most other nodes asked to probe a suspect before it is removed.
 const INDIRECT_PROBERS: usize = 4;
 
@@ -53,6 +56,7 @@ pub async fn run(
     let mut tracked: HashMap<Key, Tracked> = HashMap::new();
     let mut synced_at = u64::MAX;
     let mut tasks: JoinSet<Done> = JoinSet::new();
+    let mut overloaded = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -71,10 +75,13 @@ pub async fn run(
         let mut lateness = Duration::ZERO;
         for (key, t) in tracked.iter_mut().filter(|(_, t)| !t.busy && t.next_due <= now) {
             lateness = lateness.max(now - t.next_due);
+            if tasks.len() >= MAX_PROBES_IN_FLIGHT {
+                continue;
+            }
             t.busy = true;
             // From the due time, not from now: probes keep their period instead of slipping by a
-            // tick each round; a member overdue by more than a period starts afresh.
-            t.next_due = (t.next_due + config.interval).max(now);
+            // tick each round. Behind schedule, from now: no catching up, the period stretches.
+            t.next_due = if overloaded { now + config.interval } else { (t.next_due + config.interval).max(now) };
             let (checker, target, key) = (checker.clone(), t.target.clone(), key.clone());
             tasks.spawn(async move {
                 let alive = checker.probe(&target).await;
@@ -82,7 +89,8 @@ pub async fn run(
             });
         }
         // Probes starting half an interval late: this node cannot keep up with its members.
-        checker.set_overloaded(lateness > config.interval / 2);
+        overloaded = lateness > config.interval / 2;
+        checker.set_overloaded(overloaded);
     }
 }
 

@@ -162,10 +162,6 @@ impl Node {
         (node, tasks)
     }
 
-    pub fn request_timeout(&self) -> Duration {
-        self.request_timeout
-    }
-
     /// The leader this node knows of, with its addresses.
     pub fn leader(&self) -> Option<Leader> {
         let metrics = self.raft.metrics();

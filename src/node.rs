@@ -29,6 +29,10 @@ pub enum NodeError {
     NotLeader,
     #[error("timed out waiting for the leader and a quorum")]
     Timeout,
+    /// A forwarded write was abandoned because another node took over as leader meanwhile;
+    /// the old leader may still have committed it.
+    #[error("the leader changed while the write was on its way; it may or may not have been applied")]
+    LeaderMoved,
     #[error("the cluster is unavailable: {0}")]
     Unavailable(String),
     #[error("this node is shutting down")]
@@ -241,7 +245,10 @@ impl Node {
         .unwrap_or(Err(NodeError::Timeout))
     }
 
-    /// A peer call to the leader whose answer is a node result.
+    /// A peer call to the leader whose answer is a node result. The call is abandoned (as
+    /// `NotLeader`, so [`Node::on_leader`] asks the new leader) as soon as this node sees another
+    /// leader: a leader that was frozen (SIGSTOP, a long GC pause, a stuck disk) keeps its
+    /// connections open and answers nothing, and must not hold up requests a new leader can serve.
     async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
         &self,
         leader: Leader,
@@ -249,7 +256,16 @@ impl Node {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, NodeError> {
-        self.peers.call::<_, Result<Resp, NodeError>>(&leader.info.peer_addr, path, request, timeout).await?
+        tokio::select! {
+            answer = self.peers.call::<_, Result<Resp, NodeError>>(&leader.info.peer_addr, path, request, timeout) => answer?,
+            () = self.leader_moved_from(leader.id) => Err(NodeError::NotLeader),
+        }
+    }
+
+    /// Completes when this node no longer takes `leader` for the leader (or Raft stopped).
+    async fn leader_moved_from(&self, leader: NodeId) {
+        let mut metrics = self.raft.metrics();
+        let _ = metrics.wait_for(|m| m.current_leader != Some(leader)).await;
     }
 
     /// Hands `command` to the forward batcher, which sends it to the leader with others.
@@ -263,16 +279,20 @@ impl Node {
         let answers = match self.leader() {
             None => Err(NodeError::NoLeader),
             Some(leader) if leader.id == self.id => Err(NodeError::NotLeader),
-            Some(leader) => self
-                .peers
-                .call::<_, Vec<Result<Applied, NodeError>>>(
+            Some(leader) => {
+                let send = self.peers.call::<_, Vec<Result<Applied, NodeError>>>(
                     &leader.info.peer_addr,
                     peer_path::WRITES,
                     &commands,
                     self.request_timeout,
-                )
-                .await
-                .map_err(NodeError::from),
+                );
+                // Not retried at the new leader: the old one may have committed the batch, and
+                // a repeated leave would then answer 404 for a leave that happened.
+                tokio::select! {
+                    answers = send => answers.map_err(NodeError::from),
+                    () = self.leader_moved_from(leader.id) => Err(NodeError::LeaderMoved),
+                }
+            }
         };
         match answers {
             Ok(answers) if answers.len() == n => answers,

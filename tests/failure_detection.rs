@@ -306,8 +306,8 @@ async fn a_node_cut_off_from_members_evicts_none_of_them() {
     assert_kept(&c, &expected, Duration::from_secs(2)).await;
 }
 
-/// A member that heartbeats through the running nodes in turn every `every`, recording each
-/// answer's status (`0`: no node answered).
+/// A member that heartbeats through nodes in turn every `every`, recording each answer's status
+/// (`0`: no node answered).
 struct Heartbeats {
     answers: Arc<Mutex<Vec<u16>>>,
     stop: CancellationToken,
@@ -315,9 +315,15 @@ struct Heartbeats {
 }
 
 impl Heartbeats {
+    /// Heartbeats through every node of the cluster.
     fn start(c: &Cluster, group: &str, id: &str, every: Duration) -> Heartbeats {
+        Self::start_via(c, &c.nodes.iter().map(|n| n.id).collect::<Vec<_>>(), group, id, every)
+    }
+
+    /// Heartbeats through the nodes `via` only.
+    fn start_via(c: &Cluster, via: &[u64], group: &str, id: &str, every: Duration) -> Heartbeats {
         let urls: Vec<String> =
-            c.nodes.iter().map(|n| n.url(&format!("{}/heartbeat", member_path(group, id)))).collect();
+            via.iter().map(|&n| c.node(n).url(&format!("{}/heartbeat", member_path(group, id)))).collect();
         let answers = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let (log, token) = (Arc::clone(&answers), stop.clone());
@@ -481,6 +487,98 @@ async fn a_heartbeating_lease_survives_a_leader_change() {
 
     // And the new leader expires it once the heartbeats stop.
     wait_gone_everywhere(&c, "lease-lc", "m").await;
+}
+
+/// A frozen leader (SIGSTOP: a long GC pause, a stuck disk) keeps its sockets open and answers
+/// nothing. Lease members that heartbeat through the followers, while a client reads their group
+/// from the followers every 50 ms, must never be removed: the new leader answers heartbeats at
+/// once and gives every lease a full TTL. Several TTLs, each with a fresh leader frozen.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_leader_costs_no_live_lease_member_its_lease() {
+    let c = Cluster::start_with(3, FAST).await;
+    for ttl_ms in [1000u64, 2000, 3000] {
+        let group = format!("frozen-{ttl_ms}");
+        let old = c.leader().await;
+        let followers: Vec<u64> = c.nodes.iter().map(|n| n.id).filter(|&id| id != old).collect();
+        let mut beats = Vec::new();
+        for id in ["a", "b"] {
+            c.join_retrying(&group, id, lease_member(ttl_ms)).await;
+            beats.push(Heartbeats::start_via(&c, &followers, &group, id, Duration::from_millis(ttl_ms / 6)));
+        }
+        wait_for("a few heartbeats renewed", || async { beats.iter().all(|b| b.renewed() >= 3) }).await;
+        let reads = GroupReads::start(&c, &followers, &group, Duration::from_millis(50));
+
+        c.pause(old, true);
+        let new = c.leader().await;
+        assert_ne!(new, old, "a new leader while node {old} is frozen");
+        // Two TTLs after the new leader took office: every lease would have run out by then.
+        tokio::time::sleep(Duration::from_millis(2 * ttl_ms)).await;
+        let views = reads.stop().await;
+        c.pause(old, false);
+
+        for (id, b) in ["a", "b"].iter().zip(beats) {
+            let answers = b.stop().await;
+            assert!(!answers.contains(&404), "ttl {ttl_ms}: a heartbeat of {id} found it gone: {answers:?}");
+        }
+        let served = views.iter().filter(|v| v.is_some()).count();
+        assert!(
+            served >= 10,
+            "ttl {ttl_ms}: the followers served {served} reads of {} while {old} was frozen",
+            views.len()
+        );
+        for view in views.iter().flatten() {
+            assert_eq!(view, &["a", "b"], "ttl {ttl_ms}: a live lease member was removed while node {old} was frozen");
+        }
+        c.wait_ready_all().await;
+    }
+}
+
+/// A client that reads a group's view from nodes in turn every `every`, recording the member
+/// ids of each view served (`None`: 503 or no answer; a group gone reads as no members).
+struct GroupReads {
+    views: Arc<Mutex<Vec<Option<Vec<String>>>>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl GroupReads {
+    fn start(c: &Cluster, via: &[u64], group: &str, every: Duration) -> GroupReads {
+        let urls: Vec<String> = via.iter().map(|&n| c.node(n).url(&format!("/v1/groups/{group}"))).collect();
+        let views = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (log, token) = (Arc::clone(&views), stop.clone());
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            for round in 0.. {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let view = match http.get(&urls[round % urls.len()]).send().await {
+                    Ok(resp) if resp.status() == 404 => Some(Vec::new()),
+                    Ok(resp) if resp.status() == 200 => resp.json::<Value>().await.ok().map(|v| {
+                        v["members"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|m| m["id"].as_str())
+                            .map(str::to_owned)
+                            .collect()
+                    }),
+                    _ => None,
+                };
+                log.lock().unwrap().push(view);
+            }
+        });
+        GroupReads { views, stop, task }
+    }
+
+    async fn stop(self) -> Vec<Option<Vec<String>>> {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.views.lock().unwrap().clone()
+    }
 }
 
 /// Joins `group`/`id` through the leader; returns the record.

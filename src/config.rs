@@ -11,8 +11,9 @@ use crate::membership::NodeId;
 #[derive(Debug, Parser)]
 #[command(name = "gm", version, about = "Group membership for Kubernetes, replicated with Raft")]
 pub struct Cli {
-    /// Log filter, as in RUST_LOG (for example `info,gm=debug`).
-    #[arg(long, env = "GM_LOG", default_value = "info,openraft=warn", global = true)]
+    /// Log filter, as in RUST_LOG (for example `info,gm=debug`). openraft's own logs are off by
+    /// default (gm logs a peer's reachability once per change); `info,openraft=warn` shows them.
+    #[arg(long, env = "GM_LOG", default_value = "info,openraft=off", global = true)]
     pub log: String,
     /// Log format.
     #[arg(long, env = "GM_LOG_FORMAT", value_enum, default_value = "text", global = true)]
@@ -79,7 +80,8 @@ pub struct ServerConfig {
     /// Durable state: Raft log, vote and snapshots.
     #[arg(long, env = "GM_DATA_DIR", default_value = "./gm-data")]
     pub data_dir: PathBuf,
-    /// How peers are found.
+    /// How peers are found: `static` reads `--peers`. `kubernetes` is reserved by the contract
+    /// and not available yet.
     #[arg(long, env = "GM_DISCOVERY", value_enum, default_value = "static")]
     pub discovery: Discovery,
     /// Static discovery: every initial voter's peer address, `1=HOST:PORT,2=HOST:PORT,...`.

@@ -1,6 +1,7 @@
 //! A GM node as the API sees it: writes that reach the leader from any node, linearizable
 //! reads by read-index (batched, never a log write), and what the node knows of the cluster.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batcher::{Batcher, Limits};
 use crate::membership::{Command, GroupName, MemberId, NodeAdvert, NodeId};
 use crate::probe::lease::{Heartbeat, Leases};
+use crate::raft::contact::Contacts;
 use crate::raft::network::{PeerClient, PeerError};
 use crate::raft::state_machine::StateHandle;
 use crate::raft::{Applied, Batch, NodeInfo, Raft};
@@ -52,6 +54,21 @@ pub mod peer_path {
     pub const HEARTBEAT: &str = "/forward/heartbeat";
     pub const PING: &str = "/peer/ping";
     pub const INDIRECT_PROBE: &str = "/probe/indirect";
+    pub const HEALTH: &str = "/cluster/health";
+}
+
+/// How long a follower waits for the leader's view of the nodes' health.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A GM node's health as the leader sees it: the `health` of a node in `/v1/cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHealth {
+    /// Whether the leader's latest Raft RPC to the node got an answer.
+    pub reachable: bool,
+    /// Milliseconds since the node last answered the leader; `None` if it has not yet.
+    pub last_contact_ms: Option<u64>,
+    /// Entries of the leader's log not yet replicated to the node; `None` if unknown.
+    pub lag_entries: Option<u64>,
 }
 
 /// A batcher whose batches `serve` answers on the node while it lives. It holds the node
@@ -123,6 +140,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Lease deadlines, used while this node leads.
     pub leases: Leases,
+    /// How the peers answered this node's Raft RPCs.
+    contacts: Contacts,
 }
 
 impl Node {
@@ -133,6 +152,7 @@ impl Node {
         state: StateHandle,
         advert: NodeAdvert,
         peers: PeerClient,
+        contacts: Contacts,
         request_timeout: Duration,
         cancel: CancellationToken,
     ) -> (Arc<Node>, Vec<JoinHandle<()>>) {
@@ -161,6 +181,7 @@ impl Node {
                 proposals,
                 shutdown: cancel.clone(),
                 leases: Leases::default(),
+                contacts,
             }
         });
         (node, tasks)
@@ -376,6 +397,44 @@ impl Node {
                 Err(_) => return Err(NodeError::NoLeader),
             }
         }
+    }
+
+    /// The leader's half of [`Node::health`]: every node of the membership, if this node leads.
+    pub fn local_health(&self) -> Result<BTreeMap<NodeId, NodeHealth>, NodeError> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state != ServerState::Leader || m.current_leader != Some(self.id) {
+            return Err(NodeError::NotLeader);
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let health = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(&id, _)| {
+                if id == self.id {
+                    return (id, NodeHealth { reachable: true, last_contact_ms: Some(0), lag_entries: Some(0) });
+                }
+                let contact = self.contacts.get(id);
+                let matched = m.replication.as_ref().and_then(|r| r.get(&id)).map(|l| l.map_or(0, |l| l.index));
+                let health = NodeHealth {
+                    reachable: contact.is_some_and(|c| c.reachable),
+                    last_contact_ms: contact.and_then(|c| c.since_answer).map(|d| d.as_millis() as u64),
+                    lag_entries: matched.map(|i| last.saturating_sub(i)),
+                };
+                (id, health)
+            })
+            .collect();
+        Ok(health)
+    }
+
+    /// Every node's health as the leader sees it; `None` if no leader tells within a second.
+    pub async fn health(&self) -> Option<BTreeMap<NodeId, NodeHealth>> {
+        let leader = self.leader()?;
+        if leader.id == self.id {
+            return self.local_health().ok();
+        }
+        self.call(leader, peer_path::HEALTH, &(), HEALTH_TIMEOUT).await.ok()
     }
 
     /// Keeps the replicated record of the cluster true: names the cluster once, and announces

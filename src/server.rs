@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::probe::check::Checker;
 use crate::probe::{handover, lease, prober, ProbeConfig};
+use crate::raft::contact::Contacts;
 use crate::raft::log_store::{LogStore, LogStoreError};
 use crate::raft::network::{PeerClient, PeerNetwork};
 use crate::raft::peer::{self, PeerState};
@@ -43,11 +44,13 @@ pub enum ServerError {
 
 /// Runs a node until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let id = node_id(&config)?;
+    let (id, from_host_name) = node_id(&config)?;
     let peers = match config.discovery {
-        Discovery::Static => static_peers::parse_peers(config.peers.as_deref().unwrap_or_default())?,
+        Discovery::Static => static_peers::parse_peers(config.peers.as_deref().unwrap_or_default(), id)?,
         Discovery::Kubernetes => {
-            return Err(ServerError::Config("kubernetes discovery is not available in this build yet".into()))
+            return Err(ServerError::Config(
+                "--discovery kubernetes is reserved and not available yet; use --discovery static with --peers".into(),
+            ))
         }
     };
     if let Some(mine) = config.advertise_peer.as_deref().filter(|a| peers.get(&id).is_some_and(|p| p != a)) {
@@ -56,7 +59,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let api_listener = listen(&config.api_addr).await?;
     let peer_listener = listen(&config.peer_addr).await?;
     let advert = NodeAdvert {
-        name: config.name.clone().unwrap_or_else(|| host_name().unwrap_or_else(|| format!("node-{id}"))),
+        name: node_name(&config, id, from_host_name),
         api_address: advertised(config.advertise_api.as_deref(), &config.api_addr),
     };
 
@@ -66,14 +69,16 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         .map_err(|source| ServerError::StateMachine { dir: sm_dir.display().to_string(), source })?;
     let state = state_machine.handle();
     let peer_client = PeerClient::new();
-    let raft = Raft::new(id, raft_config(&config)?, PeerNetwork::new(peer_client.clone()), log_store, state_machine)
+    let contacts = Contacts::default();
+    let network = PeerNetwork::new(peer_client.clone(), contacts.clone());
+    let raft = Raft::new(id, raft_config(&config)?, network, log_store, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
 
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let (node, batchers) =
-        Node::start(id, raft.clone(), state, advert, peer_client, config.request_timeout, cancel.clone());
+        Node::start(id, raft.clone(), state, advert, peer_client, contacts, config.request_timeout, cancel.clone());
     for batcher in batchers {
         tasks.spawn(async move {
             let _ = batcher.await;
@@ -144,19 +149,31 @@ fn raft_config(config: &ServerConfig) -> Result<Arc<openraft::Config>, ServerErr
     raft.validate().map(Arc::new).map_err(|e| ServerError::Config(e.to_string()))
 }
 
-/// `--node-id`, or the StatefulSet ordinal in the host name plus one.
-fn node_id(config: &ServerConfig) -> Result<NodeId, ServerError> {
+/// `--node-id`, or the StatefulSet ordinal in the host name plus one; and whether it came from
+/// the host name.
+fn node_id(config: &ServerConfig) -> Result<(NodeId, bool), ServerError> {
     if let Some(id) = config.node_id {
-        return Ok(id);
+        return Ok((id, false));
     }
     host_name()
         .as_deref()
         .and_then(|h| h.rsplit_once('-'))
         .and_then(|(_, ordinal)| ordinal.parse::<NodeId>().ok())
-        .map(|ordinal| ordinal + 1)
+        .map(|ordinal| (ordinal + 1, true))
         .ok_or_else(|| {
             ServerError::Config("--node-id is not set and the host name ends in no StatefulSet ordinal".into())
         })
+}
+
+/// `--name`, else the host name when it gave the node id (a StatefulSet pod's own name), else
+/// `node-{id}`: the name the cluster is created with, so it never changes after start and
+/// several nodes on one host never share one.
+fn node_name(config: &ServerConfig, id: NodeId, from_host_name: bool) -> String {
+    config
+        .name
+        .clone()
+        .or_else(|| host_name().filter(|_| from_host_name))
+        .unwrap_or_else(|| static_peers::default_name(id))
 }
 
 fn host_name() -> Option<String> {

@@ -387,6 +387,76 @@ async fn cluster_view_heartbeats_and_service_endpoints() {
     }
 }
 
+/// Once every node is ready, `/v1/cluster` on any node already names the cluster and every node
+/// (distinct names, API addresses), and shows each node's health as the leader sees it. A killed
+/// follower shows as unreachable with a growing time since contact; the leader's log says so once,
+/// and once more when it is back. A healthy start logs no warning.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ready_cluster_knows_itself_and_shows_a_dead_node() {
+    let mut c = Cluster::start(3).await;
+    for node in &c.nodes {
+        // No polling: ready means complete.
+        let body = c.get(node, "/v1/cluster").await.body;
+        assert!(body["cluster_id"].as_str().is_some_and(|s| !s.is_empty()), "cluster id on node {}: {body}", node.id);
+        let nodes = body["nodes"].as_array().expect("nodes");
+        assert_eq!(nodes.len(), 3, "{body}");
+        let names: BTreeSet<&str> = nodes.iter().filter_map(|n| n["name"].as_str()).collect();
+        assert_eq!(names, ["node-1", "node-2", "node-3"].into_iter().collect(), "distinct names: {body}");
+        for n in nodes {
+            let id = n["id"].as_u64().expect("id");
+            assert_eq!(n["api_address"], c.node(id).api, "api_address on node {}: {body}", node.id);
+            let health = &n["health"];
+            assert_eq!(health["reachable"], true, "health of {id} on node {}: {body}", node.id);
+            assert!(health["last_contact_ms"].as_u64().is_some_and(|ms| ms < 10_000), "{body}");
+            assert!(health["lag_entries"].as_u64().is_some(), "{body}");
+        }
+    }
+    for node in &c.nodes {
+        let log = c.log_text(node.id);
+        assert!(
+            !log.contains(" WARN ") && !log.contains(" ERROR "),
+            "a healthy start of node {} warned:\n{log}",
+            node.id
+        );
+    }
+
+    let leader = c.leader().await;
+    let dead = c.follower().await;
+    c.kill(dead);
+    let before = c.log_text(leader).lines().count();
+    for node in c.running() {
+        poll_json(
+            &format!("node {dead} unreachable for a while, on node {}", node.id),
+            || async { c.get_json(node, "/v1/cluster").await.ok().filter(|(s, _)| *s == 200).map(|(_, b)| b) },
+            |b| {
+                b["nodes"].as_array().into_iter().flatten().any(|n| {
+                    n["id"] == dead
+                        && n["role"] == "follower"
+                        && n["health"]["reachable"] == false
+                        && n["health"]["last_contact_ms"].as_u64().is_some_and(|ms| ms >= 2000)
+                })
+            },
+        )
+        .await;
+    }
+    let log = c.log_text(leader);
+    let while_down: Vec<&str> = log.lines().skip(before).collect();
+    let warnings = while_down.iter().filter(|l| l.contains("peer unreachable")).count();
+    assert_eq!(warnings, 1, "one warning for the dead peer on the leader: {while_down:#?}");
+    assert!(
+        while_down.len() <= 10,
+        "the leader logged {} lines while a peer was down: {while_down:#?}",
+        while_down.len()
+    );
+
+    c.spawn(dead);
+    c.wait_ready_all().await;
+    wait_for("the leader logs the peer back", || async { c.log_text(leader).contains("peer reachable again") }).await;
+    let body = c.get(c.node(leader), "/v1/cluster").await.body;
+    let back = body["nodes"].as_array().into_iter().flatten().find(|n| n["id"] == dead).expect("the node");
+    assert_eq!(back["health"]["reachable"], true, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_reads_and_read_your_writes() {
     let c = Cluster::start(3).await;

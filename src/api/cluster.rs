@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::extract::{Answer, Consistency, QueryParams, ReadParams};
 use super::AppState;
 use crate::membership::NodeId;
+use crate::node::NodeHealth;
 
 /// How long `/readyz` gives a read-index round before calling this node not ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,6 +36,8 @@ pub struct NodeAnswer {
     peer_address: String,
     role: &'static str,
     responsible_for: usize,
+    /// As the leader sees it; `None` when no leader told in time.
+    health: Option<NodeHealth>,
 }
 
 pub async fn cluster(
@@ -44,6 +47,7 @@ pub async fn cluster(
     if params.consistency()? == Consistency::Linearizable {
         app.node.linearize().await?;
     }
+    let health = app.node.health().await.unwrap_or_default();
     let raft = app.node.raft.metrics().borrow().clone();
     let m = app.node.state.read();
     let counts = m.state.responsible_counts();
@@ -66,6 +70,7 @@ pub async fn cluster(
                 peer_address: info.peer_addr.clone(),
                 role,
                 responsible_for: counts.get(&id).copied().unwrap_or(0),
+                health: health.get(&id).cloned(),
             }
         })
         .collect();
@@ -96,6 +101,14 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<serde_json:
     tokio::time::timeout(READY_TIMEOUT, app.node.linearize())
         .await
         .map_err(|_| ApiError::Unavailable("this node has not caught up with the leader".into()))??;
+    // Ready means `/v1/cluster` already tells who this node is.
+    let m = app.node.state.read();
+    if m.state.cluster_id().is_none() {
+        return Err(ApiError::Unavailable("the cluster has no id yet".into()));
+    }
+    if m.state.advert(app.node.id) != Some(&app.node.advert) {
+        return Err(ApiError::Unavailable("this node's name and API address are not committed yet".into()));
+    }
     Ok(Json(json!({"status": "ready"})))
 }
 

@@ -20,8 +20,8 @@ pub enum DiscoveryError {
     Initialize(String),
 }
 
-/// Parses `1=HOST:PORT,2=HOST:PORT`.
-pub fn parse_peers(spec: &str) -> Result<BTreeMap<NodeId, String>, DiscoveryError> {
+/// Parses `1=HOST:PORT,2=HOST:PORT`, which must name node `me`.
+pub fn parse_peers(spec: &str, me: NodeId) -> Result<BTreeMap<NodeId, String>, DiscoveryError> {
     let mut peers = BTreeMap::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let bad = || DiscoveryError::BadPeer(item.to_owned());
@@ -38,14 +38,19 @@ pub fn parse_peers(spec: &str) -> Result<BTreeMap<NodeId, String>, DiscoveryErro
     if peers.is_empty() {
         return Err(DiscoveryError::Missing);
     }
+    if !peers.contains_key(&me) {
+        return Err(DiscoveryError::SelfMissing(me));
+    }
     Ok(peers)
+}
+
+/// The name of node `id` until it announces its own: `node-{id}`.
+pub fn default_name(id: NodeId) -> String {
+    format!("node-{id}")
 }
 
 /// Creates the cluster if this node has the smallest id and has never been initialized.
 pub async fn bootstrap(raft: &Raft, me: NodeId, peers: &BTreeMap<NodeId, String>) -> Result<(), DiscoveryError> {
-    if !peers.contains_key(&me) {
-        return Err(DiscoveryError::SelfMissing(me));
-    }
     if peers.keys().next() != Some(&me) {
         return Ok(());
     }
@@ -56,9 +61,7 @@ pub async fn bootstrap(raft: &Raft, me: NodeId, peers: &BTreeMap<NodeId, String>
     }
     let members: BTreeMap<NodeId, NodeInfo> = peers
         .iter()
-        .map(|(&id, addr)| {
-            (id, NodeInfo { name: format!("node-{id}"), api_addr: String::new(), peer_addr: addr.clone() })
-        })
+        .map(|(&id, addr)| (id, NodeInfo { name: default_name(id), api_addr: String::new(), peer_addr: addr.clone() }))
         .collect();
     tracing::info!(node = me, voters = ?members.keys().collect::<Vec<_>>(), "creating the cluster");
     raft.initialize(members).await.map_err(|e| DiscoveryError::Initialize(e.to_string()))
@@ -70,7 +73,7 @@ mod tests {
 
     #[test]
     fn parses_peers() {
-        let p = parse_peers("1=127.0.0.1:7001, 2=gm-1.gm:7000,3=[::1]:7003").unwrap();
+        let p = parse_peers("1=127.0.0.1:7001, 2=gm-1.gm:7000,3=[::1]:7003", 2).unwrap();
         assert_eq!(p.len(), 3);
         assert_eq!(p[&2], "gm-1.gm:7000");
         assert_eq!(p[&3], "[::1]:7003");
@@ -78,8 +81,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_peers() {
-        for bad in ["", "1", "x=a:1", "0=a:1", "1=a", "1=a:x", "1=:80", "1=a:1,1=b:2"] {
-            assert!(parse_peers(bad).is_err(), "{bad}");
+        for bad in ["", "2=a:1", "1", "x=a:1", "0=a:1", "1=a", "1=a:x", "1=:80", "1=a:1,1=b:2"] {
+            assert!(parse_peers(bad, 1).is_err(), "{bad}");
         }
     }
 }

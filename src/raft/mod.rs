@@ -1,6 +1,7 @@
 //! Replication of the membership state with openraft: the type configuration, the durable log,
 //! the state machine, and the peer network.
 
+pub mod contact;
 pub mod log_store;
 pub mod network;
 pub mod peer;

@@ -11,6 +11,7 @@ use openraft::{RaftNetwork, RaftNetworkFactory};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::contact::Contacts;
 use super::{NodeInfo, RaftError, Snapshot, TypeConfig, Vote};
 use crate::membership::NodeId;
 
@@ -96,20 +97,22 @@ impl Default for PeerClient {
     }
 }
 
-/// Makes one connection handle per Raft target.
+/// Makes one connection handle per Raft target; every RPC's fate goes to `contacts`.
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
     client: PeerClient,
+    contacts: Contacts,
 }
 
 impl PeerNetwork {
-    pub fn new(client: PeerClient) -> Self {
-        PeerNetwork { client }
+    pub fn new(client: PeerClient, contacts: Contacts) -> Self {
+        PeerNetwork { client, contacts }
     }
 }
 
 pub struct PeerConnection {
     client: PeerClient,
+    contacts: Contacts,
     target: NodeId,
     addr: String,
 }
@@ -118,7 +121,12 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerConnection {
-        PeerConnection { client: self.client.clone(), target, addr: node.peer_addr.clone() }
+        PeerConnection {
+            client: self.client.clone(),
+            contacts: self.contacts.clone(),
+            target,
+            addr: node.peer_addr.clone(),
+        }
     }
 }
 
@@ -132,11 +140,20 @@ impl PeerConnection {
         option: &RPCOption,
     ) -> Result<Resp, RpcError> {
         let answer: Result<Resp, RaftError> =
-            self.client.call(&self.addr, path, req, option.hard_ttl()).await.map_err(|e| match e {
+            self.record(self.client.call(&self.addr, path, req, option.hard_ttl()).await).map_err(|e| match e {
                 PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
                 _ => RPCError::Network(NetworkError::new(&e)),
             })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// Notes whether the peer answered: any HTTP answer counts, only no answer at all does not.
+    fn record<T>(&self, result: Result<T, PeerError>) -> Result<T, PeerError> {
+        match &result {
+            Ok(_) | Err(PeerError::Status { .. }) => self.contacts.answered(self.target, &self.addr),
+            Err(e) => self.contacts.failed(self.target, &self.addr, e),
+        }
+        result
     }
 }
 
@@ -169,7 +186,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         );
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            answer = send => match answer {
+            answer = send => match self.record(answer) {
                 Ok(Ok(resp)) => Ok(resp),
                 Ok(Err(fatal)) => Err(StreamingError::RemoteError(RemoteError::new(self.target, fatal))),
                 Err(e @ PeerError::Unreachable { .. }) => Err(StreamingError::Unreachable(Unreachable::new(&e))),

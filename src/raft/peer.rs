@@ -13,7 +13,7 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotRespon
 use super::network::decode_snapshot;
 use super::{Applied, RaftError, TypeConfig};
 use crate::membership::{Command, GroupName, MemberId, NodeId};
-use crate::node::{peer_path, Node, NodeError};
+use crate::node::{peer_path, Node, NodeError, NodeHealth};
 use crate::probe::check::{Checker, ProbeTarget};
 use crate::probe::lease::Heartbeat;
 
@@ -39,6 +39,7 @@ pub fn router(state: Arc<PeerState>) -> Router {
         .route(peer_path::HEARTBEAT, post(forward_heartbeat))
         .route(peer_path::PING, post(ping))
         .route(peer_path::INDIRECT_PROBE, post(indirect_probe))
+        .route(peer_path::HEALTH, post(health))
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
         .with_state(state)
 }
@@ -81,6 +82,13 @@ async fn forward_heartbeat(
     Json((group, id)): Json<(GroupName, MemberId)>,
 ) -> Json<Result<Heartbeat, NodeError>> {
     Json(peer.node.local_heartbeat(&group, &id).await)
+}
+
+/// The leader's view of every node's health, for a follower's `/v1/cluster`.
+async fn health(
+    State(peer): State<Arc<PeerState>>,
+) -> Json<Result<std::collections::BTreeMap<NodeId, NodeHealth>, NodeError>> {
+    Json(peer.node.local_health())
 }
 
 /// The leader's liveness check of this node: answers with this node's applied revision.

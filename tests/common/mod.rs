@@ -129,7 +129,6 @@ impl Cluster {
             .arg(&node.data_dir)
             .args(["--peers", &peers])
             .args(&extra)
-            .env("GM_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

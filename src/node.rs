@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use crate::batcher::{Batcher, Limits};
 use crate::membership::{Command, GroupName, MemberId, NodeAdvert, NodeId};
 use crate::probe::lease::{Heartbeat, Leases};
-use crate::raft::contact::Contacts;
 use crate::raft::network::{PeerClient, PeerError};
 use crate::raft::state_machine::StateHandle;
 use crate::raft::{Applied, Batch, NodeInfo, Raft};
@@ -140,8 +139,6 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Lease deadlines, used while this node leads.
     pub leases: Leases,
-    /// How the peers answered this node's Raft RPCs.
-    contacts: Contacts,
 }
 
 impl Node {
@@ -152,7 +149,6 @@ impl Node {
         state: StateHandle,
         advert: NodeAdvert,
         peers: PeerClient,
-        contacts: Contacts,
         request_timeout: Duration,
         cancel: CancellationToken,
     ) -> (Arc<Node>, Vec<JoinHandle<()>>) {
@@ -181,7 +177,6 @@ impl Node {
                 proposals,
                 shutdown: cancel.clone(),
                 leases: Leases::default(),
-                contacts,
             }
         });
         (node, tasks)
@@ -415,7 +410,7 @@ impl Node {
                 if id == self.id {
                     return (id, NodeHealth { reachable: true, last_contact_ms: Some(0), lag_entries: Some(0) });
                 }
-                let contact = self.contacts.get(id);
+                let contact = self.peers.contacts().get(id);
                 let matched = m.replication.as_ref().and_then(|r| r.get(&id)).map(|l| l.map_or(0, |l| l.index));
                 let health = NodeHealth {
                     reachable: contact.is_some_and(|c| c.reachable),

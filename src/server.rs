@@ -17,7 +17,6 @@ use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::probe::check::Checker;
 use crate::probe::{handover, lease, prober, ProbeConfig};
-use crate::raft::contact::Contacts;
 use crate::raft::log_store::{LogStore, LogStoreError};
 use crate::raft::network::{PeerClient, PeerNetwork};
 use crate::raft::peer::{self, PeerState};
@@ -69,8 +68,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         .map_err(|source| ServerError::StateMachine { dir: sm_dir.display().to_string(), source })?;
     let state = state_machine.handle();
     let peer_client = PeerClient::new();
-    let contacts = Contacts::default();
-    let network = PeerNetwork::new(peer_client.clone(), contacts.clone());
+    let network = PeerNetwork::new(peer_client.clone());
     let raft = Raft::new(id, raft_config(&config)?, network, log_store, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
@@ -78,7 +76,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let (node, batchers) =
-        Node::start(id, raft.clone(), state, advert, peer_client, contacts, config.request_timeout, cancel.clone());
+        Node::start(id, raft.clone(), state, advert, peer_client, config.request_timeout, cancel.clone());
     for batcher in batchers {
         tasks.spawn(async move {
             let _ = batcher.await;

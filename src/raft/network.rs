@@ -27,10 +27,11 @@ pub enum PeerError {
     Status { addr: String, status: u16, body: String },
 }
 
-/// An HTTP client for node-to-node calls.
+/// An HTTP client for node-to-node calls, and what the Raft RPCs it carried found of each peer.
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
+    contacts: Contacts,
 }
 
 impl PeerClient {
@@ -41,7 +42,12 @@ impl PeerClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .unwrap_or_default();
-        PeerClient { http }
+        PeerClient { http, contacts: Contacts::default() }
+    }
+
+    /// How the peers answered Raft RPCs.
+    pub fn contacts(&self) -> &Contacts {
+        &self.contacts
     }
 
     /// POSTs `body` as JSON to `http://{addr}{path}` and decodes the JSON answer.
@@ -97,22 +103,20 @@ impl Default for PeerClient {
     }
 }
 
-/// Makes one connection handle per Raft target; every RPC's fate goes to `contacts`.
+/// Makes one connection handle per Raft target.
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
     client: PeerClient,
-    contacts: Contacts,
 }
 
 impl PeerNetwork {
-    pub fn new(client: PeerClient, contacts: Contacts) -> Self {
-        PeerNetwork { client, contacts }
+    pub fn new(client: PeerClient) -> Self {
+        PeerNetwork { client }
     }
 }
 
 pub struct PeerConnection {
     client: PeerClient,
-    contacts: Contacts,
     target: NodeId,
     addr: String,
 }
@@ -121,12 +125,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerConnection {
-        PeerConnection {
-            client: self.client.clone(),
-            contacts: self.contacts.clone(),
-            target,
-            addr: node.peer_addr.clone(),
-        }
+        PeerConnection { client: self.client.clone(), target, addr: node.peer_addr.clone() }
     }
 }
 
@@ -149,9 +148,10 @@ impl PeerConnection {
 
     /// Notes whether the peer answered: any HTTP answer counts, only no answer at all does not.
     fn record<T>(&self, result: Result<T, PeerError>) -> Result<T, PeerError> {
+        let contacts = self.client.contacts();
         match &result {
-            Ok(_) | Err(PeerError::Status { .. }) => self.contacts.answered(self.target, &self.addr),
-            Err(e) => self.contacts.failed(self.target, &self.addr, e),
+            Ok(_) | Err(PeerError::Status { .. }) => contacts.answered(self.target, &self.addr),
+            Err(e) => contacts.failed(self.target, &self.addr, e),
         }
         result
     }

@@ -202,6 +202,11 @@ impl Node {
         (m.state == ServerState::Leader && m.current_leader == Some(self.id)).then_some(m.current_term)
     }
 
+    /// How long a write or a linearizable read may take before it answers 503.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     pub fn peers(&self) -> &PeerClient {
         &self.peers
     }

@@ -561,6 +561,35 @@ async fn blocking_queries() {
     assert_eq!(reply.body, before.body);
     assert!(took < Duration::from_secs(10), "took {took:?}");
 
+    // A wait that is over at once answers the current view, on every node, every time.
+    for node in &c.nodes {
+        for _ in 0..20 {
+            let reply = c.get(node, &format!("/v1/groups/b?index={n}&wait=0s")).await;
+            reply.expect_ok(200, "wait=0s on a healthy cluster");
+            assert_eq!(reply.body, before.body, "wait=0s answers the current view");
+        }
+    }
+
+    // index=0 never blocks, not even on a group that does not exist (the client's first query,
+    // as in Consul); a later index waits for the group to be created.
+    let (reply, took) = timed(c.get(f, "/v1/groups/no-such-group?index=0")).await;
+    reply.expect_error(404, "not_found", "index=0 on a group that does not exist");
+    assert!(took < Duration::from_secs(10), "index=0 answered after {took:?}");
+    let (reply, took) = timed(c.get(f, "/v1/groups/no-such-group?index=1&wait=1s")).await;
+    reply.expect_error(404, "not_found", "a wait on a group that does not exist, ending without it");
+    assert!(took >= Duration::from_millis(900), "it waited {took:?}");
+    let later = format!("/v1/groups/later?index={n}&wait=10s");
+    let (created, reply) = tokio::join!(
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            c.put(c.node(leader), "/v1/groups/later/members/x", &lease_member("10.0.0.3:80")).await
+        },
+        c.get(f, &later)
+    );
+    let created = created.expect_ok(201, "join that creates the group");
+    assert!(reply.expect_ok(200, "a wait on a group that gets created") >= created, "{reply:?}");
+    assert_eq!(reply.body["members"][0]["id"], "x", "{reply:?}");
+
     for query in [
         "index=1&wait=6m",
         "index=1&wait=301s",

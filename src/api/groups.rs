@@ -148,20 +148,26 @@ pub async fn get_group(
 ) -> Result<Answer<GroupView>> {
     let group = GroupName::parse(&group)?;
     let consistency = params.consistency()?;
-    let Some((index, wait)) = params.blocking()? else {
+    // `index=0` never blocks: a client's first blocking query wants an answer at once (Consul's
+    // convention), also for a group that does not exist yet.
+    let Some((index, wait)) = params.blocking()?.filter(|&(index, _)| index > 0) else {
         read_barrier(&app.node, consistency).await?;
         return current_view(&app.node.state, &group);
     };
-    let deadline = Instant::now() + wait;
+    let now = Instant::now();
+    let deadline = now + wait;
     if consistency == Consistency::Linearizable {
-        linearize_patiently(&app.node, deadline).await?;
+        // The read takes as long as any read may, however short the wait.
+        linearize_patiently(&app.node, deadline.max(now + app.node.request_timeout())).await?;
     }
+    let waiting_from = Instant::now();
     let changed = tokio::select! {
         changed = wait_for_change(&app.node.state, &group, index, deadline) => changed,
         _ = app.node.shutdown.cancelled() => return Err(NodeError::ShuttingDown.into()),
     };
-    // A change seen was committed; a wait that ended without one must still find a quorum.
-    if !changed && consistency == Consistency::Linearizable {
+    // A change seen was committed; a wait that ended without one must still find a quorum,
+    // which it may have lost while it waited.
+    if !changed && deadline > waiting_from && consistency == Consistency::Linearizable {
         app.node.linearize_until(Instant::now() + QUORUM_RECHECK).await?;
     }
     current_view(&app.node.state, &group)

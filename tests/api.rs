@@ -813,6 +813,31 @@ fn bad_inputs() -> Vec<BadInput> {
     ] {
         cases.push(bad(format!("bad consistency {path}"), M::GET, path, 400, "invalid_argument"));
     }
+    // Typos are errors, not silently dropped.
+    cases.push(bad_join("unknown field meta", base(json!({"meta": {"zone": "a"}}))));
+    cases.push(bad_join(
+        "unknown field in failure_detection",
+        base(json!({"failure_detection": {"mode": "probe", "pth": "/x"}})),
+    ));
+    cases
+        .push(bad_join("unknown field in a lease", base(json!({"failure_detection": {"mode": "lease", "ttl": 5000}}))));
+    for (method, path) in [
+        (M::GET, "/v1/groups?consitency=stale"),
+        (M::GET, "/v1/groups/g?idx=3"),
+        (M::GET, "/v1/groups/g?index=1&wiat=1s"),
+        (M::GET, "/v1/groups/g/members/m?index=1"),
+        (M::GET, "/v1/groups/g/watch?index=1"),
+        (M::GET, "/v1/cluster?verbose=1"),
+        (M::DELETE, "/v1/groups/g/members/m?incarnaton=1"),
+        (M::POST, "/v1/groups/g/members/m/heartbeat?ttl_ms=1000"),
+    ] {
+        cases.push(bad(format!("unknown parameter {method} {path}"), method, path, 400, "invalid_argument"));
+    }
+    cases.push(BadInput {
+        content_type: Some("application/json"),
+        body: Some(ok_body.to_string().into_bytes()),
+        ..bad("unknown parameter on a join", M::PUT, "/v1/groups/g/members/m?mode=lease", 400, "invalid_argument")
+    });
     for path in ["/nope", "/v1/nope", "/v2/groups", "/v1/groups/g/members", "/v1/groups/g/members/m/extra"] {
         cases.push(bad(format!("unknown path {path}"), M::GET, path, 404, "not_found"));
     }
@@ -879,6 +904,26 @@ async fn bad_inputs_get_contract_errors_and_harm_nothing() {
         failures.push(format!("chunked body of 64 KiB + 1: {wrong}"));
     }
     assert!(failures.is_empty(), "{} bad inputs got the wrong answer:\n{}", failures.len(), failures.join("\n"));
+
+    // The messages say which field or parameter, and what a valid value is.
+    let node = c.node(follower);
+    for (method, path, body, says) in [
+        (
+            Method::PUT,
+            "/v1/groups/g/members/m",
+            Some(json!({"address": "10.0.0.1:80", "meta": {}})),
+            "unknown field `meta`",
+        ),
+        (Method::GET, "/v1/groups?consitency=stale", None, "unknown parameter `consitency`"),
+        (Method::GET, "/v1/groups/Orders_1", None, "1 to 63 characters of a-z, 0-9"),
+        (Method::GET, "/v1/groups/g/members/-x", None, "starting with a letter or digit"),
+        (Method::PUT, "/v1/groups/g/members/m", Some(json!({"address": "10.0.0.1"})), "a port from 1 to 65535"),
+    ] {
+        let reply = c.call(method.clone(), node, path, body.as_ref()).await;
+        reply.expect_error(400, "invalid_argument", path);
+        let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{method} {path}: {message:?} should say {says:?}");
+    }
 
     // The edges that are fine: exactly 64 KiB, a media type in another case with parameters.
     let node = c.node(follower);

@@ -85,7 +85,11 @@ impl From<PathRejection> for ApiError {
 
 impl From<QueryRejection> for ApiError {
     fn from(e: QueryRejection) -> Self {
-        ApiError::InvalidArgument(format!("invalid query: {}", e.body_text()))
+        // serde names query parameters "fields"; say what a user wrote.
+        let text = e.body_text();
+        let reason =
+            text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text).replace("field", "parameter");
+        ApiError::InvalidArgument(format!("invalid query: {reason}"))
     }
 }
 
@@ -101,23 +105,31 @@ pub enum Consistency {
     Stale,
 }
 
-/// The query parameters any `/v1/` read may carry; each handler uses what applies to it.
+/// The query of a read that takes only `consistency`.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReadParams {
+    consistency: Option<String>,
+}
+
+impl ReadParams {
+    pub fn consistency(&self) -> Result<Consistency, ApiError> {
+        parse_consistency(self.consistency.as_deref())
+    }
+}
+
+/// The query of a group's view: `consistency`, and a blocking query's `index` and `wait`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupParams {
     consistency: Option<String>,
     index: Option<String>,
     wait: Option<String>,
 }
 
-impl ReadParams {
+impl GroupParams {
     pub fn consistency(&self) -> Result<Consistency, ApiError> {
-        match self.consistency.as_deref() {
-            None | Some("linearizable") => Ok(Consistency::Linearizable),
-            Some("stale") => Ok(Consistency::Stale),
-            Some(other) => Err(ApiError::InvalidArgument(format!(
-                "consistency {other:?} is not one of \"linearizable\", \"stale\""
-            ))),
-        }
+        parse_consistency(self.consistency.as_deref())
     }
 
     /// The blocking query, if `index` is given: the index and how long to wait.
@@ -129,6 +141,21 @@ impl ReadParams {
         match self.index.as_deref() {
             None => Ok(None),
             Some(i) => Ok(Some((parse_u64("index", i)?, wait))),
+        }
+    }
+}
+
+/// The query of a request that takes no parameters: any parameter is a typo to report.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+fn parse_consistency(value: Option<&str>) -> Result<Consistency, ApiError> {
+    match value {
+        None | Some("linearizable") => Ok(Consistency::Linearizable),
+        Some("stale") => Ok(Consistency::Stale),
+        Some(other) => {
+            Err(ApiError::InvalidArgument(format!("consistency {other:?} is not one of \"linearizable\", \"stale\"")))
         }
     }
 }
@@ -157,6 +184,7 @@ pub fn parse_u64(name: &str, value: &str) -> Result<u64, ApiError> {
 
 /// The query of a `DELETE`.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LeaveParams {
     pub incarnation: Option<String>,
 }
@@ -186,8 +214,8 @@ impl<T: Serialize> IntoResponse for Answer<T> {
 mod tests {
     use super::*;
 
-    fn params(consistency: Option<&str>, index: Option<&str>, wait: Option<&str>) -> ReadParams {
-        ReadParams {
+    fn params(consistency: Option<&str>, index: Option<&str>, wait: Option<&str>) -> GroupParams {
+        GroupParams {
             consistency: consistency.map(str::to_owned),
             index: index.map(str::to_owned),
             wait: wait.map(str::to_owned),

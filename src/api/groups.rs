@@ -11,7 +11,8 @@ use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::extract::{
-    member_path, parse_u64, Answer, Consistency, JsonBody, LeaveParams, PathParams, QueryParams, ReadParams,
+    member_path, parse_u64, Answer, Consistency, GroupParams, JsonBody, LeaveParams, NoParams, PathParams, QueryParams,
+    ReadParams,
 };
 use super::AppState;
 use crate::membership::{
@@ -56,6 +57,7 @@ fn unexpected(outcome: Outcome) -> ApiError {
 pub async fn join(
     State(app): State<Arc<AppState>>,
     PathParams((group, id)): PathParams<(String, String)>,
+    _: QueryParams<NoParams>,
     JsonBody(spec): JsonBody<MemberSpec>,
 ) -> Result<Answer<JoinAnswer>> {
     let (group, id) = member_path(&group, &id)?;
@@ -118,6 +120,7 @@ pub async fn get_member(
 pub async fn heartbeat(
     State(app): State<Arc<AppState>>,
     PathParams((group, id)): PathParams<(String, String)>,
+    _: QueryParams<NoParams>,
 ) -> Result<Answer<HeartbeatAnswer>> {
     let (group, id) = member_path(&group, &id)?;
     let outcome = app.node.heartbeat(&group, &id).await?;
@@ -144,7 +147,7 @@ pub async fn list_groups(
 pub async fn get_group(
     State(app): State<Arc<AppState>>,
     PathParams(group): PathParams<String>,
-    QueryParams(params): QueryParams<ReadParams>,
+    QueryParams(params): QueryParams<GroupParams>,
 ) -> Result<Answer<GroupView>> {
     let group = GroupName::parse(&group)?;
     let consistency = params.consistency()?;

@@ -143,7 +143,9 @@ impl TryFrom<BTreeMap<String, String>> for Metadata {
 }
 
 /// What a join asks for, defaults filled in: compared field by field to tell a no-op from a re-join.
+/// An unknown field is an error, not dropped: `"meta"` for `"metadata"` must not pass silently.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MemberSpec {
     pub address: Address,
     #[serde(default)]
@@ -278,6 +280,8 @@ mod tests {
             r#"{"address":"a:1","failure_detection":{"mode":"lease","path":"/x"}}"#,
             r#"{"address":"a:1","metadata":{"k":1}}"#,
             r#"{"address":"a:1","instance":""}"#,
+            r#"{"address":"a:1","meta":{"k":"v"}}"#,
+            r#"{"address":"a:1","failure_detection":{"mode":"probe","pth":"/x"}}"#,
             r#"{"address":5}"#,
             r#"{}"#,
         ] {

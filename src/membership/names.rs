@@ -10,7 +10,7 @@ use super::ValidationError;
 
 /// Defines a string newtype that is only built through `parse`, and (de)serializes as a string.
 macro_rules! validated_string {
-    ($(#[$doc:meta])* $name:ident, $what:literal, $check:path) => {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $rule:literal, $check:path) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -22,7 +22,7 @@ macro_rules! validated_string {
                 if $check(s) {
                     Ok(Self(s.to_owned()))
                 } else {
-                    Err(ValidationError::new($what, format!("{:?} is not a valid {}", s, $what)))
+                    Err(ValidationError::new($what, format!("{:?} is not a valid {}: {}", s, $what, $rule)))
                 }
             }
 
@@ -54,19 +54,22 @@ macro_rules! validated_string {
 
 validated_string!(
     /// A group name: `^[a-z0-9]([a-z0-9._-]{0,62})$`.
-    GroupName, "group name", is_group_name
+    GroupName, "group name",
+    "1 to 63 characters of a-z, 0-9, '.', '_' and '-', starting with a-z or 0-9", is_group_name
 );
 validated_string!(
     /// A member id: `^[A-Za-z0-9]([A-Za-z0-9._:-]{0,127})$`.
-    MemberId, "member id", is_member_id
+    MemberId, "member id",
+    "1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-', starting with a letter or digit", is_member_id
 );
 validated_string!(
     /// A client-chosen start-up token: 1 to 64 characters of `[A-Za-z0-9._:-]`.
-    Instance, "instance", is_instance
+    Instance, "instance", "1 to 64 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'", is_instance
 );
 validated_string!(
     /// `host:port` where a member answers probes: IPv4, `[IPv6]` or a DNS name; port 1-65535.
-    Address, "address", is_address
+    Address, "address",
+    "host:port, with an IPv4 address, an [IPv6] address or a DNS name, and a port from 1 to 65535", is_address
 );
 
 fn is_group_name(s: &str) -> bool {

@@ -621,6 +621,8 @@ async fn watch_streams() {
     assert_eq!(first.data, json!({"group": "w", "revision": first_revision, "members": []}));
     let header: u64 = watch.headers["x-gm-revision"].to_str().unwrap().parse().unwrap();
     assert_eq!(header, first_revision, "X-GM-Revision of a watch is its first view's");
+    assert_eq!(watch.headers["x-accel-buffering"], "no", "nginx must not buffer the stream");
+    assert_eq!(watch.headers["cache-control"], "no-cache");
 
     // One event per change, whichever node takes the write; a no-op join sends none.
     let member = |address: &str, zone: &str| json!({"address": address, "metadata": {"zone": zone}, "failure_detection": {"mode": "lease", "ttl_ms": 86_400_000}});

@@ -450,8 +450,7 @@ fn read_tail(path: &Path, from: u64) -> Option<String> {
 }
 
 /// The line of `text` worth showing a person, cut to 300 characters: the error `gm server`
-/// exited with (`Error: ...`, followed by its causes and maybe a backtrace, or a command-line
-/// `error: ...`), or else the last line that is not blank, not in a backtrace and not Rust's hint
+/// exited with (`gm: error: ...`, or clap's command-line `error: ...`), or else the last line that is not blank, not in a backtrace and not Rust's hint
 /// about backtraces (so a panic's message).
 fn last_useful_line(text: &str) -> Option<String> {
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
@@ -459,7 +458,7 @@ fn last_useful_line(text: &str) -> Option<String> {
     let lines = &lines[..end];
     let line = lines
         .iter()
-        .rfind(|l| l.starts_with("Error: ") || l.starts_with("error: "))
+        .rfind(|l| l.starts_with("gm: error: ") || l.starts_with("error: "))
         .or_else(|| lines.iter().rfind(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE")))?;
     Some(match line.char_indices().nth(300) {
         Some((cut, _)) => format!("{}...", &line[..cut]),
@@ -712,7 +711,7 @@ impl Supervisor {
         let node = &mut self.nodes[i];
         node.ready = false;
         node.last_exit = Some(match &log_line {
-            Some(l) => format!("node {id} {how}: {}", l.strip_prefix("Error: ").unwrap_or(l)),
+            Some(l) => format!("node {id} {how}: {}", l.strip_prefix("gm: error: ").unwrap_or(l)),
             None => format!("node {id} {how}"),
         });
         let none_started = !self.nodes.iter().any(|n| n.ever_ready || n.state == NodeState::Running && n.id != id);
@@ -875,17 +874,18 @@ fn node_list(ids: &[u64]) -> String {
     }
 }
 
-/// Runs `gm dev`: starts the nodes, prints their URLs and pids, supervises them until `shutdown`
-/// completes, then stops them all and prints a last line.
+/// Runs `gm dev`: starts the nodes (with `node_args` added to every `gm server`, such as the
+/// `--log` filter `gm dev` was given), prints their URLs and pids, supervises them until
+/// `shutdown` completes, then stops them all and prints a last line.
 ///
 /// Errors: the ports are taken or out of range (nothing started), the data dir or a process
 /// cannot be set up, or no node is left running (every node exited before any was ready, or
 /// every node kept exiting soon after it started). The nodes are stopped before it returns.
-pub async fn run(config: DevConfig, shutdown: impl Future<Output = ()>) -> Result<(), DevError> {
+pub async fn run(config: DevConfig, node_args: &[String], shutdown: impl Future<Output = ()>) -> Result<(), DevError> {
     let dir = config.data_dir.display().to_string();
     let (with, without, beyond) =
         if config.clean { Default::default() } else { data_state(&config.data_dir, config.nodes) };
-    let cluster = LocalCluster::start_with(&config, &[], NodeOutput::LogFiles)?;
+    let cluster = LocalCluster::start_with(&config, node_args, NodeOutput::LogFiles)?;
     if with.is_empty() {
         say(format_args!("gm dev: {} nodes on 127.0.0.1, a new cluster in {dir}", config.nodes));
     } else {
@@ -1013,9 +1013,8 @@ mod tests {
         assert_eq!(last_useful_line(panic).as_deref(), Some("boom"));
         assert_eq!(last_useful_line("\n  \n"), None);
         assert_eq!(last_useful_line(&"x".repeat(400)).map(|l| l.len()), Some(303));
-        let error = "INFO started\nError: cannot listen on 127.0.0.1:8081\n\nCaused by:\n    in use\n\nStack \
-                     backtrace:\n   0: anyhow::x\n  31: _start\n";
-        assert_eq!(last_useful_line(error).as_deref(), Some("Error: cannot listen on 127.0.0.1:8081"));
+        let error = "INFO started\ngm: error: cannot listen on 127.0.0.1:8081: in use\n";
+        assert_eq!(last_useful_line(error).as_deref(), Some("gm: error: cannot listen on 127.0.0.1:8081: in use"));
         let backtrace = "thread 'main' panicked at src/x.rs:1:1:\nboom\nstack backtrace:\n   0: std::x\nnote: Some \
                          details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.\n";
         assert_eq!(last_useful_line(backtrace).as_deref(), Some("boom"));

@@ -9,7 +9,7 @@ use gm::config::{Cli, CliCommand};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     gm::telemetry::init(&cli.log, cli.log_format);
-    match run(cli.command).await {
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         // One line, whatever RUST_BACKTRACE says: these are a user's errors, not gm's bugs.
         Err(error) => {
@@ -19,10 +19,13 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(command: CliCommand) -> anyhow::Result<()> {
-    match command {
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         CliCommand::Server(config) => gm::server::run(config, gm::server::shutdown_signal()).await?,
-        CliCommand::Dev(config) => gm::dev::run(config, gm::server::shutdown_signal()).await?,
+        CliCommand::Dev(config) => {
+            let node_args = ["--log".to_owned(), cli.log];
+            gm::dev::run(config, &node_args, gm::server::shutdown_signal()).await?
+        }
         CliCommand::Bench(config) => gm::bench::run(config).await?,
     }
     Ok(())

@@ -299,7 +299,7 @@ async fn gm_dev_exits_with_one_line_when_no_node_can_start() {
     assert_eq!(status.code(), Some(1), "gm dev said:\n{}", dev.output());
     let errors: Vec<String> = dev.lines_of(Stream::Err).into_iter().filter(|l| !l.trim().is_empty()).collect();
     let [line] = errors.as_slice() else { panic!("not one line:\n{}", dev.output()) };
-    assert!(line.starts_with("Error: no node could start"), "{line}");
+    assert!(line.starts_with("gm: error: no node could start"), "{line}");
     assert!(line.contains("--probe-interval"), "the line says why: {line}");
     for (node, pid) in dev.pids() {
         assert!(!exists(pid), "node {node} (pid {pid}) is still there after gm dev exited");

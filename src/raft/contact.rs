@@ -4,7 +4,7 @@
 //! not an error per RPC (openraft's own logs are off by default for that reason).
 
 use std::collections::HashMap;
-use std::fmt::Display;
+use std::error::Error;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,7 +56,7 @@ impl Contacts {
     }
 
     /// Records that an RPC to `peer` got no answer (refused, broken or timed out).
-    pub fn failed(&self, peer: NodeId, addr: &str, error: &dyn Display) {
+    pub fn failed(&self, peer: NodeId, addr: &str, error: &(dyn Error + 'static)) {
         let now = Instant::now();
         let newly_down = self.with(|peers| {
             let c = peers.entry(peer).or_insert(Contact { reachable: false, last_answer: None, down_since: None });
@@ -65,11 +65,13 @@ impl Contacts {
             c.down_since.get_or_insert(now);
             newly_down.then_some(c.last_answer.is_some())
         });
+        // The innermost cause says what happened (refused, timed out); the others what was tried.
+        let cause = std::iter::successors(Some(error), |&e| e.source()).last().unwrap_or(error);
         match newly_down {
             // It answered before: this is news an operator wants.
-            Some(true) => tracing::warn!(peer, addr, %error, "peer unreachable"),
+            Some(true) => tracing::warn!(peer, addr, error = %cause, "peer unreachable"),
             // Never reached yet: peers of a cluster that is starting come up in any order.
-            Some(false) => tracing::debug!(peer, addr, %error, "peer not reachable yet"),
+            Some(false) => tracing::debug!(peer, addr, error = %cause, "peer not reachable yet"),
             None => {}
         }
     }
@@ -94,7 +96,8 @@ mod tests {
     async fn records_answers_and_failures() {
         let contacts = Contacts::default();
         assert_eq!(contacts.get(2), None);
-        contacts.failed(2, "h:1", &"refused");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        contacts.failed(2, "h:1", &refused);
         assert_eq!(contacts.get(2), Some(PeerContact { reachable: false, since_answer: None }));
         contacts.answered(2, "h:1");
         tokio::time::advance(Duration::from_millis(300)).await;
@@ -102,7 +105,7 @@ mod tests {
             contacts.get(2),
             Some(PeerContact { reachable: true, since_answer: Some(Duration::from_millis(300)) })
         );
-        contacts.failed(2, "h:1", &"timeout");
+        contacts.failed(2, "h:1", &std::io::Error::from(std::io::ErrorKind::TimedOut));
         let c = contacts.get(2).unwrap();
         assert!(!c.reachable);
         assert_eq!(c.since_answer, Some(Duration::from_millis(300)), "the last answer stays known");

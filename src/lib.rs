@@ -16,3 +16,4 @@ pub mod probe;
 pub mod raft;
 pub mod server;
 pub mod telemetry;
+pub mod wire;

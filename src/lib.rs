@@ -6,6 +6,7 @@
 pub mod api;
 pub mod batcher;
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod dev;
 pub mod discovery;

@@ -15,84 +15,10 @@ use tokio_util::sync::CancellationToken;
 use super::Layout;
 use crate::bench::cluster::ViewIds;
 use crate::bench::BenchError;
+use crate::client::SseParser;
 
 /// Pause before a broken watch stream is opened again.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
-
-/// One Server-Sent Event.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct SseEvent {
-    pub event: String,
-    pub id: Option<String>,
-    pub data: String,
-}
-
-/// Turns a byte stream into Server-Sent Events as the HTML standard reads them: lines end in
-/// LF, CRLF or CR; `:` starts a comment (keep-alives); a blank line ends an event; an event
-/// without data is dropped. Chunks may split lines (and UTF-8 characters) anywhere.
-#[derive(Default)]
-pub(super) struct SseParser {
-    pending: Vec<u8>,
-    /// The last byte seen was a CR: a LF right after it ends no second line.
-    after_cr: bool,
-    event: String,
-    data: String,
-    last_id: Option<String>,
-}
-
-impl SseParser {
-    /// Feeds `chunk`; returns the events it completes.
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        let mut events = Vec::new();
-        let scan_from = self.pending.len();
-        self.pending.extend_from_slice(chunk);
-        let mut start = 0;
-        for i in scan_from..self.pending.len() {
-            let byte = self.pending[i];
-            if std::mem::take(&mut self.after_cr) && byte == b'\n' && i == start {
-                start = i + 1;
-                continue;
-            }
-            if byte == b'\n' || byte == b'\r' {
-                let line = String::from_utf8_lossy(&self.pending[start..i]).into_owned();
-                self.line(&line, &mut events);
-                self.after_cr = byte == b'\r';
-                start = i + 1;
-            }
-        }
-        self.pending.drain(..start);
-        events
-    }
-
-    fn line(&mut self, line: &str, events: &mut Vec<SseEvent>) {
-        if line.is_empty() {
-            let event = std::mem::take(&mut self.event);
-            let mut data = std::mem::take(&mut self.data);
-            if !data.is_empty() {
-                data.pop();
-                let event = if event.is_empty() { "message".to_owned() } else { event };
-                events.push(SseEvent { event, id: self.last_id.clone(), data });
-            }
-            return;
-        }
-        if line.starts_with(':') {
-            return;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
-        };
-        match field {
-            "event" => self.event = value.to_owned(),
-            "data" => {
-                self.data.push_str(value);
-                self.data.push('\n');
-            }
-            "id" if !value.contains('\0') => self.last_id = Some(value.to_owned()),
-            _ => {}
-        }
-    }
-}
 
 /// The bench's members in a view's `data`; other ids and every other field are ignored.
 pub(super) fn view_members(data: &str, layout: &Layout) -> Result<HashSet<u32>, serde_json::Error> {
@@ -267,54 +193,6 @@ impl Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn events(parser: &mut SseParser, chunks: &[&str]) -> Vec<SseEvent> {
-        chunks.iter().flat_map(|c| parser.push(c.as_bytes())).collect()
-    }
-
-    fn view(id: &str, data: &str) -> SseEvent {
-        SseEvent { event: "view".into(), id: Some(id.into()), data: data.into() }
-    }
-
-    #[test]
-    fn events_end_at_a_blank_line() {
-        let mut p = SseParser::default();
-        let got = events(&mut p, &["event: view\nid: 7\ndata: {\"a\":1}\n\n", "event: view\nid: 8\ndata: x\n\n"]);
-        assert_eq!(got, vec![view("7", "{\"a\":1}"), view("8", "x")]);
-    }
-
-    #[test]
-    fn chunks_split_anywhere() {
-        let text = "event: view\r\nid: 9\r\ndata: {\"id\":\"é\"}\r\n\r\n";
-        for cut in 1..text.len() {
-            let (a, b) = text.as_bytes().split_at(cut);
-            let mut p = SseParser::default();
-            let mut got = p.push(a);
-            got.extend(p.push(b));
-            assert_eq!(got, vec![view("9", "{\"id\":\"é\"}")], "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn comments_and_empty_events_are_skipped() {
-        let mut p = SseParser::default();
-        let got = events(&mut p, &[":\n\n", ": keep-alive\n\n", "event: view\n\n", "data: a\r\rdata:b\ndata\n\n"]);
-        // Lone CRs end lines too; `data:b` has no space to strip; a bare `data` adds an empty line.
-        assert_eq!(
-            got,
-            vec![
-                SseEvent { event: "message".into(), id: None, data: "a".into() },
-                SseEvent { event: "message".into(), id: None, data: "b\n".into() }
-            ]
-        );
-    }
-
-    #[test]
-    fn the_last_id_carries_over() {
-        let mut p = SseParser::default();
-        let got = events(&mut p, &["id: 3\ndata: a\n\n", "data: b\n\n"]);
-        assert_eq!(got[1].id.as_deref(), Some("3"));
-    }
 
     #[test]
     fn views_yield_the_bench_members_only() {

@@ -7,23 +7,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
-use reqwest::Client;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Layout;
-use crate::bench::cluster::ViewIds;
 use crate::bench::BenchError;
-use crate::client::SseParser;
+use crate::client::Client;
+use crate::membership::{GroupName, GroupView};
+use crate::wire::Consistency;
 
 /// Pause before a broken watch stream is opened again.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 
-/// The bench's members in a view's `data`; other ids and every other field are ignored.
-pub(super) fn view_members(data: &str, layout: &Layout) -> Result<HashSet<u32>, serde_json::Error> {
-    let view: ViewIds = serde_json::from_str(data)?;
-    Ok(view.members.iter().filter_map(|m| layout.parse_id(&m.id)).collect())
+/// The bench's members in a view; other ids are ignored.
+pub(super) fn view_members(view: &GroupView, layout: &Layout) -> HashSet<u32> {
+    view.members.iter().filter_map(|m| layout.parse_id(m.id.as_str())).collect()
 }
 
 /// What the watch streams have shown.
@@ -89,15 +88,16 @@ pub(super) struct Watches {
 }
 
 impl Watches {
-    /// Opens a watch of every group of `layout` on every endpoint.
-    pub fn start(client: &Client, endpoints: &[String], layout: Layout) -> Watches {
-        let book = Arc::new(Mutex::new(Book::new(endpoints.len(), layout.members)));
+    /// Opens a watch of every group of `layout` on every endpoint of `client`.
+    pub fn start(client: &Client, layout: Layout) -> Result<Watches, BenchError> {
+        let nodes = client.endpoints().len();
+        let book = Arc::new(Mutex::new(Book::new(nodes, layout.members)));
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        for (node, endpoint) in endpoints.iter().enumerate() {
+        for node in 0..nodes {
             for g in 0..layout.groups {
-                let url = format!("{endpoint}/v1/groups/{}/watch?consistency=stale", layout.group(g));
-                let stream = Stream { client: client.clone(), url, node, layout, book: Arc::clone(&book) };
+                let group = GroupName::parse(&layout.group(g)).map_err(|e| BenchError::Watch(e.to_string()))?;
+                let stream = Stream { client: client.at(node), group, node, layout, book: Arc::clone(&book) };
                 let cancel = cancel.clone();
                 tasks.spawn(async move {
                     tokio::select! {
@@ -107,7 +107,7 @@ impl Watches {
                 });
             }
         }
-        Watches { book, streams: endpoints.len() * layout.groups as usize, cancel, tasks }
+        Ok(Watches { book, streams: nodes * layout.groups as usize, cancel, tasks })
     }
 
     /// What the streams have shown so far.
@@ -141,8 +141,9 @@ impl Watches {
 
 /// One watch stream: one group on one node.
 struct Stream {
+    /// Of that node alone.
     client: Client,
-    url: String,
+    group: GroupName,
     node: usize,
     layout: Layout,
     book: Arc<Mutex<Book>>,
@@ -155,7 +156,7 @@ impl Stream {
         let mut first = true;
         loop {
             if let Err(error) = self.read(&mut current, &mut first).await {
-                tracing::debug!(url = %self.url, %error, "watch stream broke; opening it again");
+                tracing::debug!(group = %self.group, node = self.node + 1, %error, "watch stream broke; opening it again");
             }
             self.book.lock().unwrap_or_else(|e| e.into_inner()).reconnects += 1;
             tokio::time::sleep(RECONNECT_PAUSE).await;
@@ -164,28 +165,25 @@ impl Stream {
 
     /// Reads the stream until it ends, applying each view to the book.
     async fn read(&self, current: &mut HashSet<u32>, first: &mut bool) -> Result<(), String> {
-        let response = self.client.get(&self.url).send().await.map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("status {}", response.status()));
-        }
-        let mut parser = SseParser::default();
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            // The moment the bytes arrived, before any parsing: that is when the view was seen.
-            let at = Instant::now();
-            let chunk = chunk.map_err(|e| e.to_string())?;
-            self.book.lock().unwrap_or_else(|e| e.into_inner()).bytes += chunk.len() as u64;
-            for event in parser.push(&chunk).into_iter().filter(|e| e.event == "view") {
-                let after = view_members(&event.data, &self.layout).map_err(|e| e.to_string())?;
-                let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
-                book.views += 1;
-                book.changed(self.node, current, &after, at);
-                if std::mem::take(first) {
-                    book.first_views += 1;
-                }
-                *current = after;
+        let mut watch = self.client.watch(&self.group, Consistency::Stale).await.map_err(|e| e.to_string())?;
+        let mut counted = 0;
+        let mut count_bytes = |read: u64| {
+            self.book.lock().unwrap_or_else(|e| e.into_inner()).bytes += read - counted;
+            counted = read;
+        };
+        while let Some(view) = watch.next().await {
+            count_bytes(watch.bytes_read());
+            let after = view_members(&view.map_err(|e| e.to_string())?, &self.layout);
+            let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+            book.views += 1;
+            // When the bytes arrived, before any parsing: that is when the view was seen.
+            book.changed(self.node, current, &after, watch.received_at());
+            if std::mem::take(first) {
+                book.first_views += 1;
             }
+            *current = after;
         }
+        count_bytes(watch.bytes_read());
         Ok(())
     }
 }
@@ -197,14 +195,14 @@ mod tests {
     #[test]
     fn views_yield_the_bench_members_only() {
         let layout = Layout { members: 10, addresses: 1, groups: 1 };
-        let data = r#"{"group":"fd-0","revision":5,"members":[
-            {"id":"m1","group":"fd-0","address":"127.0.0.1:1","metadata":{},"incarnation":1,
-             "failure_detection":{"mode":"probe","path":"/gm/heartbeat"}},
-            {"id":"m9","group":"fd-0","address":"127.0.0.1:1"},
-            {"id":"m10","group":"fd-0","address":"127.0.0.1:1"},
-            {"id":"other","group":"fd-0","address":"127.0.0.1:1"}]}"#;
-        assert_eq!(view_members(data, &layout).expect("view"), HashSet::from([1, 9]));
-        assert!(view_members("{", &layout).is_err());
+        let member = |id: &str| {
+            serde_json::json!({"id": id, "group": "fd-0", "address": "127.0.0.1:1", "metadata": {},
+                "instance": null, "incarnation": 1, "joined_at": "2026-11-24T10:00:00.123Z",
+                "responsible_node": 1, "failure_detection": {"mode": "probe", "path": "/gm/heartbeat"}})
+        };
+        let members: Vec<_> = ["m1", "m9", "m10", "other"].into_iter().map(member).collect();
+        let view = serde_json::from_value(serde_json::json!({"group": "fd-0", "revision": 5, "members": members}));
+        assert_eq!(view_members(&view.expect("a view"), &layout), HashSet::from([1, 9]));
     }
 
     #[test]

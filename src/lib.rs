@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod dev;
 pub mod discovery;
+pub mod member_server;
 pub mod membership;
 pub mod metrics;
 pub mod node;

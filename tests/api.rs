@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use common::{lease_member, poll_json, timed, wait_for, Cluster, ProbeTarget, Reply, Watch};
+use common::members::FakeMembers;
+use common::{lease_member, poll_json, timed, wait_for, Cluster, Reply, Watch};
 
 /// The paths the contract lists, as the served OpenAPI document must name them.
 const CONTRACT_PATHS: [&str; 10] = [
@@ -100,7 +101,7 @@ async fn wait_past(t: DateTime<Utc>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn join_retry_and_rejoin_through_follower_and_leader() {
     let c = Cluster::start(3).await;
-    let target = ProbeTarget::start().await;
+    let target = FakeMembers::start().await;
     let other_address = target.address.replace("127.0.0.1", "localhost");
     let (leader, follower) = (c.leader().await, c.follower().await);
     let mut last_revision = 0;
@@ -292,7 +293,7 @@ async fn reads_leaves_and_incarnations() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_view_heartbeats_and_service_endpoints() {
     let c = Cluster::start(3).await;
-    let target = ProbeTarget::start().await;
+    let target = FakeMembers::start().await;
     let (leader, follower) = (c.leader().await, c.follower().await);
     let (l, f) = (c.node(leader), c.node(follower));
 

@@ -19,9 +19,10 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use common::members::{Answer, FakeMembers};
+use common::members::FakeMembers;
 use common::partition::Isolation;
 use common::{incarnations, poll, wait_for, Cluster, Consistency, Incarnations, MemberSet, NodeProc, DEADLINE};
+use gm::member_server::Answer;
 
 /// Probe every 200 ms, give up on one after 150 ms, suspect after 3 failures in a row.
 const FAST: &[&str] = &["--probe-interval", "200ms", "--probe-timeout", "150ms", "--suspect-after", "3"];
@@ -190,7 +191,7 @@ async fn crashed_members_are_removed_everywhere_and_live_ones_stay() {
     }
 
     // The live ones stay, and are still probed all along.
-    let before: Vec<usize> = (2..5).map(|i| own[i].probe_count(&format!("own-{i}"))).collect();
+    let before: Vec<u64> = (2..5).map(|i| own[i].probe_count(&format!("own-{i}"))).collect();
     let shared_before = shared.probe_count("s-0");
     assert_kept(&c, &expected, SEVERAL_SUSPECT_PERIODS).await;
     for (k, i) in (2..5).enumerate() {

@@ -536,30 +536,6 @@ pub fn lease_member(address: &str) -> Value {
     json!({"address": address, "failure_detection": {"mode": "lease", "ttl_ms": 86_400_000}})
 }
 
-/// An HTTP server that answers 200 to every request: a member address that passes every probe.
-pub struct ProbeTarget {
-    pub address: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ProbeTarget {
-    pub async fn start() -> ProbeTarget {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("probe target listener");
-        let address = listener.local_addr().expect("probe target address").to_string();
-        let app = axum::Router::new().fallback(|| async { "ok" });
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        ProbeTarget { address, task }
-    }
-}
-
-impl Drop for ProbeTarget {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// One Server-Sent Event, its data read as JSON.
 #[derive(Debug, Default)]
 pub struct SseEvent {

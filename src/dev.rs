@@ -146,6 +146,8 @@ pub struct LocalCluster {
     exe: PathBuf,
     extra_args: Vec<String>,
     output: NodeOutput,
+    /// Whether a node is started with `--name gm-dev-N`, or left to its default name.
+    named: bool,
 }
 
 /// Which nodes [`LocalCluster::stop_within`] stopped, and which of them had to be killed.
@@ -177,6 +179,16 @@ impl LocalCluster {
     /// not, before anything is removed or started; then empties the data dir if `config.clean`.
     /// Does not wait for the nodes to be ready.
     pub fn start_with(config: &DevConfig, extra_args: &[String], output: NodeOutput) -> Result<LocalCluster, DevError> {
+        let mut cluster = Self::prepare(config, extra_args, output)?;
+        for n in 1..=config.nodes {
+            cluster.spawn(n)?;
+        }
+        Ok(cluster)
+    }
+
+    /// What [`LocalCluster::start_with`] does before it starts the nodes: the cluster with no
+    /// node running yet, to be started one by one with [`LocalCluster::spawn`].
+    pub fn prepare(config: &DevConfig, extra_args: &[String], output: NodeOutput) -> Result<LocalCluster, DevError> {
         let exe = std::env::current_exe().map_err(DevError::Exe)?;
         let ports = layout(config)?;
         check_ports_free(&ports)?;
@@ -200,11 +212,19 @@ impl LocalCluster {
             })
             .collect();
         let data_dir = std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
-        let mut cluster = LocalCluster { nodes, peers, data_dir, exe, extra_args: extra_args.to_vec(), output };
-        for n in 1..=config.nodes {
-            cluster.spawn(n)?;
-        }
-        Ok(cluster)
+        Ok(LocalCluster { nodes, peers, data_dir, exe, extra_args: extra_args.to_vec(), output, named: true })
+    }
+
+    /// Whether the nodes started from now on get `--name gm-dev-N` (the default), or keep the
+    /// name `gm server` gives itself.
+    pub fn name_nodes(&mut self, named: bool) {
+        self.named = named;
+    }
+
+    /// Runs `exe` as the nodes' `gm` from now on, instead of this process's own executable (a
+    /// test binary is not `gm`).
+    pub fn set_executable(&mut self, exe: PathBuf) {
+        self.exe = exe;
     }
 
     /// Starts node `id` (again) on its data dir. A process of the node still running is killed.
@@ -321,11 +341,11 @@ impl LocalCluster {
     /// The arguments of node `id`'s `gm server`.
     fn server_args(&self, id: u64) -> Result<Vec<OsString>, DevError> {
         let node = self.node(id)?;
-        let mut args: Vec<OsString> = ["server", "--node-id", &id.to_string(), "--name", &format!("gm-dev-{id}")]
-            .into_iter()
-            .chain(["--api-addr", &node.api, "--peer-addr", &node.peer])
-            .map(OsString::from)
-            .collect();
+        let mut args: Vec<OsString> = ["server", "--node-id", &id.to_string()].map(OsString::from).into();
+        if self.named {
+            args.extend(["--name".into(), format!("gm-dev-{id}").into()]);
+        }
+        args.extend(["--api-addr", &node.api, "--peer-addr", &node.peer].map(OsString::from));
         args.push("--data-dir".into());
         args.push(self.node_dir(id).into_os_string());
         args.extend(["--peers", &self.peers].map(OsString::from));

@@ -423,7 +423,7 @@ async fn a_ready_cluster_knows_itself_and_shows_a_dead_node() {
 
     let leader = c.leader().await;
     let dead = c.follower().await;
-    c.kill(dead);
+    c.kill(dead).await;
     let before = c.log_text(leader).lines().count();
     for node in c.running() {
         poll_json(

@@ -220,7 +220,7 @@ async fn members_of_a_dead_node_are_handed_over_and_probed_by_live_nodes() {
     assert!(counts[&dead] > 0, "with {MEMBERS} members the leader probes some: {counts:?}");
     let set = c.member_set(c.node(dead), Consistency::Linearizable).await.expect("member records");
     let orphans = probed_by(&set, dead);
-    c.kill(dead);
+    c.kill(dead).await;
     let live: Vec<u64> = c.running().map(|n| n.id).collect();
 
     // Every member gets a live responsible node; the dead node reads 0; the sum is unchanged.
@@ -460,7 +460,7 @@ async fn a_heartbeating_lease_survives_a_leader_change() {
     wait_for("a few heartbeats renewed", || async { beats.renewed() >= 3 }).await;
 
     let old = c.leader().await;
-    c.kill(old);
+    c.kill(old).await;
     let renewed_before = beats.renewed();
     // About two TTLs: never removed on any survivor.
     let start = Instant::now();

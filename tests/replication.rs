@@ -42,7 +42,7 @@ async fn leader_crash_and_restart_keeps_acknowledged_writes() {
     leave_some(&c, &mut expected, leaving).await;
 
     let old = c.leader().await;
-    c.kill(old);
+    c.kill(old).await;
     let new = c.leader().await;
     assert_ne!(new, old, "a new leader among the survivors");
     assert_everywhere(&c, &expected).await;
@@ -71,7 +71,7 @@ async fn leader_crash_after_a_burst_of_writes_loses_nothing() {
     let mut c = Cluster::start(3).await;
     let mut expected = c.join_many(lease_joins("burst", 0..3000, 8), 64).await;
     let old = c.leader().await;
-    c.kill(old);
+    c.kill(old).await;
     expected.extend(c.join_many(lease_joins("after", 0..200, 8), 16).await);
     assert_everywhere(&c, &expected).await;
 }
@@ -100,7 +100,7 @@ async fn whole_cluster_crash_loses_no_acknowledged_write() {
     assert_everywhere(&c, &expected).await;
 
     for id in 1..=3 {
-        c.kill(id);
+        c.kill(id).await;
     }
     for id in 1..=3 {
         c.spawn(id);
@@ -175,7 +175,7 @@ async fn quorum_loss_answers_503_and_recovers() {
 
     // The leader alone keeps its term but can commit nothing.
     for &id in &others {
-        c.kill(id);
+        c.kill(id).await;
     }
     assert_unavailable_alone(&c, leader, &expected).await;
 
@@ -187,7 +187,7 @@ async fn quorum_loss_answers_503_and_recovers() {
 
     // A follower alone: no leader at all.
     let leader = c.leader().await;
-    c.kill(leader);
+    c.kill(leader).await;
     let alone = c.running().next().expect("one node left").id;
     assert_unavailable_alone(&c, alone, &expected).await;
     c.spawn(leader);
@@ -234,7 +234,7 @@ async fn snapshot_install_catches_up_a_restarted_follower() {
     let mut c = Cluster::start_with(3, &["--snapshot-every", "100"]).await;
     let mut expected = c.join_many(lease_joins("early", 0..500, 10), 16).await;
     let follower = c.follower().await;
-    c.kill(follower);
+    c.kill(follower).await;
     // The server keeps 1000 entries behind its last snapshot (`max_in_snapshot_log_to_keep`):
     // only well past that is the follower's next entry surely purged, so that it must install a
     // snapshot.
@@ -267,7 +267,7 @@ async fn blocking_query_without_quorum_answers_503_when_its_wait_ends() {
     let reply = c.put(c.node(follower), "/v1/groups/bq/members/m", &lease_member("10.0.0.1:80")).await;
     let n = reply.expect_ok(201, "join");
     for id in (1..=3).filter(|&id| id != follower) {
-        c.kill(id);
+        c.kill(id).await;
     }
     let wait = Duration::from_secs(3);
     let (reply, took) = timed(c.get(c.node(follower), &format!("/v1/groups/bq?index={n}&wait=3s"))).await;

@@ -1,5 +1,6 @@
 //! The shared harness of the end-to-end tests: real `gm server` processes on free loopback
-//! ports, each with its own data dir, killed when the cluster is dropped. Waits are polls
+//! ports, each with its own data dir and log file, killed when the cluster is dropped. They are
+//! started as `gm dev` and `gm bench` start theirs, by `gm::dev::LocalCluster`. Waits are polls
 //! with generous deadlines, never bare sleeps used as synchronisation.
 //!
 //! Helpers that need an answer (the leader, readiness, joins, member sets) ask through
@@ -12,14 +13,14 @@ pub mod members;
 pub mod partition;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use gm::client::{Client, ClientError, RetryPolicy, SseParser};
+use gm::config::DevConfig;
+use gm::dev::{DevError, Exit, LocalCluster, NodeOutput};
 use gm::membership::{GroupName, MemberId, MemberSpec};
 use gm::wire::{JoinAnswer, Member, RevisionAnswer};
 use reqwest::header::HeaderMap;
@@ -39,38 +40,25 @@ const UNTIL_DEADLINE: RetryPolicy = RetryPolicy {
     max_pause: Duration::from_millis(100),
 };
 
-/// One GM node process and where it listens.
+/// One GM node and where it listens; its process is the cluster's.
 pub struct NodeProc {
     pub id: u64,
     pub api: String,
     pub peer: String,
     pub data_dir: PathBuf,
-    child: Option<Child>,
 }
 
 impl NodeProc {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.api, path)
     }
-
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    /// Whether the process the test started has exited on its own (it is a zombie, not yet
-    /// reaped: Linux's `/proc/PID/stat` says `Z`).
-    pub fn has_exited(&self) -> bool {
-        let Some(child) = &self.child else { return false };
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
-        stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-    }
 }
 
 /// A local cluster of real processes.
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
-    peers: String,
-    extra_args: Vec<String>,
+    /// The processes. Before `_dir`, so that they are gone before their data dirs are.
+    local: LocalCluster,
     /// Nodes stopped with SIGSTOP: their sockets accept but nothing answers, so no helper asks them.
     paused: Mutex<BTreeSet<u64>>,
     _dir: tempfile::TempDir,
@@ -80,16 +68,47 @@ pub struct Cluster {
     client: Client,
 }
 
-/// A port free now, below the kernel's ephemeral range (32768 and up): a port the kernel handed
-/// out to `bind(0)` goes back to that range and can be taken by any outgoing connection before
-/// the node binds it. Random, so concurrent test processes rarely pick the same one.
-fn free_port() -> u16 {
+/// `n` nodes' processes, none started yet, with data dirs and logs in `dir`, on ports free now
+/// below the kernel's ephemeral range (32768 and up): a port the kernel handed out to `bind(0)`
+/// goes back to that range and can be taken by any outgoing connection before the node binds
+/// it. The first ports are random, so concurrent test processes rarely pick the same ones.
+fn local_cluster(n: u64, extra_args: &[&str], dir: &std::path::Path) -> LocalCluster {
+    let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
     loop {
-        let port = rand::random::<u16>() % 20_000 + 12_000;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let first_port = || rand::random::<u16>() % 20_000 + 12_000;
+        let config = DevConfig {
+            nodes: n,
+            data_dir: dir.to_owned(),
+            clean: false,
+            api_port: first_port(),
+            peer_port: first_port(),
+        };
+        match LocalCluster::prepare(&config, &extra_args, NodeOutput::LogFiles) {
+            Ok(mut local) => {
+                local.set_executable(env!("CARGO_BIN_EXE_gm").into());
+                // Each node names itself, as a node started without `--name` does.
+                local.name_nodes(false);
+                return local;
+            }
+            Err(DevError::PortsInUse { .. } | DevError::PortsOverlap { .. }) => continue,
+            Err(e) => panic!("cannot prepare a local cluster: {e}"),
         }
     }
+}
+
+/// Whether process `pid` has exited (it is a zombie, not yet reaped: Linux's `/proc/PID/stat`
+/// says `Z`), or is gone.
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("a pid");
+    // SAFETY: kill(2) of a child of this process that is not reaped yet, so its pid is not reused.
+    unsafe { libc::kill(pid, signal) };
 }
 
 impl Cluster {
@@ -101,27 +120,20 @@ impl Cluster {
     /// Starts `n` nodes with extra `gm server` flags and waits until every one is ready.
     pub async fn start_with(n: u64, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let nodes: Vec<NodeProc> = (1..=n)
-            .map(|id| NodeProc {
-                id,
-                api: format!("127.0.0.1:{}", free_port()),
-                peer: format!("127.0.0.1:{}", free_port()),
-                data_dir: dir.path().join(format!("node-{id}")),
-                child: None,
+        let local = local_cluster(n, extra_args, dir.path());
+        let nodes: Vec<NodeProc> = local
+            .nodes
+            .iter()
+            .map(|node| NodeProc {
+                id: node.id,
+                api: node.api.clone(),
+                peer: node.peer.clone(),
+                data_dir: dir.path().join(format!("node-{}", node.id)),
             })
             .collect();
-        let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.peer)).collect::<Vec<_>>().join(",");
         let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("client");
         let client = Client::builder(nodes.iter().map(|n| &n.api)).policy(UNTIL_DEADLINE).build().expect("client");
-        let mut cluster = Cluster {
-            nodes,
-            peers,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            paused: Mutex::default(),
-            _dir: dir,
-            http,
-            client,
-        };
+        let mut cluster = Cluster { nodes, local, paused: Mutex::default(), _dir: dir, http, client };
         for id in 1..=n {
             cluster.spawn(id);
         }
@@ -133,47 +145,23 @@ impl Cluster {
         &self.nodes[(id - 1) as usize]
     }
 
-    /// Starts (or restarts) node `id` on its data dir.
+    /// Starts (or restarts) node `id` on its data dir. Its log is appended to, so the log of its
+    /// earlier lives survives.
     pub fn spawn(&mut self, id: u64) {
-        let peers = self.peers.clone();
-        let extra = self.extra_args.clone();
-        let node = &mut self.nodes[(id - 1) as usize];
-        assert!(node.child.is_none(), "node {id} is already running");
-        // Appended, so the log of a node's earlier lives survives its restart.
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(node.data_dir.with_extension("log"))
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_gm"))
-            .arg("server")
-            .args(["--node-id", &id.to_string(), "--api-addr", &node.api, "--peer-addr", &node.peer])
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(["--peers", &peers])
-            .args(&extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn gm server");
-        node.child = Some(child);
+        assert!(!self.is_running(id), "node {id} is already running");
+        self.local.spawn(id).unwrap_or_else(|e| panic!("spawn node {id}: {e}"));
     }
 
-    /// kill -9 of node `id`.
-    pub fn kill(&mut self, id: u64) {
-        if let Some(mut child) = self.nodes[(id - 1) as usize].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    /// kill -9 of node `id`, waiting until it is gone.
+    pub async fn kill(&mut self, id: u64) {
+        self.local.kill(id).await;
         self.paused_set().remove(&id);
     }
 
     /// SIGSTOP / SIGCONT: a paused process keeps its sockets but answers nothing.
     pub fn pause(&self, id: u64, paused: bool) {
-        if let Some(child) = &self.nodes[(id - 1) as usize].child {
-            let signal = if paused { "-STOP" } else { "-CONT" };
-            let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+        if let Some(pid) = self.local.pid(id) {
+            signal(pid, if paused { libc::SIGSTOP } else { libc::SIGCONT });
             if paused {
                 self.paused_set().insert(id);
             } else {
@@ -186,15 +174,25 @@ impl Cluster {
         self.paused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the test started node `id` and has not stopped it (it may have exited itself).
+    pub fn is_running(&self, id: u64) -> bool {
+        self.local.pid(id).is_some()
+    }
+
+    /// Whether the process the test started for node `id` has exited on its own.
+    pub fn has_exited(&self, id: u64) -> bool {
+        self.local.pid(id).is_some_and(exited)
+    }
+
     /// Whether node `id` runs and is not paused: whether it can answer.
     pub fn is_serving(&self, id: u64) -> bool {
-        self.node(id).is_running() && !self.paused_set().contains(&id)
+        self.is_running(id) && !self.paused_set().contains(&id)
     }
 
     /// The nodes that run and are not paused.
     pub fn running(&self) -> impl Iterator<Item = &NodeProc> {
         let paused = self.paused_set().clone();
-        self.nodes.iter().filter(move |n| n.is_running() && !paused.contains(&n.id))
+        self.nodes.iter().filter(move |n| self.is_running(n.id) && !paused.contains(&n.id))
     }
 
     /// A client of `node` alone that tries once: what that node answers.
@@ -212,7 +210,7 @@ impl Cluster {
         for node in self.running() {
             let client = self.client(node);
             wait_for(&format!("node {} ready", node.id), || async {
-                assert!(!node.has_exited(), "node {} exited; its log:\n{}", node.id, self.log_text(node.id));
+                assert!(!self.has_exited(node.id), "node {} exited; its log:\n{}", node.id, self.log_text(node.id));
                 client.readyz().await.is_ok()
             })
             .await;
@@ -271,11 +269,15 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             self.print_log_tails(40);
         }
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        // kill -9, and wait until each process is gone (a zombie: it holds no file any more)
+        // before its data dir is removed. `LocalCluster` reaps them when it is dropped.
+        let pids: Vec<u32> = self.nodes.iter().filter_map(|n| self.local.pid(n.id)).collect();
+        for &pid in &pids {
+            signal(pid, libc::SIGKILL);
+        }
+        let start = Instant::now();
+        while !pids.iter().all(|&pid| exited(pid)) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
@@ -500,24 +502,23 @@ impl Cluster {
 
     /// The nodes whose process has exited although the test did not stop it.
     pub fn exited(&mut self) -> Vec<u64> {
-        self.nodes
-            .iter_mut()
-            .filter_map(|n| n.child.as_mut().and_then(|c| c.try_wait().ok().flatten()).map(|_| n.id))
-            .collect()
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        ids.into_iter().filter(|&id| self.local.reap(id).is_some()).collect()
     }
 
     /// The last `lines` lines of every node's log, to read why a test failed.
     pub fn print_log_tails(&mut self, lines: usize) {
-        for node in &mut self.nodes {
-            let text = std::fs::read_to_string(node.data_dir.with_extension("log")).unwrap_or_default();
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        for id in ids {
+            let text = self.log_text(id);
             let all: Vec<&str> = text.lines().collect();
-            let process = match node.child.as_mut().map(|c| (c.id(), c.try_wait())) {
-                None => "stopped by the test".to_owned(),
-                Some((pid, Ok(None))) => format!("pid {pid}, running"),
-                Some((pid, Ok(Some(status)))) => format!("pid {pid}, exited: {status}"),
-                Some((pid, Err(e))) => format!("pid {pid}, unknown: {e}"),
+            let process = match (self.local.pid(id), self.local.reap(id)) {
+                (None, _) => "stopped by the test".to_owned(),
+                (Some(pid), None) => format!("pid {pid}, running"),
+                (Some(pid), Some(Exit { status: Ok(status), .. })) => format!("pid {pid}, exited: {status}"),
+                (Some(pid), Some(Exit { status: Err(e), .. })) => format!("pid {pid}, unknown: {e}"),
             };
-            eprintln!("----- node {} ({process}) log (last {lines} lines) -----", node.id);
+            eprintln!("----- node {id} ({process}) log (last {lines} lines) -----");
             for line in &all[all.len().saturating_sub(lines)..] {
                 eprintln!("{line}");
             }
@@ -526,7 +527,7 @@ impl Cluster {
 
     /// The text of node `id`'s log, over all its lives.
     pub fn log_text(&self, id: u64) -> String {
-        std::fs::read_to_string(self.node(id).data_dir.with_extension("log")).unwrap_or_default()
+        std::fs::read_to_string(self.local.log_path(id)).unwrap_or_default()
     }
 }
 

@@ -1,7 +1,9 @@
 //! gm: a group membership service replicated with Raft.
 //!
 //! The membership state machine ([`membership`]) is pure; [`raft`] replicates it, [`node`] is a
-//! GM node as the API sees it, and [`api`] serves the REST contract.
+//! GM node as the API sees it, and [`api`] serves the REST contract. The contract's answers are
+//! declared once in [`wire`]: [`api`] writes them and [`client`], the Rust client of the API,
+//! reads them.
 
 pub mod api;
 pub mod batcher;

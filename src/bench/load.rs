@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::cluster::{failure, find_leader, wait_ready, ClusterArgs, Failure, OwnCluster, READY_DEADLINE};
 use super::figures::{errors_text, latency, median, millis, Figures, Tally};
 use super::{interruptible, BenchError};
-use crate::client::{Client, ClientError, ErrorKind, RetryPolicy};
+use crate::client::{Client, ErrorKind, RetryPolicy};
 use crate::dev::LocalCluster;
 use crate::membership::{Address, FailureDetection, GroupName, Instance, MemberId, MemberSpec, Metadata};
 use crate::wire::Consistency;
@@ -188,7 +188,7 @@ async fn load(config: &LoadConfig, target: &Target, report: &mut Map<String, Val
                 async move {
                     // Each worker walks its own stride of the members, so all are read evenly.
                     let (group, id) = &m[((seq * clients + w) % m.len() as u64) as usize];
-                    t.read(t.endpoint(w, seq), group, id, stale).await
+                    t.read(t.node(w, seq), group, id, stale).await
                 }
             })
             .await?;
@@ -237,8 +237,8 @@ impl Target {
         Target { client, nodes, groups }
     }
 
-    /// Round-robin over the endpoints, each worker starting at its own.
-    fn endpoint(&self, worker: u64, seq: u64) -> &Client {
+    /// The node to ask: round-robin over the endpoints, each worker starting at its own.
+    fn node(&self, worker: u64, seq: u64) -> &Client {
         &self.nodes[((worker + seq) % self.nodes.len() as u64) as usize]
     }
 
@@ -248,7 +248,7 @@ impl Target {
         let (slot, cycle) = (seq % slots, seq / slots);
         let group = format!("bench-{}", (worker * slots + slot) % self.groups);
         let id = format!("{worker}-{slot}");
-        join(self.endpoint(worker, seq), &group, &id, &format!("r{cycle}")).await
+        join(self.node(worker, seq), &group, &id, &format!("r{cycle}")).await
     }
 
     async fn read(&self, node: &Client, group: &GroupName, id: &MemberId, stale: bool) -> Result<(), Failure> {
@@ -283,7 +283,7 @@ async fn join(node: &Client, group: &str, id: &str, instance: &str) -> Result<()
         // Lease mode with a day's lease: GM probes nothing and removes nothing during the bench.
         failure_detection: FailureDetection::Lease { ttl_ms: 86_400_000 },
     };
-    node.join(&group, &id, &spec).await.map(drop).map_err(|e: ClientError| failure(&e))
+    node.join(&group, &id, &spec).await.map(drop).map_err(|e| failure(&e))
 }
 
 /// A name the bench made up, validated.
@@ -430,7 +430,7 @@ async fn failover_round(
                 let id = format!("r{round}-{writer}-{slot}");
                 let instance = format!("c{}", seq / FAILOVER_SLOTS);
                 let sent = Instant::now();
-                let result = join(target.endpoint(writer, seq), FAILOVER_GROUP, &id, &instance).await;
+                let result = join(target.node(writer, seq), FAILOVER_GROUP, &id, &instance).await;
                 if result.is_ok() && acks_tx.send(Ack { sent, acked: Instant::now() }).is_err() {
                     break;
                 }

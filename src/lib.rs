@@ -15,4 +15,5 @@ pub mod node;
 pub mod probe;
 pub mod raft;
 pub mod server;
+pub mod tasks;
 pub mod telemetry;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
@@ -22,6 +21,7 @@ use crate::raft::network::{PeerClient, PeerNetwork};
 use crate::raft::peer::{self, PeerState};
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::Raft;
+use crate::tasks::{TaskError, Tasks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -39,6 +39,10 @@ pub enum ServerError {
     Raft(String),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot build an HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Task(#[from] TaskError),
 }
 
 /// Runs a node until `shutdown` completes.
@@ -67,36 +71,37 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let state_machine = StateMachineStore::open(&sm_dir)
         .map_err(|source| ServerError::StateMachine { dir: sm_dir.display().to_string(), source })?;
     let state = state_machine.handle();
-    let peer_client = PeerClient::new();
+    let peer_client = PeerClient::new()?;
     let network = PeerNetwork::new(peer_client.clone());
     let raft = Raft::new(id, raft_config(&config)?, network, log_store, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
 
     let cancel = CancellationToken::new();
-    let mut tasks = JoinSet::new();
+    let mut tasks = Tasks::default();
     let (node, batchers) =
         Node::start(id, raft.clone(), state, advert, peer_client, config.request_timeout, cancel.clone());
     for batcher in batchers {
-        tasks.spawn(async move {
+        tasks.spawn("batcher", async move {
             let _ = batcher.await;
         });
     }
+    tasks.spawn("raft", raft_running(raft.clone()));
     let metrics = Arc::new(Metrics::new()?);
     let app = Arc::new(AppState { node: Arc::clone(&node), metrics: Arc::clone(&metrics) });
 
     let probe = ProbeConfig::from(&config);
-    let checker = Checker::new(probe.timeout);
+    let checker = Checker::new(probe.timeout)?;
     let peer_state = Arc::new(PeerState { node: Arc::clone(&node), checker: checker.clone() });
-    tasks.spawn(serve(peer_listener, peer::router(peer_state), cancel.clone()));
-    tasks.spawn(prober::run(Arc::clone(&node), probe, checker, Arc::clone(&metrics), cancel.clone()));
-    tasks.spawn(handover::run(Arc::clone(&node), probe, cancel.clone()));
-    tasks.spawn(lease::run_expiry(Arc::clone(&node), Arc::clone(&metrics), cancel.clone()));
-    tasks.spawn(serve(api_listener, api::router(app), cancel.clone()));
-    tasks.spawn(Arc::clone(&node).keep_cluster_record(cancel.clone()));
+    tasks.spawn("peer listener", serve(peer_listener, peer::router(peer_state), cancel.clone()));
+    tasks.spawn("prober", prober::run(Arc::clone(&node), probe, checker, Arc::clone(&metrics), cancel.clone()));
+    tasks.spawn("handover", handover::run(Arc::clone(&node), probe, cancel.clone()));
+    tasks.spawn("lease expiry", lease::run_expiry(Arc::clone(&node), Arc::clone(&metrics), cancel.clone()));
+    tasks.spawn("API listener", serve(api_listener, api::router(app), cancel.clone()));
+    tasks.spawn("cluster record", Arc::clone(&node).keep_cluster_record(cancel.clone()));
     {
         let (metrics, node, cancel) = (Arc::clone(&metrics), Arc::clone(&node), cancel.clone());
-        tasks.spawn(async move { metrics.count_leader_changes(&node, cancel).await });
+        tasks.spawn("leader changes", async move { metrics.count_leader_changes(&node, cancel).await });
     }
     tracing::info!(node = id, api = %config.api_addr, peer = %config.peer_addr, data_dir = %config.data_dir.display(), "gm server started");
 
@@ -106,14 +111,26 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         return Err(e.into());
     }
 
-    shutdown.await;
-    tracing::info!(node = id, "shutting down");
+    let failed = tokio::select! {
+        () = shutdown => None,
+        failed = tasks.first_end() => Some(failed),
+    };
+    match &failed {
+        None => tracing::info!(node = id, "shutting down"),
+        Some(error) => tracing::error!(node = id, %error, "stopping the node"),
+    }
     cancel.cancel();
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not stop cleanly");
     }
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+    tasks.join_all().await;
+    failed.map_or(Ok(()), |e| Err(e.into()))
+}
+
+/// Completes when Raft stops on a fatal error (a storage failure), which must stop the node.
+async fn raft_running(raft: Raft) {
+    let mut metrics = raft.metrics();
+    let _ = metrics.wait_for(|m| m.running_state.is_err()).await;
 }
 
 async fn listen(addr: &str) -> Result<TcpListener, ServerError> {

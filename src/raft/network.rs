@@ -35,14 +35,14 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    pub fn new() -> Self {
+    /// Errors: the TLS backend or the system's resolver configuration cannot be loaded.
+    pub fn new() -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .unwrap_or_default();
-        PeerClient { http, contacts: Contacts::default() }
+            .build()?;
+        Ok(PeerClient { http, contacts: Contacts::default() })
     }
 
     /// How the peers answered Raft RPCs.
@@ -97,14 +97,8 @@ impl PeerClient {
     }
 }
 
-impl Default for PeerClient {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Makes one connection handle per Raft target.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PeerNetwork {
     client: PeerClient,
 }

@@ -82,6 +82,47 @@ def fail(message):
     sys.exit(f"check_spec: {message}")
 
 
+def check_watch(op, resolve, registry):
+    """The watch stream is described as events, the way OpenAPI 3.1 tools that validate
+    `text/event-stream` read it: `schema` is ONE parsed event (`event`, `id`, `data`), and `data` is
+    a `GroupView` as JSON (`contentMediaType` + `contentSchema`)."""
+    content = resolve(op["responses"]["200"]).get("content", {})
+    if set(content) != {"text/event-stream"}:
+        fail(f"watchGroup 200 must be text/event-stream only, not {sorted(content)}")
+    media = content["text/event-stream"]
+    if media.get("schema") != {"$ref": "#/components/schemas/ViewEvent"}:
+        fail("watchGroup 200 schema must be the ViewEvent schema (one event)")
+    event = resolve(media["schema"])
+    if event.get("required") != ["event", "id", "data"] or event["properties"]["event"] != {"const": "view"}:
+        fail("ViewEvent must require event (const view), id and data")
+    data = event["properties"]["data"]
+    if data.get("type") != "string" or data.get("contentMediaType") != "application/json" \
+            or data.get("contentSchema") != {"$ref": "#/components/schemas/GroupView"}:
+        fail("ViewEvent.data must be a string of application/json with contentSchema GroupView")
+
+    # An event as an SSE parser yields it: the schema judges the fields, GroupView judges the data.
+    view = {"group": "orders", "revision": 42, "members": [MEMBER]}
+    events = [({"event": "view", "id": "42", "data": json.dumps(view)}, True),
+              ({"event": "view", "id": "0", "data": json.dumps({**view, "revision": 0, "members": []})}, True),
+              ({"event": "message", "id": "42", "data": json.dumps(view)}, False),
+              ({"event": "view", "data": json.dumps(view)}, False),
+              ({"event": "view", "id": "x", "data": json.dumps(view)}, False),
+              ({"event": "view", "id": "42", "data": json.dumps({"group": "orders", "members": []})}, False),
+              ({"event": "view", "id": "42", "data": "not json"}, False),
+              (media["example"], True)]
+    events += [(e, True) for e in event.get("examples", [])]
+    validate_event = OAS31Validator({"$ref": "urn:gm#/components/schemas/ViewEvent"}, registry=registry).is_valid
+    validate_view = OAS31Validator({"$ref": "urn:gm#/components/schemas/GroupView"}, registry=registry).is_valid
+    for value, ok in events:
+        try:
+            parsed = json.loads(value.get("data", "null"))
+        except ValueError:
+            parsed = None
+        valid = validate_event(value) and validate_view(parsed) and value.get("id") == str(parsed["revision"])
+        if valid != ok:
+            fail(f"ViewEvent {'rejects' if ok else 'accepts'} {json.dumps(value)[:120]}")
+
+
 def main():
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else SPEC
     spec = json.loads(path.read_text())
@@ -138,6 +179,8 @@ def main():
         validator = OAS31Validator({"$ref": f"urn:gm#/components/schemas/{name}"}, registry=registry)
         if validator.is_valid(value) != ok:
             fail(f"schema {name} {'rejects' if ok else 'accepts'} {json.dumps(value)[:120]}")
+
+    check_watch(found["watchGroup"][2], resolve, registry)
 
     wait = re.compile(components["parameters"]["wait"]["schema"]["pattern"])
     for value, ok in (("250ms", True), ("30s", True), ("5m", True), ("300000ms", True), ("0s", True),

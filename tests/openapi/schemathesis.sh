@@ -143,5 +143,7 @@ cmd=(python3 -m schemathesis.cli --config-file tests/openapi/schemathesis.toml r
   --no-color
   "${reports[@]}")
 echo "schemathesis.sh: SCHEMATHESIS_HOOKS=tests/openapi/hooks.py ${cmd[*]}"
-# Not exec: the EXIT trap must still stop the cluster.
-SCHEMATHESIS_HOOKS="$root/tests/openapi/hooks.py" "${cmd[@]}"
+# Not exec: the EXIT trap must still stop the cluster. Schemathesis's and Hypothesis's caches go to
+# $work, so each run starts afresh and leaves nothing in the work tree.
+SCHEMATHESIS_HOOKS="$root/tests/openapi/hooks.py" GM_SCHEMATHESIS_CACHE="$work/cache" \
+  HYPOTHESIS_STORAGE_DIRECTORY="$work/hypothesis" "${cmd[@]}"

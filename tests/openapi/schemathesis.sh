@@ -98,7 +98,10 @@ EOF
 
 base="http://127.0.0.1:$api_port"
 echo "schemathesis.sh: $GM_BIN dev --nodes 3 on API ports $api_port-$((api_port + 2)), peer ports $peer_port-$((peer_port + 2))"
-setsid "$GM_BIN" dev --nodes 3 --data-dir "$work/data" --clean --api-port "$api_port" --peer-port "$peer_port" \
+# The fuzzer's probe-mode members live at addresses where nothing answers: the nodes probe them
+# as usual, but remove one only after 100 failed probes, so a member a stateful scenario just
+# joined is still there when the scenario reads it back (the nodes inherit GM_* settings).
+GM_SUSPECT_AFTER=100 setsid "$GM_BIN" dev --nodes 3 --data-dir "$work/data" --clean --api-port "$api_port" --peer-port "$peer_port" \
   >"$work/dev.log" 2>&1 </dev/null &
 dev_pid=$!
 

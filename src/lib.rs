@@ -4,7 +4,6 @@
 //! GM node as the API sees it, and [`api`] serves the REST contract.
 
 pub mod api;
-pub mod batcher;
 pub mod bench;
 pub mod config;
 pub mod dev;

@@ -13,14 +13,16 @@ use crate::config::{Discovery, ServerConfig};
 use crate::discovery::static_peers::{self, DiscoveryError};
 use crate::membership::{NodeAdvert, NodeId};
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::leadership::{self, Duty};
+use crate::node::{self, Node};
 use crate::probe::check::Checker;
-use crate::probe::{handover, lease, prober, ProbeConfig};
+use crate::probe::lease::Leases;
+use crate::probe::peer::ProbePeers;
+use crate::probe::{self, handover, lease, prober, ProbeConfig};
 use crate::raft::log_store::{LogStore, LogStoreError};
 use crate::raft::network::{PeerClient, PeerNetwork};
-use crate::raft::peer::{self, PeerState};
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::Raft;
+use crate::raft::{self, Raft};
 use crate::tasks::{TaskError, Tasks};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,21 +90,22 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     tasks.spawn("raft", raft_running(raft.clone()));
     let metrics = Arc::new(Metrics::new()?);
-    let app = Arc::new(AppState { node: Arc::clone(&node), metrics: Arc::clone(&metrics) });
+    let leases = Arc::new(Leases::default());
+    let app =
+        Arc::new(AppState { node: Arc::clone(&node), metrics: Arc::clone(&metrics), leases: Arc::clone(&leases) });
 
     let probe = ProbeConfig::from(&config);
     let checker = Checker::new(probe.timeout)?;
-    let peer_state = Arc::new(PeerState { node: Arc::clone(&node), checker: checker.clone() });
-    tasks.spawn("peer listener", serve(peer_listener, peer::router(peer_state), cancel.clone()));
+    let probe_peers = ProbePeers { node: Arc::clone(&node), checker: checker.clone(), leases: Arc::clone(&leases) };
+    let peer_routes = raft::peer::router(raft.clone())
+        .merge(node::peer::router(Arc::clone(&node)))
+        .merge(probe::peer::router(Arc::new(probe_peers)));
+    tasks.spawn("peer listener", serve(peer_listener, peer_routes, cancel.clone()));
     tasks.spawn("prober", prober::run(Arc::clone(&node), probe, checker, Arc::clone(&metrics), cancel.clone()));
-    tasks.spawn("handover", handover::run(Arc::clone(&node), probe, cancel.clone()));
-    tasks.spawn("lease expiry", lease::run_expiry(Arc::clone(&node), Arc::clone(&metrics), cancel.clone()));
     tasks.spawn("API listener", serve(api_listener, api::router(app), cancel.clone()));
-    tasks.spawn("cluster record", Arc::clone(&node).keep_cluster_record(cancel.clone()));
-    {
-        let (metrics, node, cancel) = (Arc::clone(&metrics), Arc::clone(&node), cancel.clone());
-        tasks.spawn("leader changes", async move { metrics.count_leader_changes(&node, cancel).await });
-    }
+    tasks.spawn("advert", Arc::clone(&node).keep_advert(cancel.clone()));
+    let duties = leader_duties(&node, probe, &leases, &metrics);
+    tasks.spawn("leadership", leadership::run(Arc::clone(&node), duties, Arc::clone(&metrics), cancel.clone()));
     tracing::info!(node = id, api = %config.api_addr, peer = %config.peer_addr, data_dir = %config.data_dir.display(), "gm server started");
 
     if let Err(e) = static_peers::bootstrap(&raft, id, &peers).await {
@@ -125,6 +128,26 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     tasks.join_all().await;
     failed.map_or(Ok(()), |e| Err(e.into()))
+}
+
+/// What this node does only while it leads: hand members of dead nodes over, expire leases,
+/// name the cluster.
+fn leader_duties(node: &Arc<Node>, probe: ProbeConfig, leases: &Arc<Leases>, metrics: &Arc<Metrics>) -> Vec<Duty> {
+    let handover: Duty = {
+        let node = Arc::clone(node);
+        Box::new(move |_, cancel| Box::pin(handover::run(Arc::clone(&node), probe, cancel)))
+    };
+    let expiry: Duty = {
+        let (node, leases, metrics) = (Arc::clone(node), Arc::clone(leases), Arc::clone(metrics));
+        Box::new(move |term, cancel| {
+            Box::pin(lease::run_expiry(Arc::clone(&node), Arc::clone(&leases), Arc::clone(&metrics), term, cancel))
+        })
+    };
+    let naming: Duty = {
+        let node = Arc::clone(node);
+        Box::new(move |_, cancel| Box::pin(leadership::name_cluster(Arc::clone(&node), cancel)))
+    };
+    vec![handover, expiry, naming]
 }
 
 /// Completes when Raft stops on a fatal error (a storage failure), which must stop the node.

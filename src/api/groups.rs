@@ -19,7 +19,7 @@ use crate::membership::{
     Command, GroupName, GroupSummary, GroupView, LeaveReason, Member, MemberSpec, Outcome, Timestamp,
 };
 use crate::node::{Node, NodeError};
-use crate::probe::lease::Heartbeat;
+use crate::probe::lease::{self, Heartbeat};
 use crate::raft::state_machine::StateHandle;
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -123,7 +123,7 @@ pub async fn heartbeat(
     _: QueryParams<NoParams>,
 ) -> Result<Answer<HeartbeatAnswer>> {
     let (group, id) = member_path(&group, &id)?;
-    let outcome = app.node.heartbeat(&group, &id).await?;
+    let outcome = lease::heartbeat(&app.node, &app.leases, &group, &id).await?;
     app.metrics.heartbeats.with_label_values(&[outcome.label()]).inc();
     match outcome {
         Heartbeat::Renewed { revision, ttl_ms } => Ok(Answer::ok(revision, HeartbeatAnswer { revision, ttl_ms })),

@@ -5,6 +5,7 @@
 pub mod check;
 pub mod handover;
 pub mod lease;
+pub mod peer;
 pub mod prober;
 
 use std::time::Duration;

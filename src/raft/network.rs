@@ -15,6 +15,9 @@ use super::contact::Contacts;
 use super::{NodeInfo, RaftError, Snapshot, TypeConfig, Vote};
 use crate::membership::NodeId;
 
+/// The largest body a peer route takes, snapshots aside: a few AppendEntries payloads' worth.
+pub const PEER_BODY_LIMIT: usize = 64 << 20;
+
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {

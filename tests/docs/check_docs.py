@@ -13,6 +13,9 @@ request and response schema (the member record, views, the cluster and its nodes
 every response header. Every API path docs/api.md mentions (operation headings, `/v1/...` anywhere,
 URLs such as localhost:8081/healthz, a path alone in backticks) must exist in the OpenAPI document.
 
+It also checks the links between README.md and docs/*.md: every relative link names a file that
+exists and, with #anchor, a heading of that file (GitHub's anchors).
+
 Only the standard library. Exit status 0 when consistent, 1 with one line per problem otherwise.
 """
 
@@ -250,6 +253,44 @@ def check(spec, text):
     return problems, len(ops), len(props)
 
 
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def anchors(path):
+    """The anchors GitHub gives the headings of a Markdown file."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    found, seen = set(), {}
+    for _, _, title in sections(lines):
+        slug = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        found.add(slug if n == 0 else f"{slug}-{n}")
+    return found
+
+
+def check_links(files):
+    """Relative links of `files` that name no file, or no heading of it."""
+    problems = []
+    for path in files:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        in_fence = False
+        for n, line in enumerate(lines, start=1):
+            if FENCE.match(line):
+                in_fence = not in_fence
+            if in_fence:
+                continue
+            for target in LINK.findall(re.sub(r"`[^`]*`", "", line)):
+                if re.match(r"[a-z]+:", target):
+                    continue
+                file, _, anchor = target.partition("#")
+                dest = (path.parent / file).resolve() if file else path
+                if not dest.exists():
+                    problems.append(f"{path.relative_to(ROOT)}:{n}: link to {target}: no such file")
+                elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+                    problems.append(f"{path.relative_to(ROOT)}:{n}: link to {target}: no such heading")
+    return problems
+
+
 def main(argv):
     spec_path = Path(argv[1]) if len(argv) > 1 else ROOT / "src" / "api" / "openapi.json"
     doc_path = Path(argv[2]) if len(argv) > 2 else ROOT / "docs" / "api.md"
@@ -262,6 +303,10 @@ def main(argv):
         return 1
     for p in problems:
         print(f"check_docs: {doc_path.name} vs {spec_path.name}: {p}")
+    links = check_links([ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    for p in links:
+        print(f"check_docs: {p}")
+    problems += links
     if problems:
         print(f"check_docs: {len(problems)} problems")
         return 1

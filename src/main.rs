@@ -11,9 +11,10 @@ async fn main() -> ExitCode {
     gm::telemetry::init(&cli.log, cli.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        // One line, whatever RUST_BACKTRACE says: these are a user's errors, not gm's bugs.
+        // One line, whatever RUST_BACKTRACE says: these are a user's errors, not gm's bugs. Each
+        // error's message already names its cause.
         Err(error) => {
-            eprintln!("gm: error: {error:#}");
+            eprintln!("gm: error: {error}");
             ExitCode::FAILURE
         }
     }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on a fresh machine (idempotent): cargo-nextest, the
+# Installs what the test suite needs on a fresh machine (idempotent): rustfmt and clippy, cargo-nextest, the
 # Python OpenAPI validator, iptables (the partition tests drop one node's packets), and for
 # tests/openapi/schemathesis.sh: schemathesis (pinned), curl, and iproute2 (it brings up loopback
 # in the network namespace the fuzzed cluster runs in).
@@ -13,6 +13,9 @@ command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 if ((${#missing[@]})); then
   apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+for component in rustfmt clippy; do
+  cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$component"
+done
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

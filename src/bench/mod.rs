@@ -43,7 +43,7 @@ pub enum BenchCommand {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("cannot start the local cluster")]
+    #[error("cannot start the local cluster: {0}")]
     Cluster(#[from] DevError),
     #[error("cannot build the HTTP client: {0}")]
     Client(reqwest::Error),

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::figures::latency;
 use super::BenchError;
-use crate::config::DevConfig;
+use crate::dev::DevConfig;
 use crate::dev::LocalCluster;
 
 /// Pause between polls of `/readyz` and `/v1/cluster`.

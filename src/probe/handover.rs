@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::peer::path;
+use super::path;
 use super::ProbeConfig;
 use crate::membership::{Command, NodeId};
 use crate::node::Node;

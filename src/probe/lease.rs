@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::peer::path;
+use super::path;
 use crate::membership::Outcome;
 use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, MemberId, MembershipState};
 use crate::metrics::Metrics;

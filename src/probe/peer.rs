@@ -10,16 +10,10 @@ use axum::{Json, Router};
 
 use super::check::{Checker, ProbeTarget};
 use super::lease::{self, Heartbeat, Leases};
+use super::path;
 use crate::membership::{GroupName, MemberId};
 use crate::node::{Node, NodeError};
 use crate::raft::network::PEER_BODY_LIMIT;
-
-/// Where failure detection's calls to other nodes go.
-pub mod path {
-    pub const PING: &str = "/peer/ping";
-    pub const INDIRECT_PROBE: &str = "/probe/indirect";
-    pub const HEARTBEAT: &str = "/forward/heartbeat";
-}
 
 /// What the routes reach.
 pub struct ProbePeers {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::check::{Checker, ProbeTarget};
-use super::peer::path;
+use super::path;
 use super::ProbeConfig;
 use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, MemberId, NodeId, Outcome};
 use crate::metrics::Metrics;

@@ -9,9 +9,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::config::{Discovery, ServerConfig};
+pub mod config;
+
+use crate::discovery::identity::{self, Identity};
 use crate::discovery::static_peers::{self, DiscoveryError};
-use crate::membership::{NodeAdvert, NodeId};
 use crate::metrics::Metrics;
 use crate::node::leadership::{self, Duty};
 use crate::node::{self, Node};
@@ -24,6 +25,7 @@ use crate::raft::network::{PeerClient, PeerNetwork};
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{self, Raft};
 use crate::tasks::{TaskError, Tasks};
+use config::{Discovery, ServerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -49,7 +51,12 @@ pub enum ServerError {
 
 /// Runs a node until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let (id, from_host_name) = node_id(&config)?;
+    let Identity { id, advert } = identity::decide(&identity::Flags {
+        node_id: config.node_id,
+        name: config.name.as_deref(),
+        advertise_api: config.advertise_api.as_deref(),
+        api_addr: &config.api_addr,
+    })?;
     let peers = match config.discovery {
         Discovery::Static => static_peers::parse_peers(config.peers.as_deref().unwrap_or_default(), id)?,
         Discovery::Kubernetes => {
@@ -63,10 +70,6 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     let api_listener = listen(&config.api_addr).await?;
     let peer_listener = listen(&config.peer_addr).await?;
-    let advert = NodeAdvert {
-        name: node_name(&config, id, from_host_name),
-        api_address: advertised(config.advertise_api.as_deref(), &config.api_addr),
-    };
 
     let log_store = LogStore::open(&config.data_dir.join("log"))?;
     let sm_dir = config.data_dir.join("snapshot");
@@ -94,7 +97,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let app =
         Arc::new(AppState { node: Arc::clone(&node), metrics: Arc::clone(&metrics), leases: Arc::clone(&leases) });
 
-    let probe = ProbeConfig::from(&config);
+    let probe = ProbeConfig {
+        interval: config.probe_interval,
+        timeout: config.probe_timeout,
+        suspect_after: config.suspect_after,
+    };
     let checker = Checker::new(probe.timeout)?;
     let probe_peers = ProbePeers { node: Arc::clone(&node), checker: checker.clone(), leases: Arc::clone(&leases) };
     let peer_routes = raft::peer::router(raft.clone())
@@ -185,54 +192,6 @@ fn raft_config(config: &ServerConfig) -> Result<Arc<openraft::Config>, ServerErr
         ..Default::default()
     };
     raft.validate().map(Arc::new).map_err(|e| ServerError::Config(e.to_string()))
-}
-
-/// `--node-id`, or the StatefulSet ordinal in the host name plus one; and whether it came from
-/// the host name.
-fn node_id(config: &ServerConfig) -> Result<(NodeId, bool), ServerError> {
-    if let Some(id) = config.node_id {
-        return Ok((id, false));
-    }
-    host_name()
-        .as_deref()
-        .and_then(|h| h.rsplit_once('-'))
-        .and_then(|(_, ordinal)| ordinal.parse::<NodeId>().ok())
-        .map(|ordinal| (ordinal + 1, true))
-        .ok_or_else(|| {
-            ServerError::Config("--node-id is not set and the host name ends in no StatefulSet ordinal".into())
-        })
-}
-
-/// `--name`, else the host name when it gave the node id (a StatefulSet pod's own name), else
-/// `node-{id}`: the name the cluster is created with, so it never changes after start and
-/// several nodes on one host never share one.
-fn node_name(config: &ServerConfig, id: NodeId, from_host_name: bool) -> String {
-    config
-        .name
-        .clone()
-        .or_else(|| host_name().filter(|_| from_host_name))
-        .unwrap_or_else(|| static_peers::default_name(id))
-}
-
-fn host_name() -> Option<String> {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-}
-
-/// What to show others for a listen address: as given, or with the host name for 0.0.0.0.
-fn advertised(explicit: Option<&str>, listen: &str) -> String {
-    if let Some(addr) = explicit {
-        return addr.to_owned();
-    }
-    match listen.rsplit_once(':') {
-        Some(("0.0.0.0" | "[::]", port)) => {
-            format!("{}:{port}", host_name().unwrap_or_else(|| "localhost".into()))
-        }
-        _ => listen.to_owned(),
-    }
 }
 
 /// Completes on SIGTERM or Ctrl-C.

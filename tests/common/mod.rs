@@ -61,11 +61,15 @@ pub struct Cluster {
 
 /// A port free now, below the kernel's ephemeral range (32768 and up): a port the kernel handed
 /// out to `bind(0)` goes back to that range and can be taken by any outgoing connection before
-/// the node binds it. Random, so concurrent test processes rarely pick the same one.
+/// the node binds it. Random, so concurrent test processes rarely pick the same one; never one
+/// this process handed out before, since a port is free only until its node binds it.
 fn free_port() -> u16 {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         let port = rand::random::<u16>() % 20_000 + 12_000;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod dev;
 pub mod discovery;
@@ -16,3 +17,4 @@ pub mod raft;
 pub mod server;
 pub mod tasks;
 pub mod telemetry;
+pub mod wire;

@@ -104,7 +104,7 @@ async fn wait_all_probed_by(c: &Cluster, live: &[u64]) -> MemberSet {
     for node in c.running() {
         last = poll(&format!("every member probed by one of {live:?}, on node {}", node.id), || async {
             let set = c.member_set(node, Consistency::Linearizable).await?;
-            set.values().all(|m| m["responsible_node"].as_u64().is_some_and(|n| live.contains(&n))).then_some(set)
+            set.values().all(|m| m.responsible_node.is_some_and(|n| live.contains(&n))).then_some(set)
         })
         .await;
     }
@@ -113,7 +113,7 @@ async fn wait_all_probed_by(c: &Cluster, live: &[u64]) -> MemberSet {
 
 /// The ids in `set` whose responsible node is `node`.
 fn probed_by(set: &MemberSet, node: u64) -> Vec<(String, String)> {
-    set.iter().filter(|(_, m)| m["responsible_node"].as_u64() == Some(node)).map(|(k, _)| k.clone()).collect()
+    set.iter().filter(|(_, m)| m.responsible_node == Some(node)).map(|(k, _)| k.clone()).collect()
 }
 
 /// The value of one Prometheus series (`name{labels}`) on `node`, `0` if absent.

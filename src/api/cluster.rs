@@ -7,39 +7,15 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
-use serde_json::json;
 
 use super::error::ApiError;
 use super::extract::{Answer, Consistency, QueryParams, ReadParams};
 use super::AppState;
-use crate::membership::NodeId;
 use crate::metrics::StateGauges;
-use crate::node::NodeHealth;
+use crate::wire::{ClusterAnswer, HealthAnswer, NodeAnswer, Role};
 
 /// How long `/readyz` gives a read-index round before calling this node not ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
-
-#[derive(Serialize)]
-pub struct ClusterAnswer {
-    cluster_id: Option<String>,
-    leader_id: Option<NodeId>,
-    term: u64,
-    revision: u64,
-    nodes: Vec<NodeAnswer>,
-}
-
-#[derive(Serialize)]
-pub struct NodeAnswer {
-    id: NodeId,
-    name: String,
-    api_address: String,
-    peer_address: String,
-    role: &'static str,
-    responsible_for: usize,
-    /// As the leader sees it; `None` when no leader told in time.
-    health: Option<NodeHealth>,
-}
 
 pub async fn cluster(
     State(app): State<Arc<AppState>>,
@@ -57,11 +33,11 @@ pub async fn cluster(
         .iter()
         .map(|&(id, ref info, voter)| {
             let role = if raft.leader == Some(id) {
-                "leader"
+                Role::Leader
             } else if voter {
-                "follower"
+                Role::Follower
             } else {
-                "learner"
+                Role::Learner
             };
             let advert = m.state.advert(id);
             NodeAnswer {
@@ -88,13 +64,13 @@ pub async fn cluster(
     ))
 }
 
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+pub async fn healthz() -> Json<HealthAnswer> {
+    Json(HealthAnswer { status: "ok".into() })
 }
 
 /// Ready when this node is a member of the cluster, knows a leader, and has caught up: a
 /// read-index round through the leader succeeds and the local state reaches it.
-pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<HealthAnswer>, ApiError> {
     let in_cluster = app.node.raft_view().nodes.iter().any(|(id, _, _)| *id == app.node.id);
     if !in_cluster {
         return Err(ApiError::Unavailable("this node is not in the cluster yet".into()));
@@ -110,7 +86,7 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<serde_json:
     if m.state.advert(app.node.id) != Some(&app.node.advert) {
         return Err(ApiError::Unavailable("this node's name and API address are not committed yet".into()));
     }
-    Ok(Json(json!({"status": "ready"})))
+    Ok(Json(HealthAnswer { status: "ready".into() }))
 }
 
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {

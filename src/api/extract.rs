@@ -15,14 +15,13 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::membership::{GroupName, MemberId};
+pub use crate::wire::{Consistency, REVISION_HEADER};
 
 /// The largest request body the contract allows.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The default and the longest `wait` of a blocking query.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
-
-pub const REVISION_HEADER: &str = "x-gm-revision";
 
 /// A JSON body: `application/json` (any parameters, any case), at most 64 KiB, well-formed.
 pub struct JsonBody<T>(pub T);
@@ -96,13 +95,6 @@ impl From<QueryRejection> for ApiError {
 /// `{group}` and `{id}` from a member path, validated.
 pub fn member_path(group: &str, id: &str) -> Result<(GroupName, MemberId), ApiError> {
     Ok((GroupName::parse(group)?, MemberId::parse(id)?))
-}
-
-/// How a read is taken: through the leader (the default) or from this node's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Consistency {
-    Linearizable,
-    Stale,
 }
 
 /// The query of a read that takes only `consistency`.

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Serialize;
 use tokio::time::Instant;
 
 use super::error::ApiError;
@@ -15,40 +14,16 @@ use super::extract::{
     ReadParams,
 };
 use super::AppState;
-use crate::membership::{
-    Command, GroupName, GroupSummary, GroupView, LeaveReason, Member, MemberSpec, Outcome, Timestamp,
-};
+use crate::membership::{Command, GroupName, GroupView, LeaveReason, Member, MemberSpec, Outcome, Timestamp};
 use crate::node::{Node, NodeError};
 use crate::probe::lease::{self, Heartbeat};
 use crate::raft::state_machine::StateHandle;
+use crate::wire::{GroupsAnswer, HeartbeatAnswer, JoinAnswer, RevisionAnswer};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
 /// How long a blocking query whose wait ended without a change may take to confirm a quorum.
 const QUORUM_RECHECK: Duration = Duration::from_secs(2);
-
-#[derive(Serialize)]
-pub struct JoinAnswer {
-    member: Member,
-    revision: u64,
-}
-
-#[derive(Serialize)]
-pub struct RevisionAnswer {
-    revision: u64,
-}
-
-#[derive(Serialize)]
-pub struct HeartbeatAnswer {
-    revision: u64,
-    ttl_ms: u64,
-}
-
-#[derive(Serialize)]
-pub struct GroupsAnswer {
-    revision: u64,
-    groups: Vec<GroupSummary>,
-}
 
 fn unexpected(outcome: Outcome) -> ApiError {
     ApiError::Internal(format!("unexpected outcome {outcome:?}"))

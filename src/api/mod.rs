@@ -1,4 +1,4 @@
-//! The public REST API of the contract (`shared/API.md`), served on `--api-addr`.
+//! The public REST API of the contract (`docs/api.md`), served on `--api-addr`.
 
 mod cluster;
 pub mod error;

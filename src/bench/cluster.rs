@@ -1,24 +1,26 @@
 //! The cluster a bench talks to: its own local cluster of real `gm server` processes (started as
 //! `gm dev` does, on a fresh data dir, and removed at the end), or the endpoints it was given;
-//! waiting for readiness and a leader; and one request with its outcome as a tally sees it.
+//! waiting for readiness and a leader; and a failed request as a tally counts it.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
-use reqwest::{Client, RequestBuilder};
-use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::figures::latency;
 use super::BenchError;
+use crate::client::{Client, ClientError, RetryPolicy};
 use crate::dev::DevConfig;
 use crate::dev::LocalCluster;
+use crate::wire::Consistency;
 
 /// Pause between polls of `/readyz` and `/v1/cluster`.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest wait for nodes to become ready (start-up, restart after a kill).
 pub(super) const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// Deadline of one poll of `/readyz` or `/v1/cluster`.
+const POLL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How the bench's own cluster is laid out.
 #[derive(Clone, Debug, Args)]
@@ -75,7 +77,7 @@ impl OwnCluster {
     /// Waits until every node is ready and prints how long that took.
     pub async fn wait_ready(&self, client: &Client) -> Result<(), BenchError> {
         let started = Instant::now();
-        wait_ready(client, &self.endpoints, READY_DEADLINE).await?;
+        wait_ready(client, READY_DEADLINE).await?;
         println!("cluster: ready after {}", latency(started.elapsed()));
         Ok(())
     }
@@ -88,15 +90,12 @@ impl OwnCluster {
 }
 
 /// Polls every endpoint's `/readyz` until it answers 200.
-pub(super) async fn wait_ready(client: &Client, endpoints: &[String], waited: Duration) -> Result<(), BenchError> {
+pub(super) async fn wait_ready(client: &Client, waited: Duration) -> Result<(), BenchError> {
     let deadline = Instant::now() + waited;
-    for endpoint in endpoints {
-        let url = format!("{endpoint}/readyz");
-        loop {
-            let ready = client.get(&url).timeout(Duration::from_secs(3)).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
+    let once = client.with_policy(RetryPolicy::once(POLL_TIMEOUT));
+    for (i, endpoint) in client.endpoints().iter().enumerate() {
+        let node = once.at(i);
+        while node.readyz().await.is_err() {
             if Instant::now() >= deadline {
                 return Err(BenchError::NotReady { endpoint: endpoint.clone(), waited });
             }
@@ -107,20 +106,12 @@ pub(super) async fn wait_ready(client: &Client, endpoints: &[String], waited: Du
 }
 
 /// The leader's node id, from the first endpoint whose `/v1/cluster` names one.
-pub(super) async fn find_leader(client: &Client, endpoints: &[String], waited: Duration) -> Result<u64, BenchError> {
-    #[derive(Deserialize)]
-    struct ClusterView {
-        leader_id: Option<u64>,
-    }
+pub(super) async fn find_leader(client: &Client, waited: Duration) -> Result<u64, BenchError> {
     let deadline = Instant::now() + waited;
+    let once = client.with_policy(RetryPolicy::once(POLL_TIMEOUT));
     loop {
-        for endpoint in endpoints {
-            let answer = client.get(format!("{endpoint}/v1/cluster")).timeout(Duration::from_secs(3)).send().await;
-            let Ok(answer) = answer else { continue };
-            if !answer.status().is_success() {
-                continue;
-            }
-            if let Ok(ClusterView { leader_id: Some(leader) }) = answer.json().await {
+        for i in 0..client.endpoints().len() {
+            if let Ok(Some(leader)) = once.at(i).cluster(Consistency::Linearizable).await.map(|c| c.leader_id) {
                 return Ok(leader);
             }
         }
@@ -131,55 +122,21 @@ pub(super) async fn find_leader(client: &Client, endpoints: &[String], waited: D
     }
 }
 
-/// A group's view as the benches read it: the member ids only, every other field skipped.
-#[derive(Deserialize)]
-pub(super) struct ViewIds {
-    pub members: Vec<MemberId>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct MemberId {
-    pub id: String,
-}
-
 /// A failed request: its status code, or what went wrong on the way (`timeout`, `connect`, ...).
 pub(super) type Failure = String;
 
-/// Sends a request and reads the whole answer; `Ok` if its status is one of `ok`.
-pub(super) async fn exchange(request: RequestBuilder, ok: &[u16]) -> Result<(), Failure> {
-    let response = request.send().await.map_err(|e| failure(&e))?;
-    let status = response.status().as_u16();
-    // Read the body even of an error, so the connection goes back to the pool.
-    response.bytes().await.map_err(|e| failure(&e))?;
-    if ok.contains(&status) {
-        Ok(())
-    } else {
-        Err(status.to_string())
-    }
-}
-
-fn failure(e: &reqwest::Error) -> Failure {
-    let kind = if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else if e.is_body() || e.is_decode() {
-        "body"
-    } else {
-        "request"
+/// How a tally counts a failed request.
+pub(super) fn failure(error: &ClientError) -> Failure {
+    let kind = match error {
+        ClientError::Api { status, .. } => return status.to_string(),
+        ClientError::NoEndpointAnswered { last, .. } => return failure(last),
+        e if e.is_timeout() => "timeout",
+        e if e.is_connect() => "connect",
+        ClientError::Transport { source, .. } if source.is_body() || source.is_decode() => "body",
+        ClientError::Decode { .. } => "body",
+        _ => "request",
     };
     kind.to_owned()
-}
-
-/// `http://HOST:PORT` from `HOST:PORT` or a URL, without a trailing slash.
-pub(super) fn endpoint_url(endpoint: &str) -> Result<String, BenchError> {
-    let trimmed = endpoint.trim().trim_end_matches('/');
-    if trimmed.is_empty() {
-        return Err(BenchError::Endpoint(endpoint.to_owned()));
-    }
-    let url = if trimmed.contains("://") { trimmed.to_owned() } else { format!("http://{trimmed}") };
-    reqwest::Url::parse(&url).map_err(|_| BenchError::Endpoint(endpoint.to_owned()))?;
-    Ok(url)
 }
 
 /// Fails if a port the own cluster needs is taken: its node would exit, and the bench would
@@ -199,16 +156,4 @@ fn ports_free(dev: &DevConfig) -> Result<(), BenchError> {
 fn fresh_data_dir() -> PathBuf {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     std::env::temp_dir().join(format!("gm-bench-{}-{nanos}", std::process::id()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_are_normalised() {
-        assert_eq!(endpoint_url("127.0.0.1:8081").expect("url"), "http://127.0.0.1:8081");
-        assert_eq!(endpoint_url("http://gm:8080/").expect("url"), "http://gm:8080");
-        assert!(endpoint_url(" ").is_err());
-    }
 }

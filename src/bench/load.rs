@@ -10,18 +10,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use reqwest::Client;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::cluster::{
-    endpoint_url, exchange, find_leader, wait_ready, ClusterArgs, Failure, OwnCluster, ViewIds, READY_DEADLINE,
-};
+use super::cluster::{failure, find_leader, wait_ready, ClusterArgs, Failure, OwnCluster, READY_DEADLINE};
 use super::figures::{errors_text, latency, median, millis, Figures, Tally};
 use super::{interruptible, BenchError};
+use crate::client::{Client, ClientError, ErrorKind, RetryPolicy};
 use crate::dev::LocalCluster;
+use crate::membership::{Address, FailureDetection, GroupName, Instance, MemberId, MemberSpec, Metadata};
+use crate::wire::Consistency;
 
 /// At most this many distinct members are joined by the joins phase, so the state stays small
 /// however long it runs: workers cycle through their ids and re-join them with a new `instance`.
@@ -99,26 +99,30 @@ pub struct LoadConfig {
 
 /// Runs the configured phases, printing one line of figures per phase as it ends.
 pub async fn run(config: LoadConfig) -> Result<(), BenchError> {
-    let client = Client::builder()
-        .pool_max_idle_per_host(usize::try_from(config.concurrency).unwrap_or(usize::MAX).max(FAILOVER_WRITERS))
-        .tcp_nodelay(true)
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(BenchError::Client)?;
+    // One try per request, so that every failure is counted as it happened.
+    let client = |endpoints: &[String]| {
+        Client::builder(endpoints)
+            .pool_max_idle_per_host(usize::try_from(config.concurrency).unwrap_or(usize::MAX).max(FAILOVER_WRITERS))
+            .policy(RetryPolicy::once(REQUEST_TIMEOUT))
+            .build()
+    };
     let mut report = Map::new();
     if config.endpoints.is_empty() {
         let mut own = OwnCluster::start(&config.cluster, &[])?;
-        let result = interruptible(bench_own_cluster(&config, &client, &mut own, &mut report)).await;
+        let result = match client(&own.endpoints) {
+            Ok(client) => interruptible(bench_own_cluster(&config, &client, &mut own, &mut report)).await,
+            Err(e) => Err(e.into()),
+        };
         own.stop().await;
         result?;
     } else {
         if config.workload == Workload::Failover {
             return Err(BenchError::FailoverNeedsOwnCluster);
         }
-        let endpoints = config.endpoints.iter().map(|e| endpoint_url(e)).collect::<Result<Vec<_>, _>>()?;
-        println!("cluster: {}", endpoints.join(", "));
-        wait_ready(&client, &endpoints, READY_DEADLINE).await?;
-        let target = Target { client, endpoints, groups: config.groups };
+        let client = client(&config.endpoints)?;
+        println!("cluster: {}", client.endpoints().join(", "));
+        wait_ready(&client, READY_DEADLINE).await?;
+        let target = Target::new(client, config.groups);
         load(&config, &target, &mut report).await?;
         if config.workload.failover() {
             println!("failover: skipped (it kills nodes, so it needs the bench's own cluster)");
@@ -139,7 +143,7 @@ async fn bench_own_cluster(
     report: &mut Map<String, Value>,
 ) -> Result<(), BenchError> {
     own.wait_ready(client).await?;
-    let target = Target { client: client.clone(), endpoints: own.endpoints.clone(), groups: config.groups };
+    let target = Target::new(client.clone(), config.groups);
     load(config, &target, report).await?;
     if config.workload.failover() && config.failovers > 0 {
         if own.cluster.nodes.len() < 3 {
@@ -197,7 +201,7 @@ async fn load(config: &LoadConfig, target: &Target, report: &mut Map<String, Val
 }
 
 /// The bench members that exist now, read from the groups' views; joins some first if there are none.
-async fn readable_members(target: &Arc<Target>, clients: u64) -> Result<Vec<(String, String)>, BenchError> {
+async fn readable_members(target: &Arc<Target>, clients: u64) -> Result<Vec<(GroupName, MemberId)>, BenchError> {
     let members = target.bench_members().await?;
     if !members.is_empty() {
         return Ok(members);
@@ -220,16 +224,22 @@ async fn readable_members(target: &Arc<Target>, clients: u64) -> Result<Vec<(Str
 /// What the load talks to.
 #[derive(Clone)]
 struct Target {
+    /// Every endpoint.
     client: Client,
-    /// Base URLs, `http://HOST:PORT`.
-    endpoints: Vec<String>,
+    /// One client per endpoint.
+    nodes: Vec<Client>,
     groups: u64,
 }
 
 impl Target {
+    fn new(client: Client, groups: u64) -> Target {
+        let nodes = (0..client.endpoints().len()).map(|i| client.at(i)).collect();
+        Target { client, nodes, groups }
+    }
+
     /// Round-robin over the endpoints, each worker starting at its own.
-    fn endpoint(&self, worker: u64, seq: u64) -> &str {
-        &self.endpoints[((worker + seq) % self.endpoints.len() as u64) as usize]
+    fn endpoint(&self, worker: u64, seq: u64) -> &Client {
+        &self.nodes[((worker + seq) % self.nodes.len() as u64) as usize]
     }
 
     /// The `seq`-th join of `worker`: it cycles through `slots` ids, and each cycle re-joins them
@@ -238,56 +248,47 @@ impl Target {
         let (slot, cycle) = (seq % slots, seq / slots);
         let group = format!("bench-{}", (worker * slots + slot) % self.groups);
         let id = format!("{worker}-{slot}");
-        self.join(self.endpoint(worker, seq), &group, &id, &format!("r{cycle}"), None).await
+        join(self.endpoint(worker, seq), &group, &id, &format!("r{cycle}")).await
     }
 
-    async fn join(
-        &self,
-        endpoint: &str,
-        group: &str,
-        id: &str,
-        instance: &str,
-        timeout: Option<Duration>,
-    ) -> Result<(), Failure> {
-        let body = json!({
-            "address": "127.0.0.1:9",
-            "instance": instance,
-            // Lease mode with a day's lease: GM probes nothing and removes nothing during the bench.
-            "failure_detection": {"mode": "lease", "ttl_ms": 86_400_000},
-        });
-        let mut request = self.client.put(format!("{endpoint}/v1/groups/{group}/members/{id}")).json(&body);
-        if let Some(timeout) = timeout {
-            request = request.timeout(timeout);
-        }
-        exchange(request, &[200, 201]).await
-    }
-
-    async fn read(&self, endpoint: &str, group: &str, id: &str, stale: bool) -> Result<(), Failure> {
-        let mut request = self.client.get(format!("{endpoint}/v1/groups/{group}/members/{id}"));
-        if stale {
-            request = request.query(&[("consistency", "stale")]);
-        }
-        exchange(request, &[200]).await
+    async fn read(&self, node: &Client, group: &GroupName, id: &MemberId, stale: bool) -> Result<(), Failure> {
+        let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
+        node.member(group, id, consistency).await.map(drop).map_err(|e| failure(&e))
     }
 
     /// Every member of the `bench-N` groups, as (group, id).
-    async fn bench_members(&self) -> Result<Vec<(String, String)>, BenchError> {
+    async fn bench_members(&self) -> Result<Vec<(GroupName, MemberId)>, BenchError> {
         let mut members = Vec::new();
+        let first = self.client.at(0);
         for k in 0..self.groups {
-            let group = format!("bench-{k}");
-            let url = format!("{}/v1/groups/{group}", self.endpoints[0]);
-            let http = |source| BenchError::Http { url: url.clone(), source };
-            let response = self.client.get(&url).send().await.map_err(http)?;
-            match response.status().as_u16() {
-                404 => continue,
-                200 => {}
-                status => return Err(BenchError::Status { url, status }),
-            }
-            let view: ViewIds = response.json().await.map_err(http)?;
+            let group = bench_name(GroupName::parse, &format!("bench-{k}")).map_err(BenchError::Flags)?;
+            let view = match first.group(&group, Consistency::Linearizable).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                other => other?,
+            };
             members.extend(view.members.into_iter().map(|m| (group.clone(), m.id)));
         }
         Ok(members)
     }
+}
+
+/// Joins `group`/`id` through `node` as a lease member with `instance`.
+async fn join(node: &Client, group: &str, id: &str, instance: &str) -> Result<(), Failure> {
+    let group = bench_name(GroupName::parse, group)?;
+    let id = bench_name(MemberId::parse, id)?;
+    let spec = MemberSpec {
+        address: bench_name(Address::parse, "127.0.0.1:9")?,
+        metadata: Metadata::default(),
+        instance: Some(bench_name(Instance::parse, instance)?),
+        // Lease mode with a day's lease: GM probes nothing and removes nothing during the bench.
+        failure_detection: FailureDetection::Lease { ttl_ms: 86_400_000 },
+    };
+    node.join(&group, &id, &spec).await.map(drop).map_err(|e: ClientError| failure(&e))
+}
+
+/// A name the bench made up, validated.
+fn bench_name<T, E: std::fmt::Display>(parse: impl Fn(&str) -> Result<T, E>, name: &str) -> Result<T, String> {
+    parse(name).map_err(|e| format!("bench name: {e}"))
 }
 
 /// When a phase's workers stop.
@@ -387,10 +388,10 @@ impl FailoverFigures {
 async fn failovers(rounds: u32, target: &Target, cluster: &mut LocalCluster) -> Result<Vec<FailoverRound>, BenchError> {
     let mut results = Vec::new();
     for round in 1..=rounds {
-        let leader = find_leader(&target.client, &target.endpoints, LEADER_DEADLINE).await?;
-        let others: Vec<String> =
-            cluster.nodes.iter().filter(|n| n.id != leader).map(|n| format!("http://{}", n.api)).collect();
-        let writers_target = Target { endpoints: others, ..target.clone() };
+        let leader = find_leader(&target.client, LEADER_DEADLINE).await?;
+        let others: Vec<String> = cluster.nodes.iter().filter(|n| n.id != leader).map(|n| n.api.clone()).collect();
+        let writers = target.client.with_endpoints(others)?.with_policy(RetryPolicy::once(FAILOVER_REQUEST_TIMEOUT));
+        let writers_target = Target::new(writers, target.groups);
         let gap = failover_round(round, leader, writers_target, cluster).await?;
         let outcome = match gap {
             Some(gap) => format!("first write sent after the kill acknowledged {} after it", latency(gap)),
@@ -399,8 +400,8 @@ async fn failovers(rounds: u32, target: &Target, cluster: &mut LocalCluster) -> 
         println!("failover {round}/{rounds}: killed leader {leader}; {outcome}");
         results.push(FailoverRound { killed: leader, write_gap: gap });
         cluster.spawn(leader)?;
-        wait_ready(&target.client, &target.endpoints, READY_DEADLINE).await?;
-        find_leader(&target.client, &target.endpoints, LEADER_DEADLINE).await?;
+        wait_ready(&target.client, READY_DEADLINE).await?;
+        find_leader(&target.client, LEADER_DEADLINE).await?;
     }
     Ok(results)
 }
@@ -429,9 +430,7 @@ async fn failover_round(
                 let id = format!("r{round}-{writer}-{slot}");
                 let instance = format!("c{}", seq / FAILOVER_SLOTS);
                 let sent = Instant::now();
-                let endpoint = target.endpoint(writer, seq);
-                let result =
-                    target.join(endpoint, FAILOVER_GROUP, &id, &instance, Some(FAILOVER_REQUEST_TIMEOUT)).await;
+                let result = join(target.endpoint(writer, seq), FAILOVER_GROUP, &id, &instance).await;
                 if result.is_ok() && acks_tx.send(Ack { sent, acked: Instant::now() }).is_err() {
                     break;
                 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use crate::client::ClientError;
 use crate::dev::DevError;
 
 pub use cluster::ClusterArgs;
@@ -45,14 +46,8 @@ pub enum BenchCommand {
 pub enum BenchError {
     #[error("cannot start the local cluster: {0}")]
     Cluster(#[from] DevError),
-    #[error("cannot build the HTTP client: {0}")]
-    Client(reqwest::Error),
-    #[error("bad endpoint {0:?}: expected http://HOST:PORT")]
-    Endpoint(String),
-    #[error("{url}: {source}")]
-    Http { url: String, source: reqwest::Error },
-    #[error("{url}: unexpected status {status}")]
-    Status { url: String, status: u16 },
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("{endpoint} was not ready within {waited:?} (is its port free? is it part of a cluster?)")]
     NotReady { endpoint: String, waited: Duration },
     #[error("port {0} on 127.0.0.1 is taken (another cluster?); choose others with --api-port and --peer-port")]

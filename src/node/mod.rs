@@ -53,16 +53,7 @@ impl From<PeerError> for NodeError {
 /// How long a follower waits for the leader's view of the nodes' health.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A GM node's health as the leader sees it: the `health` of a node in `/v1/cluster`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeHealth {
-    /// Whether the leader's latest Raft RPC to the node got an answer.
-    pub reachable: bool,
-    /// Milliseconds since the node last answered the leader; `None` if it has not yet.
-    pub last_contact_ms: Option<u64>,
-    /// Entries of the leader's log not yet replicated to the node; `None` if unknown.
-    pub lag_entries: Option<u64>,
-}
+pub use crate::wire::NodeHealth;
 
 /// A batcher whose batches `serve` answers on the node while it lives. It holds the node
 /// weakly: the node owns its batchers, they must not keep it alive.

@@ -1,13 +1,17 @@
 //! The shared harness of the end-to-end tests: real `gm server` processes on free loopback
 //! ports, each with its own data dir, killed when the cluster is dropped. Waits are polls
 //! with generous deadlines, never bare sleeps used as synchronisation.
+//!
+//! Helpers that need an answer (the leader, readiness, joins, member sets) ask through
+//! `gm::client`, as a user would; the contract's own tests look at raw HTTP (status, headers,
+//! exact JSON) through [`Cluster::call`] and its kin, which return a [`Reply`].
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod members;
 pub mod partition;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -15,11 +19,25 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use gm::client::{Client, ClientError, RetryPolicy, SseParser};
+use gm::membership::{GroupName, MemberId, MemberSpec};
+use gm::wire::{JoinAnswer, Member, RevisionAnswer};
 use reqwest::header::HeaderMap;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+pub use gm::wire::Consistency;
+
 pub const DEADLINE: Duration = Duration::from_secs(30);
+/// The longest any one request of a test may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// Requests that must get through: retried on every running node in turn until [`DEADLINE`].
+const UNTIL_DEADLINE: RetryPolicy = RetryPolicy {
+    attempt_timeout: REQUEST_TIMEOUT,
+    deadline: DEADLINE,
+    first_pause: Duration::from_millis(50),
+    max_pause: Duration::from_millis(100),
+};
 
 /// One GM node process and where it listens.
 pub struct NodeProc {
@@ -56,7 +74,10 @@ pub struct Cluster {
     /// Nodes stopped with SIGSTOP: their sockets accept but nothing answers, so no helper asks them.
     paused: Mutex<BTreeSet<u64>>,
     _dir: tempfile::TempDir,
+    /// For raw HTTP: what the contract's tests assert.
     pub http: reqwest::Client,
+    /// Of every node, in id order.
+    client: Client,
 }
 
 /// A port free now, below the kernel's ephemeral range (32768 and up): a port the kernel handed
@@ -94,7 +115,8 @@ impl Cluster {
             })
             .collect();
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.peer)).collect::<Vec<_>>().join(",");
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client");
+        let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("client");
+        let client = Client::builder(nodes.iter().map(|n| &n.api)).policy(UNTIL_DEADLINE).build().expect("client");
         let mut cluster = Cluster {
             nodes,
             peers,
@@ -102,6 +124,7 @@ impl Cluster {
             paused: Mutex::default(),
             _dir: dir,
             http,
+            client,
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -178,13 +201,23 @@ impl Cluster {
         self.nodes.iter().filter(move |n| n.is_running() && !paused.contains(&n.id))
     }
 
+    /// A client of `node` alone that tries once: what that node answers.
+    pub fn client(&self, node: &NodeProc) -> Client {
+        self.client.at((node.id - 1) as usize).with_policy(RetryPolicy::once(REQUEST_TIMEOUT))
+    }
+
+    /// A client of the running nodes that fails over and retries until [`DEADLINE`].
+    pub fn retrying_client(&self) -> Client {
+        self.client.with_endpoints(self.running().map(|n| &n.api)).expect("endpoints")
+    }
+
     /// Waits until every running node answers `/readyz` with 200.
     pub async fn wait_ready_all(&self) {
         for node in self.running() {
-            let url = node.url("/readyz");
+            let client = self.client(node);
             wait_for(&format!("node {} ready", node.id), || async {
                 assert!(!node.has_exited(), "node {} exited; its log:\n{}", node.id, self.log_text(node.id));
-                matches!(self.http.get(&url).send().await, Ok(r) if r.status() == 200)
+                client.readyz().await.is_ok()
             })
             .await;
         }
@@ -194,8 +227,8 @@ impl Cluster {
     pub async fn leader(&self) -> u64 {
         poll("a leader", || async {
             for node in self.running() {
-                if let Ok((200, body)) = self.get_json(node, "/v1/cluster?consistency=stale").await {
-                    if let Some(l) = body["leader_id"].as_u64().filter(|&l| self.is_serving(l)) {
+                if let Ok(cluster) = self.client(node).cluster(Consistency::Stale).await {
+                    if let Some(l) = cluster.leader_id.filter(|&l| self.is_serving(l)) {
                         return Some(l);
                     }
                 }
@@ -211,31 +244,30 @@ impl Cluster {
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
-    /// PUT a join with `body`; returns status and JSON answer.
-    pub async fn join(&self, node: &NodeProc, group: &str, id: &str, body: Value) -> reqwest::Result<(u16, Value)> {
-        let resp = self.http.put(node.url(&format!("/v1/groups/{group}/members/{id}"))).json(&body).send().await?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    /// Leaves `group`/`id` through `node`, once.
+    pub async fn leave(&self, node: &NodeProc, group: &str, id: &str) -> Result<RevisionAnswer, ClientError> {
+        let (group, id) = names(group, id);
+        self.client(node).leave(&group, &id, None).await
     }
 
-    pub async fn leave(&self, node: &NodeProc, group: &str, id: &str) -> reqwest::Result<(u16, Value)> {
-        let resp = self.http.delete(node.url(&format!("/v1/groups/{group}/members/{id}"))).send().await?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    /// Joins with `body` through any running node, retrying 503s and transport errors until the
+    /// deadline.
+    pub async fn join_retrying(&self, group: &str, id: &str, body: Value) -> JoinAnswer {
+        join_through(&self.retrying_client(), group, id, body).await
     }
+}
 
-    /// Joins through any running node, retrying 503s and transport errors until the deadline.
-    pub async fn join_retrying(&self, group: &str, id: &str, body: Value) -> Value {
-        poll(&format!("join {group}/{id}"), || async {
-            for node in self.running() {
-                if let Ok((200 | 201, answer)) = self.join(node, group, id, body.clone()).await {
-                    return Some(answer);
-                }
-            }
-            None
-        })
-        .await
-    }
+/// Validated names for a test's group and member.
+pub fn names(group: &str, id: &str) -> (GroupName, MemberId) {
+    (GroupName::parse(group).expect("a group name"), MemberId::parse(id).expect("a member id"))
+}
+
+/// Joins `group`/`id` with `body` (the JSON of a join, which must be valid) through `client`;
+/// panics if it does not get through.
+async fn join_through(client: &Client, group: &str, id: &str, body: Value) -> JoinAnswer {
+    let spec: MemberSpec = serde_json::from_value(body).unwrap_or_else(|e| panic!("join {group}/{id}: body: {e}"));
+    let (g, m) = names(group, id);
+    client.join(&g, &m, &spec).await.unwrap_or_else(|e| panic!("join {group}/{id}: {e}")).answer
 }
 
 impl Drop for Cluster {
@@ -341,30 +373,14 @@ impl Reply {
     }
 }
 
-/// The query string of a read at a consistency level.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Consistency {
-    Linearizable,
-    Stale,
-}
-
-impl Consistency {
-    fn query(self) -> &'static str {
-        match self {
-            Consistency::Linearizable => "",
-            Consistency::Stale => "?consistency=stale",
-        }
-    }
-}
-
 /// Every member of every group as one node reports it: `(group, id)` to the member record.
-pub type MemberSet = BTreeMap<(String, String), Value>;
+pub type MemberSet = BTreeMap<(String, String), Member>;
 
 /// Every member of every group: `(group, id)` to its incarnation.
 pub type Incarnations = BTreeMap<(String, String), u64>;
 
 pub fn incarnations(set: &MemberSet) -> Incarnations {
-    set.iter().map(|(k, m)| (k.clone(), m["incarnation"].as_u64().unwrap_or(0))).collect()
+    set.iter().map(|(k, m)| (k.clone(), m.incarnation)).collect()
 }
 
 /// What differs between the members a node reported (`None`: its reads failed) and `expected`.
@@ -431,30 +447,19 @@ impl Cluster {
     pub async fn cluster_id(&self) -> String {
         poll("a cluster id", || async {
             let node = self.running().next()?;
-            match self.get_json(node, "/v1/cluster").await {
-                Ok((200, body)) => body["cluster_id"].as_str().map(str::to_owned),
-                _ => None,
-            }
+            self.client(node).cluster(Consistency::Linearizable).await.ok()?.cluster_id
         })
         .await
     }
 
     /// Every member of every group on `node`, read at `consistency`; `None` if a read failed.
     pub async fn member_set(&self, node: &NodeProc, consistency: Consistency) -> Option<MemberSet> {
-        let q = consistency.query();
-        let (status, list) = self.get_json(node, &format!("/v1/groups{q}")).await.ok()?;
-        if status != 200 {
-            return None;
-        }
+        let client = self.client(node);
         let mut set = MemberSet::new();
-        for group in list["groups"].as_array()? {
-            let name = group["group"].as_str()?;
-            let (status, view) = self.get_json(node, &format!("/v1/groups/{name}{q}")).await.ok()?;
-            if status != 200 {
-                return None;
-            }
-            for m in view["members"].as_array()? {
-                set.insert((name.to_owned(), m["id"].as_str()?.to_owned()), m.clone());
+        for summary in client.groups(consistency).await.ok()?.groups {
+            let view = client.group(&summary.group, consistency).await.ok()?;
+            for m in view.members {
+                set.insert((summary.group.to_string(), m.id.to_string()), m);
             }
         }
         Some(set)
@@ -483,25 +488,14 @@ impl Cluster {
     /// Joins every `(group, id, body)` with `concurrency` joins in flight, each through a
     /// different node in turn, retrying until acknowledged. Returns each member's incarnation.
     pub async fn join_many(&self, joins: Vec<(String, String, Value)>, concurrency: usize) -> Incarnations {
+        let client = self.retrying_client();
         futures::stream::iter(joins.into_iter().enumerate())
-            .map(|(i, (group, id, body))| async move {
-                let answer = poll(&format!("join {group}/{id}"), || {
-                    let nodes: Vec<&NodeProc> = self.running().collect();
-                    let body = body.clone();
-                    let (group, id) = (group.clone(), id.clone());
-                    async move {
-                        for k in 0..nodes.len() {
-                            let node = nodes[(i + k) % nodes.len()];
-                            if let Ok((200 | 201, answer)) = self.join(node, &group, &id, body.clone()).await {
-                                return Some(answer);
-                            }
-                        }
-                        None
-                    }
-                })
-                .await;
-                let incarnation = answer["member"]["incarnation"].as_u64().expect("incarnation in a join answer");
-                ((group, id), incarnation)
+            .map(|(i, (group, id, body))| {
+                let client = client.starting_at(i);
+                async move {
+                    let answer = join_through(&client, &group, &id, body).await;
+                    ((group, id), answer.member.incarnation)
+                }
             })
             .buffer_unordered(concurrency)
             .collect()
@@ -570,7 +564,7 @@ impl Drop for ProbeTarget {
     }
 }
 
-/// One Server-Sent Event.
+/// One Server-Sent Event, its data read as JSON.
 #[derive(Debug, Default)]
 pub struct SseEvent {
     pub event: String,
@@ -578,12 +572,13 @@ pub struct SseEvent {
     pub data: Value,
 }
 
-/// A watch stream being read.
+/// A watch stream being read raw (status, headers, events), with `gm::client`'s parser.
 pub struct Watch {
     pub status: u16,
     pub headers: HeaderMap,
     stream: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
-    buf: String,
+    parser: SseParser,
+    events: VecDeque<SseEvent>,
 }
 
 impl Watch {
@@ -600,7 +595,8 @@ impl Watch {
             status: resp.status().as_u16(),
             headers: resp.headers().clone(),
             stream: Box::pin(resp.bytes_stream()),
-            buf: String::new(),
+            parser: SseParser::default(),
+            events: VecDeque::new(),
         }
     }
 
@@ -617,40 +613,20 @@ impl Watch {
 
     async fn next_data_event(&mut self) -> SseEvent {
         loop {
-            while let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                if let Some(event) = parse_sse_block(&block) {
-                    return event;
-                }
+            if let Some(event) = self.events.pop_front() {
+                return event;
             }
             let chunk = self.stream.next().await.expect("the watch stream ended").expect("reading the watch stream");
-            self.buf.push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n"));
+            self.events.extend(self.parser.push(&chunk).into_iter().map(|e| {
+                SseEvent {
+                    data: serde_json::from_str(&e.data)
+                        .unwrap_or_else(|err| panic!("event data is not JSON ({err}): {}", e.data)),
+                    event: e.event,
+                    id: e.id.unwrap_or_default(),
+                }
+            }));
         }
     }
-}
-
-fn parse_sse_block(block: &str) -> Option<SseEvent> {
-    let mut event = SseEvent::default();
-    let mut data = Vec::new();
-    for line in block.lines() {
-        if line.starts_with(':') || line.is_empty() {
-            continue;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "event" => event.event = value.to_owned(),
-            "id" => event.id = value.to_owned(),
-            "data" => data.push(value.to_owned()),
-            _ => {}
-        }
-    }
-    if data.is_empty() {
-        return None;
-    }
-    event.data =
-        serde_json::from_str(&data.join("\n")).unwrap_or_else(|e| panic!("event data is not JSON ({e}): {block}"));
-    Some(event)
 }
 
 /// How long `fut` took, with its output.

@@ -59,6 +59,8 @@ def main():
             continue
         allowed = rows[part][1] | {part}
         for n, line in enumerate(file.read_text().splitlines(), 1):
+            if line.lstrip().startswith("//"):
+                continue  # doc links name other parts without importing them
             for used in re.findall(r"\bcrate::(\w+)", line):
                 if used in rows and used not in allowed:
                     problems.append(f"{file.relative_to(ROOT)}:{n}: {part} imports {used}, which the table does not allow")

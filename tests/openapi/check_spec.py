@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks src/api/openapi.json, the machine-readable copy of the contract (/work/shared/API.md).
+"""Checks src/api/openapi.json, the machine-readable copy of the contract (docs/api.md).
 
 It validates the document as OpenAPI 3.1, then asserts what outside tools rely on: every operation
 with every status the contract lists and exactly the query parameters it takes, the shared headers,

@@ -24,8 +24,6 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt;
-use reqwest::Client;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
@@ -35,9 +33,12 @@ use self::report::{
     false_evictions, false_evictions_json, false_evictions_text, seconds, Detection, Phase, Summary, Timeline, Victims,
 };
 use self::watch::Watches;
-use super::cluster::{exchange, wait_ready, ClusterArgs, Failure, OwnCluster, READY_DEADLINE};
+use super::cluster::{failure, wait_ready, ClusterArgs, Failure, OwnCluster, READY_DEADLINE};
 use super::figures::{latency, per_second, Figures, Tally};
 use super::{interruptible, BenchError};
+use crate::client::{Client, RetryPolicy};
+use crate::membership::{Address, FailureDetection, GroupName, MemberId, MemberSpec, Metadata, DEFAULT_PROBE_PATH};
+use crate::wire::Consistency;
 
 /// Joins in flight at once.
 const JOIN_CONCURRENCY: usize = 64;
@@ -46,6 +47,8 @@ const JOIN_ATTEMPTS: u32 = 5;
 const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// Deadline of a join: above the server's own 10 s limit, so a slow answer is still seen.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long opening a watch stream waits for its headers.
+const WATCH_HEADERS_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Longest wait for every watch stream's first view.
 const FIRST_VIEWS_DEADLINE: Duration = Duration::from_secs(60);
 /// Shortest wait for every member to be probed, and for crashed members to be removed.
@@ -139,12 +142,6 @@ pub async fn run(config: FdConfig) -> Result<(), BenchError> {
     if config.kill > config.members {
         return Err(BenchError::Flags(format!("--kill {} is more than --members {}", config.kill, config.members)));
     }
-    let client = Client::builder()
-        .pool_max_idle_per_host(JOIN_CONCURRENCY)
-        .tcp_nodelay(true)
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(BenchError::Client)?;
     let layout = Layout { members: config.members, addresses: config.addresses, groups: config.groups };
     let servers = MemberServers::start(layout).await?;
     let server_args = [
@@ -163,7 +160,15 @@ pub async fn run(config: FdConfig) -> Result<(), BenchError> {
         }
     };
     let mut report = Map::new();
-    let result = interruptible(bench(&config, layout, &client, &own, &servers, &mut report)).await;
+    // One try per request: the joins count each failed try, and retry themselves.
+    let client = Client::builder(&own.endpoints)
+        .pool_max_idle_per_host(JOIN_CONCURRENCY)
+        .policy(RetryPolicy::once(REQUEST_TIMEOUT))
+        .build();
+    let result = match client {
+        Ok(client) => interruptible(bench(&config, layout, &client, &own, &servers, &mut report)).await,
+        Err(e) => Err(e.into()),
+    };
     own.stop().await;
     servers.stop().await;
     let summary = result?;
@@ -192,16 +197,13 @@ async fn bench(
 ) -> Result<Summary, BenchError> {
     own.wait_ready(client).await?;
     let pids = process::node_pids(&own.data_dir, config.cluster.nodes)?;
-    let mut run = Run { config, layout, client, endpoints: &own.endpoints, servers, pids, report };
+    let mut run = Run { config, layout, client, servers, pids, report };
     let joined = run.join().await?;
     run.wait_probed(&joined).await;
 
-    let watch_client = Client::builder()
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(3))
-        .build()
-        .map_err(BenchError::Client)?;
-    let watches = Watches::start(&watch_client, run.endpoints, layout);
+    // A watch waits for its headers as long as it takes: a paused node sends them when it resumes.
+    let watch_client = Client::builder(&own.endpoints).policy(RetryPolicy::once(WATCH_HEADERS_TIMEOUT)).build()?;
+    let watches = Watches::start(&watch_client, layout)?;
     watches.first_views(FIRST_VIEWS_DEADLINE).await?;
     let mut timeline = Timeline { steady: Instant::now(), pause: None, kill: None };
     let steady = run.steady(&watches, &joined, &timeline).await;
@@ -224,8 +226,8 @@ async fn bench(
 struct Run<'a> {
     config: &'a FdConfig,
     layout: Layout,
+    /// One try per request.
     client: &'a Client,
-    endpoints: &'a [String],
     servers: &'a MemberServers,
     pids: Vec<Pid>,
     report: &'a mut Map<String, Value>,
@@ -236,17 +238,21 @@ impl Run<'_> {
     /// who got in.
     async fn join(&mut self) -> Result<Vec<bool>, BenchError> {
         let (layout, client) = (self.layout, self.client);
-        let addresses: Vec<String> = (0..layout.addresses).map(|a| self.servers.address(a)).collect();
+        let addresses = (0..layout.addresses)
+            .map(|a| Address::parse(&self.servers.address(a)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BenchError::Flags(format!("member server: {e}")))?;
         let started = Instant::now();
         let joins = futures::stream::iter(0..layout.members)
             .map(|n| {
-                let endpoint = &self.endpoints[n as usize % self.endpoints.len()];
-                let url = format!("{endpoint}/v1/groups/{}/members/{}", layout.group(layout.group_of(n)), layout.id(n));
-                let body = json!({
-                    "address": addresses[layout.address(n) as usize],
-                    "failure_detection": {"mode": "probe", "path": "/gm/heartbeat"},
-                });
-                async move { (n, join(client, &url, &body).await) }
+                let node = client.at(n as usize);
+                let spec = MemberSpec {
+                    address: addresses[layout.address(n) as usize].clone(),
+                    metadata: Metadata::default(),
+                    instance: None,
+                    failure_detection: FailureDetection::Probe { path: DEFAULT_PROBE_PATH.to_owned() },
+                };
+                async move { (n, join(&node, &layout, n, &spec).await) }
             })
             .buffer_unordered(JOIN_CONCURRENCY);
         futures::pin_mut!(joins);
@@ -285,7 +291,7 @@ impl Run<'_> {
             0 => "every member probed".to_owned(),
             n => format!("{n} members still never probed"),
         };
-        let responsible = responsible_for(self.client, &self.endpoints[0]).await;
+        let responsible = responsible_for(&self.client.at(0)).await;
         println!("fd probing: {who} {} after the last join; responsible_for {responsible}", seconds(after));
         self.report.insert("probed_after_ms".into(), json!(millis_u64(after)));
         self.report.insert("never_probed".into(), json!(unprobed));
@@ -317,15 +323,15 @@ impl Run<'_> {
         let pid = self.pids[(node - 1) as usize];
         let paused = Paused::stop(pid).map_err(|e| BenchError::Flags(format!("cannot SIGSTOP node {node}: {e}")))?;
         tokio::time::sleep(config.pause_for).await;
-        let other = self.endpoints.iter().enumerate().find(|(i, _)| *i as u64 + 1 != node).map(|(_, e)| e);
+        let nodes = self.client.endpoints().len();
+        let other = (0..nodes).find(|&i| i as u64 + 1 != node);
         let responsible = match other {
-            Some(endpoint) => responsible_for(self.client, endpoint).await,
+            Some(i) => responsible_for(&self.client.at(i)).await,
             None => "unknown (no other node)".to_owned(),
         };
         paused.resume();
         let resumed = Instant::now();
-        let endpoint = &self.endpoints[(node - 1) as usize..node as usize];
-        wait_ready(self.client, endpoint, READY_DEADLINE).await?;
+        wait_ready(&self.client.at((node - 1) as usize), READY_DEADLINE).await?;
         let ready_after = resumed.elapsed();
         let settle = config.probe_interval * (config.suspect_after + 2) + config.probe_timeout + Duration::from_secs(2);
         tokio::time::sleep(settle).await;
@@ -469,15 +475,21 @@ impl Steady {
     }
 }
 
-/// One member's join, tried up to `JOIN_ATTEMPTS` times: the failed tries, and the latency of
-/// the one that succeeded.
-async fn join(client: &Client, url: &str, body: &Value) -> (Vec<Failure>, Option<Duration>) {
+/// Member `n`'s join through `node`, tried up to `JOIN_ATTEMPTS` times: the failed tries, and
+/// the latency of the one that succeeded.
+async fn join(node: &Client, layout: &Layout, n: u32, spec: &MemberSpec) -> (Vec<Failure>, Option<Duration>) {
+    let names =
+        GroupName::parse(&layout.group(layout.group_of(n))).and_then(|g| Ok((g, MemberId::parse(&layout.id(n))?)));
+    let (group, id) = match names {
+        Ok(names) => names,
+        Err(e) => return (vec![format!("bench name: {e}")], None),
+    };
     let mut failures = Vec::new();
     for attempt in 1..=JOIN_ATTEMPTS {
         let sent = Instant::now();
-        match exchange(client.put(url).json(body), &[200, 201]).await {
-            Ok(()) => return (failures, Some(sent.elapsed())),
-            Err(failure) => failures.push(failure),
+        match node.join(&group, &id, spec).await {
+            Ok(_) => return (failures, Some(sent.elapsed())),
+            Err(e) => failures.push(failure(&e)),
         }
         if attempt < JOIN_ATTEMPTS {
             tokio::time::sleep(JOIN_RETRY_PAUSE).await;
@@ -486,26 +498,12 @@ async fn join(client: &Client, url: &str, body: &Value) -> (Vec<Failure>, Option
     (failures, None)
 }
 
-/// `node 1 3334, node 2 3333, node 3 3333` from `/v1/cluster`, or why not.
-async fn responsible_for(client: &Client, endpoint: &str) -> String {
-    #[derive(Deserialize)]
-    struct ClusterView {
-        nodes: Vec<NodeView>,
-    }
-    #[derive(Deserialize)]
-    struct NodeView {
-        id: u64,
-        responsible_for: u64,
-    }
-    let answer = client.get(format!("{endpoint}/v1/cluster")).timeout(Duration::from_secs(5)).send().await;
-    let view = match answer {
-        Ok(answer) if answer.status().is_success() => answer.json::<ClusterView>().await.map_err(|e| e.to_string()),
-        Ok(answer) => Err(format!("status {}", answer.status())),
-        Err(e) => Err(e.to_string()),
-    };
-    match view {
-        Ok(view) => {
-            let nodes: BTreeMap<u64, u64> = view.nodes.iter().map(|n| (n.id, n.responsible_for)).collect();
+/// `node 1 3334, node 2 3333, node 3 3333` from `/v1/cluster` of `node`, or why not.
+async fn responsible_for(node: &Client) -> String {
+    let once = node.with_policy(RetryPolicy::once(Duration::from_secs(5)));
+    match once.cluster(Consistency::Linearizable).await {
+        Ok(cluster) => {
+            let nodes: BTreeMap<u64, usize> = cluster.nodes.iter().map(|n| (n.id, n.responsible_for)).collect();
             nodes.iter().map(|(id, n)| format!("node {id} {n}")).collect::<Vec<_>>().join(", ")
         }
         Err(e) => format!("unknown ({e})"),

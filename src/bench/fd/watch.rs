@@ -7,97 +7,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
-use reqwest::Client;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Layout;
-use crate::bench::cluster::ViewIds;
 use crate::bench::BenchError;
+use crate::client::Client;
+use crate::membership::{GroupName, GroupView};
+use crate::wire::Consistency;
 
 /// Pause before a broken watch stream is opened again.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 
-/// One Server-Sent Event.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct SseEvent {
-    pub event: String,
-    pub id: Option<String>,
-    pub data: String,
-}
-
-/// Turns a byte stream into Server-Sent Events as the HTML standard reads them: lines end in
-/// LF, CRLF or CR; `:` starts a comment (keep-alives); a blank line ends an event; an event
-/// without data is dropped. Chunks may split lines (and UTF-8 characters) anywhere.
-#[derive(Default)]
-pub(super) struct SseParser {
-    pending: Vec<u8>,
-    /// The last byte seen was a CR: a LF right after it ends no second line.
-    after_cr: bool,
-    event: String,
-    data: String,
-    last_id: Option<String>,
-}
-
-impl SseParser {
-    /// Feeds `chunk`; returns the events it completes.
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        let mut events = Vec::new();
-        let scan_from = self.pending.len();
-        self.pending.extend_from_slice(chunk);
-        let mut start = 0;
-        for i in scan_from..self.pending.len() {
-            let byte = self.pending[i];
-            if std::mem::take(&mut self.after_cr) && byte == b'\n' && i == start {
-                start = i + 1;
-                continue;
-            }
-            if byte == b'\n' || byte == b'\r' {
-                let line = String::from_utf8_lossy(&self.pending[start..i]).into_owned();
-                self.line(&line, &mut events);
-                self.after_cr = byte == b'\r';
-                start = i + 1;
-            }
-        }
-        self.pending.drain(..start);
-        events
-    }
-
-    fn line(&mut self, line: &str, events: &mut Vec<SseEvent>) {
-        if line.is_empty() {
-            let event = std::mem::take(&mut self.event);
-            let mut data = std::mem::take(&mut self.data);
-            if !data.is_empty() {
-                data.pop();
-                let event = if event.is_empty() { "message".to_owned() } else { event };
-                events.push(SseEvent { event, id: self.last_id.clone(), data });
-            }
-            return;
-        }
-        if line.starts_with(':') {
-            return;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
-        };
-        match field {
-            "event" => self.event = value.to_owned(),
-            "data" => {
-                self.data.push_str(value);
-                self.data.push('\n');
-            }
-            "id" if !value.contains('\0') => self.last_id = Some(value.to_owned()),
-            _ => {}
-        }
-    }
-}
-
-/// The bench's members in a view's `data`; other ids and every other field are ignored.
-pub(super) fn view_members(data: &str, layout: &Layout) -> Result<HashSet<u32>, serde_json::Error> {
-    let view: ViewIds = serde_json::from_str(data)?;
-    Ok(view.members.iter().filter_map(|m| layout.parse_id(&m.id)).collect())
+/// The bench's members in a view; other ids are ignored.
+pub(super) fn view_members(view: &GroupView, layout: &Layout) -> HashSet<u32> {
+    view.members.iter().filter_map(|m| layout.parse_id(m.id.as_str())).collect()
 }
 
 /// What the watch streams have shown.
@@ -163,15 +88,16 @@ pub(super) struct Watches {
 }
 
 impl Watches {
-    /// Opens a watch of every group of `layout` on every endpoint.
-    pub fn start(client: &Client, endpoints: &[String], layout: Layout) -> Watches {
-        let book = Arc::new(Mutex::new(Book::new(endpoints.len(), layout.members)));
+    /// Opens a watch of every group of `layout` on every endpoint of `client`.
+    pub fn start(client: &Client, layout: Layout) -> Result<Watches, BenchError> {
+        let nodes = client.endpoints().len();
+        let book = Arc::new(Mutex::new(Book::new(nodes, layout.members)));
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        for (node, endpoint) in endpoints.iter().enumerate() {
+        for node in 0..nodes {
             for g in 0..layout.groups {
-                let url = format!("{endpoint}/v1/groups/{}/watch?consistency=stale", layout.group(g));
-                let stream = Stream { client: client.clone(), url, node, layout, book: Arc::clone(&book) };
+                let group = GroupName::parse(&layout.group(g)).map_err(|e| BenchError::Watch(e.to_string()))?;
+                let stream = Stream { client: client.at(node), group, node, layout, book: Arc::clone(&book) };
                 let cancel = cancel.clone();
                 tasks.spawn(async move {
                     tokio::select! {
@@ -181,7 +107,7 @@ impl Watches {
                 });
             }
         }
-        Watches { book, streams: endpoints.len() * layout.groups as usize, cancel, tasks }
+        Ok(Watches { book, streams: nodes * layout.groups as usize, cancel, tasks })
     }
 
     /// What the streams have shown so far.
@@ -215,8 +141,9 @@ impl Watches {
 
 /// One watch stream: one group on one node.
 struct Stream {
+    /// Of that node alone.
     client: Client,
-    url: String,
+    group: GroupName,
     node: usize,
     layout: Layout,
     book: Arc<Mutex<Book>>,
@@ -229,7 +156,7 @@ impl Stream {
         let mut first = true;
         loop {
             if let Err(error) = self.read(&mut current, &mut first).await {
-                tracing::debug!(url = %self.url, %error, "watch stream broke; opening it again");
+                tracing::debug!(group = %self.group, node = self.node + 1, %error, "watch stream broke; opening it again");
             }
             self.book.lock().unwrap_or_else(|e| e.into_inner()).reconnects += 1;
             tokio::time::sleep(RECONNECT_PAUSE).await;
@@ -238,28 +165,25 @@ impl Stream {
 
     /// Reads the stream until it ends, applying each view to the book.
     async fn read(&self, current: &mut HashSet<u32>, first: &mut bool) -> Result<(), String> {
-        let response = self.client.get(&self.url).send().await.map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("status {}", response.status()));
-        }
-        let mut parser = SseParser::default();
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            // The moment the bytes arrived, before any parsing: that is when the view was seen.
-            let at = Instant::now();
-            let chunk = chunk.map_err(|e| e.to_string())?;
-            self.book.lock().unwrap_or_else(|e| e.into_inner()).bytes += chunk.len() as u64;
-            for event in parser.push(&chunk).into_iter().filter(|e| e.event == "view") {
-                let after = view_members(&event.data, &self.layout).map_err(|e| e.to_string())?;
-                let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
-                book.views += 1;
-                book.changed(self.node, current, &after, at);
-                if std::mem::take(first) {
-                    book.first_views += 1;
-                }
-                *current = after;
+        let mut watch = self.client.watch(&self.group, Consistency::Stale).await.map_err(|e| e.to_string())?;
+        let mut counted = 0;
+        let mut count_bytes = |read: u64| {
+            self.book.lock().unwrap_or_else(|e| e.into_inner()).bytes += read - counted;
+            counted = read;
+        };
+        while let Some(view) = watch.next().await {
+            count_bytes(watch.bytes_read());
+            let after = view_members(&view.map_err(|e| e.to_string())?, &self.layout);
+            let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+            book.views += 1;
+            // When the bytes arrived, before any parsing: that is when the view was seen.
+            book.changed(self.node, current, &after, watch.received_at());
+            if std::mem::take(first) {
+                book.first_views += 1;
             }
+            *current = after;
         }
+        count_bytes(watch.bytes_read());
         Ok(())
     }
 }
@@ -268,65 +192,17 @@ impl Stream {
 mod tests {
     use super::*;
 
-    fn events(parser: &mut SseParser, chunks: &[&str]) -> Vec<SseEvent> {
-        chunks.iter().flat_map(|c| parser.push(c.as_bytes())).collect()
-    }
-
-    fn view(id: &str, data: &str) -> SseEvent {
-        SseEvent { event: "view".into(), id: Some(id.into()), data: data.into() }
-    }
-
-    #[test]
-    fn events_end_at_a_blank_line() {
-        let mut p = SseParser::default();
-        let got = events(&mut p, &["event: view\nid: 7\ndata: {\"a\":1}\n\n", "event: view\nid: 8\ndata: x\n\n"]);
-        assert_eq!(got, vec![view("7", "{\"a\":1}"), view("8", "x")]);
-    }
-
-    #[test]
-    fn chunks_split_anywhere() {
-        let text = "event: view\r\nid: 9\r\ndata: {\"id\":\"é\"}\r\n\r\n";
-        for cut in 1..text.len() {
-            let (a, b) = text.as_bytes().split_at(cut);
-            let mut p = SseParser::default();
-            let mut got = p.push(a);
-            got.extend(p.push(b));
-            assert_eq!(got, vec![view("9", "{\"id\":\"é\"}")], "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn comments_and_empty_events_are_skipped() {
-        let mut p = SseParser::default();
-        let got = events(&mut p, &[":\n\n", ": keep-alive\n\n", "event: view\n\n", "data: a\r\rdata:b\ndata\n\n"]);
-        // Lone CRs end lines too; `data:b` has no space to strip; a bare `data` adds an empty line.
-        assert_eq!(
-            got,
-            vec![
-                SseEvent { event: "message".into(), id: None, data: "a".into() },
-                SseEvent { event: "message".into(), id: None, data: "b\n".into() }
-            ]
-        );
-    }
-
-    #[test]
-    fn the_last_id_carries_over() {
-        let mut p = SseParser::default();
-        let got = events(&mut p, &["id: 3\ndata: a\n\n", "data: b\n\n"]);
-        assert_eq!(got[1].id.as_deref(), Some("3"));
-    }
-
     #[test]
     fn views_yield_the_bench_members_only() {
         let layout = Layout { members: 10, addresses: 1, groups: 1 };
-        let data = r#"{"group":"fd-0","revision":5,"members":[
-            {"id":"m1","group":"fd-0","address":"127.0.0.1:1","metadata":{},"incarnation":1,
-             "failure_detection":{"mode":"probe","path":"/gm/heartbeat"}},
-            {"id":"m9","group":"fd-0","address":"127.0.0.1:1"},
-            {"id":"m10","group":"fd-0","address":"127.0.0.1:1"},
-            {"id":"other","group":"fd-0","address":"127.0.0.1:1"}]}"#;
-        assert_eq!(view_members(data, &layout).expect("view"), HashSet::from([1, 9]));
-        assert!(view_members("{", &layout).is_err());
+        let member = |id: &str| {
+            serde_json::json!({"id": id, "group": "fd-0", "address": "127.0.0.1:1", "metadata": {},
+                "instance": null, "incarnation": 1, "joined_at": "2026-11-24T10:00:00.123Z",
+                "responsible_node": 1, "failure_detection": {"mode": "probe", "path": "/gm/heartbeat"}})
+        };
+        let members: Vec<_> = ["m1", "m9", "m10", "other"].into_iter().map(member).collect();
+        let view = serde_json::from_value(serde_json::json!({"group": "fd-0", "revision": 5, "members": members}));
+        assert_eq!(view_members(&view.expect("a view"), &layout), HashSet::from([1, 9]));
     }
 
     #[test]

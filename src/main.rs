@@ -2,8 +2,36 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use gm::config::{Cli, CliCommand};
+use clap::{Parser, Subcommand};
+use gm::bench::BenchConfig;
+use gm::dev::DevConfig;
+use gm::server::config::ServerConfig;
+use gm::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "gm", version, about = "Group membership for Kubernetes, replicated with Raft")]
+struct Cli {
+    /// Log filter, as in RUST_LOG (for example `info,gm=debug`). openraft's own logs are off by
+    /// default (gm logs a peer's reachability once per change); `info,openraft=warn` shows them.
+    #[arg(long, env = "GM_LOG", default_value = "info,openraft=off", global = true, value_parser = gm::telemetry::filter)]
+    log: String,
+    /// Log format.
+    #[arg(long, env = "GM_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CliCommand {
+    /// Run one GM node.
+    Server(ServerConfig),
+    /// Run a local cluster of separate `gm server` processes on 127.0.0.1.
+    Dev(DevConfig),
+    /// Load a running cluster and print throughput, latency and failover time; `gm bench fd`
+    /// measures failure detection instead.
+    Bench(BenchConfig),
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -11,9 +39,10 @@ async fn main() -> ExitCode {
     gm::telemetry::init(&cli.log, cli.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        // One line, whatever RUST_BACKTRACE says: these are a user's errors, not gm's bugs.
+        // One line, whatever RUST_BACKTRACE says: these are a user's errors, not gm's bugs. Each
+        // error's message already names its cause.
         Err(error) => {
-            eprintln!("gm: error: {error:#}");
+            eprintln!("gm: error: {error}");
             ExitCode::FAILURE
         }
     }

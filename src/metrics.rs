@@ -1,14 +1,22 @@
-//! Prometheus metrics: request counts and latencies, Raft leadership, and group sizes. Gauges
-//! that mirror the state are refreshed when scraped, so they cost nothing between scrapes.
+//! Prometheus metrics: request counts and latencies, Raft leadership, and group sizes. Each part
+//! feeds its own figures (this module imports none of them); gauges that mirror the state are
+//! handed in when scraped ([`StateGauges`]), so they cost nothing between scrapes.
 
 use std::time::Duration;
 
+use crate::membership::GroupSummary;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tokio_util::sync::CancellationToken;
 
-use crate::node::Node;
+/// The figures of the applied state, taken when `/metrics` is scraped.
+pub struct StateGauges {
+    pub applied_index: u64,
+    pub groups: Vec<GroupSummary>,
+    pub members: usize,
+    /// Probe-mode members this node is responsible for.
+    pub responsible_for: usize,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -97,45 +105,24 @@ impl Metrics {
         self.http_duration.with_label_values(&[route, method]).observe(elapsed.as_secs_f64());
     }
 
-    /// Refreshes the state gauges from `node` and renders the text exposition.
-    pub fn render(&self, node: &Node) -> Result<String, prometheus::Error> {
-        {
-            let raft = node.raft.metrics().borrow().clone();
-            self.term.set(raft.current_term as i64);
-            self.is_leader.set(i64::from(raft.current_leader == Some(node.id)));
-            self.applied.set(raft.last_applied.map_or(0, |id| id.index) as i64);
+    /// The leadership as this node sees it: the current term, and whether it leads in it.
+    pub fn set_leadership(&self, term: u64, leader: bool) {
+        self.term.set(term as i64);
+        self.is_leader.set(i64::from(leader));
+    }
+
+    /// Sets the state gauges from `gauges` and renders the text exposition.
+    pub fn render(&self, gauges: &StateGauges) -> Result<String, prometheus::Error> {
+        self.applied.set(gauges.applied_index as i64);
+        self.groups.set(gauges.groups.len() as i64);
+        self.members.set(gauges.members as i64);
+        self.group_members.reset();
+        for g in &gauges.groups {
+            self.group_members.with_label_values(&[g.group.as_str()]).set(g.size as i64);
         }
-        {
-            let m = node.state.read();
-            let groups = m.state.groups();
-            self.groups.set(groups.len() as i64);
-            self.members.set(m.state.member_count() as i64);
-            self.group_members.reset();
-            for g in &groups {
-                self.group_members.with_label_values(&[g.group.as_str()]).set(g.size as i64);
-            }
-            self.responsible_for.set(m.state.responsible_counts().get(&node.id).copied().unwrap_or(0) as i64);
-        }
+        self.responsible_for.set(gauges.responsible_for as i64);
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
-    }
-
-    /// Counts leader changes as this node sees them, until `cancel`.
-    pub async fn count_leader_changes(&self, node: &Node, cancel: CancellationToken) {
-        let mut rx = node.raft.metrics();
-        let mut leader = rx.borrow().current_leader;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                changed = rx.changed() => if changed.is_err() { return },
-            }
-            let now = rx.borrow().current_leader;
-            if now != leader && now.is_some() {
-                self.leader_changes.inc();
-                tracing::info!(node = node.id, leader = now, term = rx.borrow().current_term, "leader changed");
-            }
-            leader = now;
-        }
     }
 }

@@ -1,4 +1,4 @@
-//! The answers of the public contract (`shared/API.md`) as serde types, declared once: the
+//! The answers of the public contract (`docs/api.md`) as serde types, declared once: the
 //! server's handlers ([`crate::api`]) serialize them and the client ([`crate::client`]) reads
 //! them back.
 //!

@@ -1,4 +1,4 @@
-//! The REST contract (`shared/API.md`) end to end: every endpoint through a follower and through
+//! The REST contract (`docs/api.md`) end to end: every endpoint through a follower and through
 //! the leader of a real 3-node cluster, the exact shapes of answers and errors, blocking queries
 //! and watch streams. Each test starts its own cluster, so each groups the checks of one theme.
 

@@ -11,6 +11,7 @@ use axum::Json;
 use super::error::ApiError;
 use super::extract::{Answer, Consistency, QueryParams, ReadParams};
 use super::AppState;
+use crate::metrics::StateGauges;
 use crate::wire::{ClusterAnswer, HealthAnswer, NodeAnswer, Role};
 
 /// How long `/readyz` gives a read-index round before calling this node not ready.
@@ -24,16 +25,16 @@ pub async fn cluster(
         app.node.linearize().await?;
     }
     let health = app.node.health().await.unwrap_or_default();
-    let raft = app.node.raft.metrics().borrow().clone();
+    let raft = app.node.raft_view();
     let m = app.node.state.read();
     let counts = m.state.responsible_counts();
-    let membership = raft.membership_config.membership();
-    let nodes = membership
-        .nodes()
-        .map(|(&id, info)| {
-            let role = if raft.current_leader == Some(id) {
+    let nodes = raft
+        .nodes
+        .iter()
+        .map(|&(id, ref info, voter)| {
+            let role = if raft.leader == Some(id) {
                 Role::Leader
-            } else if membership.voter_ids().any(|v| v == id) {
+            } else if voter {
                 Role::Follower
             } else {
                 Role::Learner
@@ -55,8 +56,8 @@ pub async fn cluster(
         revision,
         ClusterAnswer {
             cluster_id: m.state.cluster_id().map(str::to_owned),
-            leader_id: raft.current_leader,
-            term: raft.current_term,
+            leader_id: raft.leader,
+            term: raft.term,
             revision,
             nodes,
         },
@@ -70,7 +71,7 @@ pub async fn healthz() -> Json<HealthAnswer> {
 /// Ready when this node is a member of the cluster, knows a leader, and has caught up: a
 /// read-index round through the leader succeeds and the local state reaches it.
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<HealthAnswer>, ApiError> {
-    let in_cluster = app.node.raft.metrics().borrow().membership_config.membership().get_node(&app.node.id).is_some();
+    let in_cluster = app.node.raft_view().nodes.iter().any(|(id, _, _)| *id == app.node.id);
     if !in_cluster {
         return Err(ApiError::Unavailable("this node is not in the cluster yet".into()));
     }
@@ -89,7 +90,16 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<HealthAnswe
 }
 
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let text = app.metrics.render(&app.node).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let gauges = {
+        let m = app.node.state.read();
+        StateGauges {
+            applied_index: app.node.raft_view().applied_index,
+            groups: m.state.groups(),
+            members: m.state.member_count(),
+            responsible_for: m.state.responsible_counts().get(&app.node.id).copied().unwrap_or(0),
+        }
+    };
+    let text = app.metrics.render(&gauges).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 

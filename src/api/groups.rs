@@ -16,7 +16,7 @@ use super::extract::{
 use super::AppState;
 use crate::membership::{Command, GroupName, GroupView, LeaveReason, Member, MemberSpec, Outcome, Timestamp};
 use crate::node::{Node, NodeError};
-use crate::probe::lease::Heartbeat;
+use crate::probe::lease::{self, Heartbeat};
 use crate::raft::state_machine::StateHandle;
 use crate::wire::{GroupsAnswer, HeartbeatAnswer, JoinAnswer, RevisionAnswer};
 
@@ -98,7 +98,7 @@ pub async fn heartbeat(
     _: QueryParams<NoParams>,
 ) -> Result<Answer<HeartbeatAnswer>> {
     let (group, id) = member_path(&group, &id)?;
-    let outcome = app.node.heartbeat(&group, &id).await?;
+    let outcome = lease::heartbeat(&app.node, &app.leases, &group, &id).await?;
     app.metrics.heartbeats.with_label_values(&[outcome.label()]).inc();
     match outcome {
         Heartbeat::Renewed { revision, ttl_ms } => Ok(Answer::ok(revision, HeartbeatAnswer { revision, ttl_ms })),

@@ -1,4 +1,4 @@
-//! The public REST API of the contract (`shared/API.md`), served on `--api-addr`.
+//! The public REST API of the contract (`docs/api.md`), served on `--api-addr`.
 
 mod cluster;
 pub mod error;
@@ -18,12 +18,15 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::probe::lease::Leases;
 use error::ApiError;
 
 /// What every handler reaches.
 pub struct AppState {
     pub node: Arc<Node>,
     pub metrics: Arc<Metrics>,
+    /// Lease deadlines, kept while this node leads; heartbeats renew them.
+    pub leases: Arc<Leases>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::figures::latency;
 use super::BenchError;
 use crate::client::{Client, ClientError, RetryPolicy};
-use crate::config::DevConfig;
+use crate::dev::DevConfig;
 use crate::dev::LocalCluster;
 use crate::wire::Consistency;
 

@@ -1,4 +1,4 @@
-//! `gm::client`: the Rust client of the public API (`shared/API.md`), one typed method per
+//! `gm::client`: the Rust client of the public API (`docs/api.md`), one typed method per
 //! endpoint. `gm bench` and the end-to-end tests use it; the command line and the sidecar are
 //! meant to be thin users of it.
 //!

@@ -1,3 +1,6 @@
 //! How a node finds its peers and whether it creates the cluster.
 
+pub mod identity;
 pub mod static_peers;
+
+pub use static_peers::DiscoveryError;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::identity::default_name;
 use crate::membership::NodeId;
 use crate::raft::{NodeInfo, Raft};
 
@@ -18,6 +19,8 @@ pub enum DiscoveryError {
     SelfMissing(NodeId),
     #[error("creating the cluster failed: {0}")]
     Initialize(String),
+    #[error("--node-id is not set and the host name ends in no StatefulSet ordinal")]
+    NoNodeId,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`, which must name node `me`.
@@ -42,11 +45,6 @@ pub fn parse_peers(spec: &str, me: NodeId) -> Result<BTreeMap<NodeId, String>, D
         return Err(DiscoveryError::SelfMissing(me));
     }
     Ok(peers)
-}
-
-/// The name of node `id` until it announces its own: `node-{id}`.
-pub fn default_name(id: NodeId) -> String {
-    format!("node-{id}")
 }
 
 /// Creates the cluster if this node has the smallest id and has never been initialized.

@@ -32,15 +32,15 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn new(timeout: Duration) -> Self {
+    /// Errors: the HTTP client cannot be built (TLS backend, resolver configuration).
+    pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
-        Checker { http, timeout, overloaded: Arc::default() }
+            .build()?;
+        Ok(Checker { http, timeout, overloaded: Arc::default() })
     }
 
     /// Set by the prober when its probes run late: timeouts then say nothing.

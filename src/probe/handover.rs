@@ -8,45 +8,32 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::path;
 use super::ProbeConfig;
 use crate::membership::{Command, NodeId};
-use crate::node::{peer_path, Node};
+use crate::node::Node;
 
 /// Consecutive missed pings before a node is taken out of the probers.
 const MISSED_PINGS: u32 = 2;
 
-/// On the leader, keeps the probers equal to the live voters, until `cancel`.
+/// A leader duty: keeps the probers equal to the live voters, until `cancel` (the end of this
+/// node's leadership). A new leader starts from "everyone is alive" and lets the pings decide.
 pub async fn run(node: Arc<Node>, config: ProbeConfig, cancel: CancellationToken) {
     // Two pings per probe interval: a dead node is out within about one interval.
     let mut tick = tokio::time::interval(config.interval / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut missed: BTreeMap<NodeId, u32> = BTreeMap::new();
-    let mut term = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now_term = node.leader_term();
-        if now_term != term {
-            // A new leader starts from "everyone is alive" and lets the pings decide.
-            missed.clear();
-            term = now_term;
-        }
-        if term.is_none() {
-            continue;
-        }
-        let voters: Vec<(NodeId, String)> = {
-            let metrics = node.raft.metrics();
-            let m = metrics.borrow();
-            let membership = m.membership_config.membership();
-            membership.voter_ids().filter_map(|id| Some((id, membership.get_node(&id)?.peer_addr.clone()))).collect()
-        };
-        let pings = voters.iter().filter(|(id, _)| *id != node.id).map(|(id, addr)| {
+        let raft = node.raft_view();
+        let pings = raft.voters().filter(|(id, _)| *id != node.id).map(|(id, addr)| {
             let node = &node;
             async move {
-                let ok = node.peers().call::<_, u64>(addr, peer_path::PING, &(), config.timeout).await.is_ok();
-                (*id, ok)
+                let ok = node.peers().call::<_, u64>(addr, path::PING, &(), config.timeout).await.is_ok();
+                (id, ok)
             }
         });
         for (id, ok) in futures::future::join_all(pings).await {
@@ -54,7 +41,7 @@ pub async fn run(node: Arc<Node>, config: ProbeConfig, cancel: CancellationToken
             *count = if ok { 0 } else { count.saturating_add(1) };
         }
         let alive: Vec<NodeId> =
-            voters.iter().map(|(id, _)| *id).filter(|id| missed.get(id).is_none_or(|&n| n < MISSED_PINGS)).collect();
+            raft.voters().map(|(id, _)| id).filter(|id| missed.get(id).is_none_or(|&n| n < MISSED_PINGS)).collect();
         if alive != node.state.read().state.probers() {
             tracing::info!(node = node.id, probers = ?alive, "handing members over to the live nodes");
             if let Err(error) = node.write_local(Command::SetProbers { nodes: alive }).await {

@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::path;
 use crate::membership::Outcome;
 use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, MemberId, MembershipState};
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::{Node, NodeError};
 use crate::raft::Applied;
 
 /// How often the leader looks for expired leases; expiry is at most this late.
@@ -137,8 +138,35 @@ impl Leases {
     }
 }
 
-/// On the leader, removes members whose lease ran out, until `cancel`.
-pub async fn run_expiry(node: Arc<Node>, metrics: Arc<Metrics>, cancel: CancellationToken) {
+/// Renews a lease-mode member's lease at the leader, wherever it is.
+pub async fn heartbeat(node: &Node, leases: &Leases, group: &GroupName, id: &MemberId) -> Result<Heartbeat, NodeError> {
+    let key = (group.clone(), id.clone());
+    node.at_leader(path::HEARTBEAT, &key, || local_heartbeat(node, leases, group, id)).await
+}
+
+/// The leader's half of a heartbeat: a linearizable look-up (sharing the batched read-index
+/// rounds), then the renewal, only if this node still leads.
+pub async fn local_heartbeat(
+    node: &Node,
+    leases: &Leases,
+    group: &GroupName,
+    id: &MemberId,
+) -> Result<Heartbeat, NodeError> {
+    node.linearize().await?;
+    let term = node.leader_term().ok_or(NodeError::NotLeader)?;
+    let m = node.state.read();
+    Ok(leases.heartbeat(term, &m.state, group, id, Instant::now()))
+}
+
+/// A leader duty: removes members whose lease ran out, while this node leads `term`, until
+/// `cancel` (the end of that leadership).
+pub async fn run_expiry(
+    node: Arc<Node>,
+    leases: Arc<Leases>,
+    metrics: Arc<Metrics>,
+    term: u64,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = Instant::now();
@@ -153,13 +181,11 @@ pub async fn run_expiry(node: Arc<Node>, metrics: Arc<Metrics>, cancel: Cancella
                 stalled_ms = (now - last).as_millis() as u64,
                 "lease keeper was stalled; renewing every lease"
             );
-            node.leases.reset();
+            leases.reset();
         }
-        last = now;
-        let Some(term) = node.leader_term() else { continue };
         let expired = {
             let m = node.state.read();
-            node.leases.expired(term, &m.state, now)
+            leases.expired(term, &m.state, now)
         };
         let removals = expired.into_iter().map(|(group, id, incarnation)| {
             let (node, metrics) = (&node, &metrics);

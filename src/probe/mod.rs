@@ -5,11 +5,17 @@
 pub mod check;
 pub mod handover;
 pub mod lease;
+pub mod peer;
 pub mod prober;
 
 use std::time::Duration;
 
-use crate::config::ServerConfig;
+/// Where failure detection's calls to other nodes go (served by [`peer::router`]).
+pub mod path {
+    pub const PING: &str = "/peer/ping";
+    pub const INDIRECT_PROBE: &str = "/probe/indirect";
+    pub const HEARTBEAT: &str = "/forward/heartbeat";
+}
 
 /// The failure-detection settings of `gm server`.
 #[derive(Clone, Copy, Debug)]
@@ -17,10 +23,4 @@ pub struct ProbeConfig {
     pub interval: Duration,
     pub timeout: Duration,
     pub suspect_after: u32,
-}
-
-impl From<&ServerConfig> for ProbeConfig {
-    fn from(c: &ServerConfig) -> Self {
-        ProbeConfig { interval: c.probe_interval, timeout: c.probe_timeout, suspect_after: c.suspect_after }
-    }
 }

@@ -14,10 +14,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::check::{Checker, ProbeTarget};
+use super::path;
 use super::ProbeConfig;
 use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, MemberId, NodeId, Outcome};
 use crate::metrics::Metrics;
-use crate::node::{peer_path, Node};
+use crate::node::Node;
 use crate::raft::Applied;
 
 /// Probes on the way at once: past this, due probes wait (and count as late), so a node with
@@ -185,7 +186,7 @@ async fn judge(node: &Node, checker: &Checker, metrics: &Metrics, target: &Probe
     let others = other_probers(node);
     let asks = others.iter().map(|(peer, addr)| async move {
         let timeout = checker.timeout() * 2;
-        (*peer, node.peers().call::<_, Option<bool>>(addr, peer_path::INDIRECT_PROBE, target, timeout).await)
+        (*peer, node.peers().call::<_, Option<bool>>(addr, path::INDIRECT_PROBE, target, timeout).await)
     });
     // A single-node cluster has only its own judgement.
     let mut answered = usize::from(others.is_empty());
@@ -235,13 +236,11 @@ async fn judge(node: &Node, checker: &Checker, metrics: &Metrics, target: &Probe
 /// Up to [`INDIRECT_PROBERS`] other probing nodes, picked at random, with their peer addresses.
 fn other_probers(node: &Node) -> Vec<(NodeId, String)> {
     let probers: Vec<NodeId> = node.state.read().state.probers().to_vec();
-    let metrics = node.raft.metrics();
-    let m = metrics.borrow();
-    let membership = m.membership_config.membership();
+    let raft = node.raft_view();
     let mut others: Vec<(NodeId, String)> = probers
         .into_iter()
         .filter(|&id| id != node.id)
-        .filter_map(|id| Some((id, membership.get_node(&id)?.peer_addr.clone())))
+        .filter_map(|id| Some((id, raft.peer_addr(id)?.to_owned())))
         .collect();
     others.shuffle(&mut rand::thread_rng());
     others.truncate(INDIRECT_PROBERS);

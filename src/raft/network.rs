@@ -15,6 +15,9 @@ use super::contact::Contacts;
 use super::{NodeInfo, RaftError, Snapshot, TypeConfig, Vote};
 use crate::membership::NodeId;
 
+/// The largest body a peer route takes, snapshots aside: a few AppendEntries payloads' worth.
+pub const PEER_BODY_LIMIT: usize = 64 << 20;
+
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -35,14 +38,14 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    pub fn new() -> Self {
+    /// Errors: the TLS backend or the system's resolver configuration cannot be loaded.
+    pub fn new() -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .unwrap_or_default();
-        PeerClient { http, contacts: Contacts::default() }
+            .build()?;
+        Ok(PeerClient { http, contacts: Contacts::default() })
     }
 
     /// How the peers answered Raft RPCs.
@@ -97,14 +100,8 @@ impl PeerClient {
     }
 }
 
-impl Default for PeerClient {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Makes one connection handle per Raft target.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PeerNetwork {
     client: PeerClient,
 }

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use gm::client::{Client, ClientError, RetryPolicy, SseParser};
-use gm::config::DevConfig;
-use gm::dev::{DevError, Exit, LocalCluster, NodeOutput};
+use gm::dev::{DevConfig, DevError, Exit, LocalCluster, NodeOutput};
 use gm::membership::{GroupName, MemberId, MemberSpec};
 use gm::wire::{JoinAnswer, Member, RevisionAnswer};
 use reqwest::header::HeaderMap;
@@ -71,20 +70,23 @@ pub struct Cluster {
 /// `n` nodes' processes, none started yet, with data dirs and logs in `dir`, on ports free now
 /// below the kernel's ephemeral range (32768 and up): a port the kernel handed out to `bind(0)`
 /// goes back to that range and can be taken by any outgoing connection before the node binds
-/// it. The first ports are random, so concurrent test processes rarely pick the same ones.
+/// it. The first ports are random, so concurrent test processes rarely pick the same ones; never
+/// one this process handed out before, since a port is free only until its node binds it.
 fn local_cluster(n: u64, extra_args: &[&str], dir: &std::path::Path) -> LocalCluster {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         let first_port = || rand::random::<u16>() % 20_000 + 12_000;
-        let config = DevConfig {
-            nodes: n,
-            data_dir: dir.to_owned(),
-            clean: false,
-            api_port: first_port(),
-            peer_port: first_port(),
-        };
+        let (api_port, peer_port) = (first_port(), first_port());
+        let ports: Vec<u16> = (0..n as u16).flat_map(|i| [api_port + i, peer_port + i]).collect();
+        if ports.iter().any(|p| given.contains(p)) {
+            continue;
+        }
+        let config = DevConfig { nodes: n, data_dir: dir.to_owned(), clean: false, api_port, peer_port };
         match LocalCluster::prepare(&config, &extra_args, NodeOutput::LogFiles) {
             Ok(mut local) => {
+                given.extend(ports);
                 local.set_executable(env!("CARGO_BIN_EXE_gm").into());
                 // Each node names itself, as a node started without `--name` does.
                 local.name_nodes(false);

@@ -6,22 +6,26 @@ use std::sync::Arc;
 
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::config::{Discovery, ServerConfig};
+pub mod config;
+
+use crate::discovery::identity::{self, Identity};
 use crate::discovery::static_peers::{self, DiscoveryError};
-use crate::membership::{NodeAdvert, NodeId};
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::leadership::{self, Duty};
+use crate::node::{self, Node};
 use crate::probe::check::Checker;
-use crate::probe::{handover, lease, prober, ProbeConfig};
+use crate::probe::lease::Leases;
+use crate::probe::peer::ProbePeers;
+use crate::probe::{self, handover, lease, prober, ProbeConfig};
 use crate::raft::log_store::{LogStore, LogStoreError};
 use crate::raft::network::{PeerClient, PeerNetwork};
-use crate::raft::peer::{self, PeerState};
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::Raft;
+use crate::raft::{self, Raft};
+use crate::tasks::{TaskError, Tasks};
+use config::{Discovery, ServerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -39,11 +43,20 @@ pub enum ServerError {
     Raft(String),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot build an HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Task(#[from] TaskError),
 }
 
 /// Runs a node until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let (id, from_host_name) = node_id(&config)?;
+    let Identity { id, advert } = identity::decide(&identity::Flags {
+        node_id: config.node_id,
+        name: config.name.as_deref(),
+        advertise_api: config.advertise_api.as_deref(),
+        api_addr: &config.api_addr,
+    })?;
     let peers = match config.discovery {
         Discovery::Static => static_peers::parse_peers(config.peers.as_deref().unwrap_or_default(), id)?,
         Discovery::Kubernetes => {
@@ -57,47 +70,49 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     let api_listener = listen(&config.api_addr).await?;
     let peer_listener = listen(&config.peer_addr).await?;
-    let advert = NodeAdvert {
-        name: node_name(&config, id, from_host_name),
-        api_address: advertised(config.advertise_api.as_deref(), &config.api_addr),
-    };
 
     let log_store = LogStore::open(&config.data_dir.join("log"))?;
     let sm_dir = config.data_dir.join("snapshot");
     let state_machine = StateMachineStore::open(&sm_dir)
         .map_err(|source| ServerError::StateMachine { dir: sm_dir.display().to_string(), source })?;
     let state = state_machine.handle();
-    let peer_client = PeerClient::new();
+    let peer_client = PeerClient::new()?;
     let network = PeerNetwork::new(peer_client.clone());
     let raft = Raft::new(id, raft_config(&config)?, network, log_store, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
 
     let cancel = CancellationToken::new();
-    let mut tasks = JoinSet::new();
+    let mut tasks = Tasks::default();
     let (node, batchers) =
         Node::start(id, raft.clone(), state, advert, peer_client, config.request_timeout, cancel.clone());
     for batcher in batchers {
-        tasks.spawn(async move {
+        tasks.spawn("batcher", async move {
             let _ = batcher.await;
         });
     }
+    tasks.spawn("raft", raft_running(raft.clone()));
     let metrics = Arc::new(Metrics::new()?);
-    let app = Arc::new(AppState { node: Arc::clone(&node), metrics: Arc::clone(&metrics) });
+    let leases = Arc::new(Leases::default());
+    let app =
+        Arc::new(AppState { node: Arc::clone(&node), metrics: Arc::clone(&metrics), leases: Arc::clone(&leases) });
 
-    let probe = ProbeConfig::from(&config);
-    let checker = Checker::new(probe.timeout);
-    let peer_state = Arc::new(PeerState { node: Arc::clone(&node), checker: checker.clone() });
-    tasks.spawn(serve(peer_listener, peer::router(peer_state), cancel.clone()));
-    tasks.spawn(prober::run(Arc::clone(&node), probe, checker, Arc::clone(&metrics), cancel.clone()));
-    tasks.spawn(handover::run(Arc::clone(&node), probe, cancel.clone()));
-    tasks.spawn(lease::run_expiry(Arc::clone(&node), Arc::clone(&metrics), cancel.clone()));
-    tasks.spawn(serve(api_listener, api::router(app), cancel.clone()));
-    tasks.spawn(Arc::clone(&node).keep_cluster_record(cancel.clone()));
-    {
-        let (metrics, node, cancel) = (Arc::clone(&metrics), Arc::clone(&node), cancel.clone());
-        tasks.spawn(async move { metrics.count_leader_changes(&node, cancel).await });
-    }
+    let probe = ProbeConfig {
+        interval: config.probe_interval,
+        timeout: config.probe_timeout,
+        suspect_after: config.suspect_after,
+    };
+    let checker = Checker::new(probe.timeout)?;
+    let probe_peers = ProbePeers { node: Arc::clone(&node), checker: checker.clone(), leases: Arc::clone(&leases) };
+    let peer_routes = raft::peer::router(raft.clone())
+        .merge(node::peer::router(Arc::clone(&node)))
+        .merge(probe::peer::router(Arc::new(probe_peers)));
+    tasks.spawn("peer listener", serve(peer_listener, peer_routes, cancel.clone()));
+    tasks.spawn("prober", prober::run(Arc::clone(&node), probe, checker, Arc::clone(&metrics), cancel.clone()));
+    tasks.spawn("API listener", serve(api_listener, api::router(app), cancel.clone()));
+    tasks.spawn("advert", Arc::clone(&node).keep_advert(cancel.clone()));
+    let duties = leader_duties(&node, probe, &leases, &metrics);
+    tasks.spawn("leadership", leadership::run(Arc::clone(&node), duties, Arc::clone(&metrics), cancel.clone()));
     tracing::info!(node = id, api = %config.api_addr, peer = %config.peer_addr, data_dir = %config.data_dir.display(), "gm server started");
 
     if let Err(e) = static_peers::bootstrap(&raft, id, &peers).await {
@@ -106,14 +121,46 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         return Err(e.into());
     }
 
-    shutdown.await;
-    tracing::info!(node = id, "shutting down");
+    let failed = tokio::select! {
+        () = shutdown => None,
+        failed = tasks.first_end() => Some(failed),
+    };
+    match &failed {
+        None => tracing::info!(node = id, "shutting down"),
+        Some(error) => tracing::error!(node = id, %error, "stopping the node"),
+    }
     cancel.cancel();
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not stop cleanly");
     }
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+    tasks.join_all().await;
+    failed.map_or(Ok(()), |e| Err(e.into()))
+}
+
+/// What this node does only while it leads: hand members of dead nodes over, expire leases,
+/// name the cluster.
+fn leader_duties(node: &Arc<Node>, probe: ProbeConfig, leases: &Arc<Leases>, metrics: &Arc<Metrics>) -> Vec<Duty> {
+    let handover: Duty = {
+        let node = Arc::clone(node);
+        Box::new(move |_, cancel| Box::pin(handover::run(Arc::clone(&node), probe, cancel)))
+    };
+    let expiry: Duty = {
+        let (node, leases, metrics) = (Arc::clone(node), Arc::clone(leases), Arc::clone(metrics));
+        Box::new(move |term, cancel| {
+            Box::pin(lease::run_expiry(Arc::clone(&node), Arc::clone(&leases), Arc::clone(&metrics), term, cancel))
+        })
+    };
+    let naming: Duty = {
+        let node = Arc::clone(node);
+        Box::new(move |_, cancel| Box::pin(leadership::name_cluster(Arc::clone(&node), cancel)))
+    };
+    vec![handover, expiry, naming]
+}
+
+/// Completes when Raft stops on a fatal error (a storage failure), which must stop the node.
+async fn raft_running(raft: Raft) {
+    let mut metrics = raft.metrics();
+    let _ = metrics.wait_for(|m| m.running_state.is_err()).await;
 }
 
 async fn listen(addr: &str) -> Result<TcpListener, ServerError> {
@@ -145,54 +192,6 @@ fn raft_config(config: &ServerConfig) -> Result<Arc<openraft::Config>, ServerErr
         ..Default::default()
     };
     raft.validate().map(Arc::new).map_err(|e| ServerError::Config(e.to_string()))
-}
-
-/// `--node-id`, or the StatefulSet ordinal in the host name plus one; and whether it came from
-/// the host name.
-fn node_id(config: &ServerConfig) -> Result<(NodeId, bool), ServerError> {
-    if let Some(id) = config.node_id {
-        return Ok((id, false));
-    }
-    host_name()
-        .as_deref()
-        .and_then(|h| h.rsplit_once('-'))
-        .and_then(|(_, ordinal)| ordinal.parse::<NodeId>().ok())
-        .map(|ordinal| (ordinal + 1, true))
-        .ok_or_else(|| {
-            ServerError::Config("--node-id is not set and the host name ends in no StatefulSet ordinal".into())
-        })
-}
-
-/// `--name`, else the host name when it gave the node id (a StatefulSet pod's own name), else
-/// `node-{id}`: the name the cluster is created with, so it never changes after start and
-/// several nodes on one host never share one.
-fn node_name(config: &ServerConfig, id: NodeId, from_host_name: bool) -> String {
-    config
-        .name
-        .clone()
-        .or_else(|| host_name().filter(|_| from_host_name))
-        .unwrap_or_else(|| static_peers::default_name(id))
-}
-
-fn host_name() -> Option<String> {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-}
-
-/// What to show others for a listen address: as given, or with the host name for 0.0.0.0.
-fn advertised(explicit: Option<&str>, listen: &str) -> String {
-    if let Some(addr) = explicit {
-        return addr.to_owned();
-    }
-    match listen.rsplit_once(':') {
-        Some(("0.0.0.0" | "[::]", port)) => {
-            format!("{}:{port}", host_name().unwrap_or_else(|| "localhost".into()))
-        }
-        _ => listen.to_owned(),
-    }
 }
 
 /// Completes on SIGTERM or Ctrl-C.

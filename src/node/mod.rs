@@ -1,5 +1,10 @@
 //! A GM node as the API sees it: writes that reach the leader from any node, linearizable
 //! reads by read-index (batched, never a log write), and what the node knows of the cluster.
+//! The Raft handle is private: the rest of gm asks the node, never Raft itself.
+
+mod batcher;
+pub mod leadership;
+pub mod peer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,12 +19,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::batcher::{Batcher, Limits};
-use crate::membership::{Command, GroupName, MemberId, NodeAdvert, NodeId};
-use crate::probe::lease::{Heartbeat, Leases};
+use crate::membership::{Command, NodeAdvert, NodeId};
 use crate::raft::network::{PeerClient, PeerError};
 use crate::raft::state_machine::StateHandle;
 use crate::raft::{Applied, Batch, NodeInfo, Raft};
+use batcher::{Batcher, Limits};
 
 /// Why a write or a linearizable read could not be served now. Retrying later may succeed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -44,16 +48,6 @@ impl From<PeerError> for NodeError {
     fn from(e: PeerError) -> Self {
         NodeError::Unavailable(e.to_string())
     }
-}
-
-/// Where a node's calls to its leader go.
-pub mod peer_path {
-    pub const WRITES: &str = "/forward/writes";
-    pub const READ_INDEX: &str = "/forward/read-index";
-    pub const HEARTBEAT: &str = "/forward/heartbeat";
-    pub const PING: &str = "/peer/ping";
-    pub const INDIRECT_PROBE: &str = "/probe/indirect";
-    pub const HEALTH: &str = "/cluster/health";
 }
 
 /// How long a follower waits for the leader's view of the nodes' health.
@@ -102,6 +96,29 @@ pub struct Leader {
     pub info: NodeInfo,
 }
 
+/// What this node's Raft knows of the cluster, read at one instant.
+#[derive(Clone, Debug)]
+pub struct RaftView {
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    /// The log index applied to the state last (0 before any).
+    pub applied_index: u64,
+    /// Every node of the membership: its addresses, and whether it is a voter (else a learner).
+    pub nodes: Vec<(NodeId, NodeInfo, bool)>,
+}
+
+impl RaftView {
+    /// The voters, with their peer addresses.
+    pub fn voters(&self) -> impl Iterator<Item = (NodeId, &str)> {
+        self.nodes.iter().filter(|(_, _, voter)| *voter).map(|(id, info, _)| (*id, info.peer_addr.as_str()))
+    }
+
+    /// The peer address of node `id`, if it is in the membership.
+    pub fn peer_addr(&self, id: NodeId) -> Option<&str> {
+        self.nodes.iter().find(|(n, _, _)| *n == id).map(|(_, info, _)| info.peer_addr.as_str())
+    }
+}
+
 /// Write batches: forwarded batches a follower has on the way to the leader at once, and
 /// proposals the leader has in its log pipeline at once; a batch (one log entry) holds about
 /// 64 KiB of commands, so that openraft's per-AppendEntries deadline (one heartbeat interval)
@@ -115,7 +132,7 @@ type WriteBatcher = Batcher<Command, Result<Applied, NodeError>>;
 /// One GM node: its Raft handle, its applied state, and its way to the leader.
 pub struct Node {
     pub id: NodeId,
-    pub raft: Raft,
+    raft: Raft,
     pub state: StateHandle,
     pub advert: NodeAdvert,
     peers: PeerClient,
@@ -128,8 +145,6 @@ pub struct Node {
     proposals: WriteBatcher,
     /// Cancelled when the node shuts down: long waits (watches, blocking queries) end with it.
     pub shutdown: CancellationToken,
-    /// Lease deadlines, used while this node leads.
-    pub leases: Leases,
 }
 
 impl Node {
@@ -167,7 +182,6 @@ impl Node {
                 forwards,
                 proposals,
                 shutdown: cancel.clone(),
-                leases: Leases::default(),
             }
         });
         (node, tasks)
@@ -182,8 +196,19 @@ impl Node {
         Some(Leader { id, info })
     }
 
-    pub fn is_leader(&self) -> bool {
-        self.leader_term().is_some()
+    /// What Raft knows of the cluster now.
+    pub fn raft_view(&self) -> RaftView {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let nodes =
+            membership.nodes().map(|(&id, info)| (id, info.clone(), membership.voter_ids().any(|v| v == id))).collect();
+        RaftView {
+            term: m.current_term,
+            leader: m.current_leader,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            nodes,
+        }
     }
 
     /// The current term, if this node leads in it.
@@ -202,23 +227,18 @@ impl Node {
         &self.peers
     }
 
-    /// Renews a lease-mode member's lease at the leader, wherever it is.
-    pub async fn heartbeat(&self, group: &GroupName, id: &MemberId) -> Result<Heartbeat, NodeError> {
-        let key = (group.clone(), id.clone());
-        self.on_leader(
-            || self.local_heartbeat(group, id),
-            |leader, left| self.call(leader, peer_path::HEARTBEAT, &key, left),
-        )
-        .await
-    }
-
-    /// The leader's half of a heartbeat: a linearizable look-up (sharing the batched read-index
-    /// rounds), then the renewal, only if this node still leads.
-    pub async fn local_heartbeat(&self, group: &GroupName, id: &MemberId) -> Result<Heartbeat, NodeError> {
-        self.linearize().await?;
-        let term = self.leader_term().ok_or(NodeError::NotLeader)?;
-        let m = self.state.read();
-        Ok(self.leases.heartbeat(term, &m.state, group, id, Instant::now()))
+    /// Runs `local` if this node leads, else sends `request` to the leader's peer `path`, whose
+    /// handler runs the leader's half and answers its result; asks the new leader if leadership
+    /// moves meanwhile; 503-worthy errors after the request timeout. For requests that are safe
+    /// to repeat (reads, lease renewals): a call to a leader that moved on may be sent again.
+    pub async fn at_leader<Req, Resp, L, LFut>(&self, path: &str, request: &Req, local: L) -> Result<Resp, NodeError>
+    where
+        Req: Serialize,
+        Resp: serde::de::DeserializeOwned,
+        L: Fn() -> LFut,
+        LFut: std::future::Future<Output = Result<Resp, NodeError>>,
+    {
+        self.on_leader(local, |leader, left| self.call(leader, path, request, left)).await
     }
 
     /// Commits `command` through the leader, wherever it is, within the request timeout.
@@ -294,7 +314,7 @@ impl Node {
             Some(leader) => {
                 let send = self.peers.call::<_, Vec<Result<Applied, NodeError>>>(
                     &leader.info.peer_addr,
-                    peer_path::WRITES,
+                    peer::path::WRITES,
                     &commands,
                     self.request_timeout,
                 );
@@ -371,8 +391,7 @@ impl Node {
     }
 
     async fn read_index_round(&self) -> Result<u64, NodeError> {
-        self.on_leader(|| self.local_read_index(), |leader, left| self.call(leader, peer_path::READ_INDEX, &(), left))
-            .await
+        self.at_leader(peer::path::READ_INDEX, &(), || self.local_read_index()).await
     }
 
     /// The current leader, waiting for an election to finish until `deadline`.
@@ -425,28 +444,19 @@ impl Node {
         if leader.id == self.id {
             return self.local_health().ok();
         }
-        self.call(leader, peer_path::HEALTH, &(), HEALTH_TIMEOUT).await.ok()
+        self.call(leader, peer::path::HEALTH, &(), HEALTH_TIMEOUT).await.ok()
     }
 
-    /// Keeps the replicated record of the cluster true: names the cluster once, and announces
-    /// this node's name and API address whenever the record differs.
-    pub async fn keep_cluster_record(self: Arc<Self>, cancel: CancellationToken) {
+    /// Keeps this node's name and API address in the replicated record of the cluster, until
+    /// `cancel`: announced at start, and again whenever the record differs.
+    pub async fn keep_advert(self: Arc<Self>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let (cluster_named, advertised) = {
-                let m = self.state.read();
-                (m.state.cluster_id().is_some(), m.state.advert(self.id) == Some(&self.advert))
-            };
-            if self.is_leader() && !cluster_named {
-                let cluster_id = uuid::Uuid::new_v4().to_string();
-                if let Err(error) = self.write_local(Command::InitCluster { cluster_id }).await {
-                    tracing::debug!(%error, "naming the cluster failed; will retry");
-                }
-            }
+            let advertised = self.state.read().state.advert(self.id) == Some(&self.advert);
             if !advertised && self.leader().is_some() {
                 let command = Command::AdvertiseNode { node: self.id, advert: self.advert.clone() };
                 if let Err(error) = self.write(command).await {

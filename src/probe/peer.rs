@@ -1,0 +1,50 @@
+//! Failure detection's node-to-node routes, served on `--peer-addr` beside Raft's: the leader's
+//! liveness ping of the other nodes, indirect probes of a suspect, and lease heartbeats that
+//! followers forward to the leader.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::post;
+use axum::{Json, Router};
+
+use super::check::{Checker, ProbeTarget};
+use super::lease::{self, Heartbeat, Leases};
+use super::path;
+use crate::membership::{GroupName, MemberId};
+use crate::node::{Node, NodeError};
+use crate::raft::network::PEER_BODY_LIMIT;
+
+/// What the routes reach.
+pub struct ProbePeers {
+    pub node: Arc<Node>,
+    /// Probes members for other nodes that suspect them.
+    pub checker: Checker,
+    pub leases: Arc<Leases>,
+}
+
+pub fn router(state: Arc<ProbePeers>) -> Router {
+    Router::new()
+        .route(path::PING, post(ping))
+        .route(path::INDIRECT_PROBE, post(indirect_probe))
+        .route(path::HEARTBEAT, post(forward_heartbeat))
+        .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
+        .with_state(state)
+}
+
+/// The leader's liveness check of this node: answers with this node's applied revision.
+async fn ping(State(peers): State<Arc<ProbePeers>>) -> Json<u64> {
+    Json(peers.node.state.revision())
+}
+
+/// Probes a member another node suspects (see [`Checker::probe`] for the answer).
+async fn indirect_probe(State(peers): State<Arc<ProbePeers>>, Json(target): Json<ProbeTarget>) -> Json<Option<bool>> {
+    Json(peers.checker.probe(&target).await)
+}
+
+async fn forward_heartbeat(
+    State(peers): State<Arc<ProbePeers>>,
+    Json((group, id)): Json<(GroupName, MemberId)>,
+) -> Json<Result<Heartbeat, NodeError>> {
+    Json(lease::local_heartbeat(&peers.node, &peers.leases, &group, &id).await)
+}

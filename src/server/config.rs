@@ -1,0 +1,81 @@
+//! The flags of `gm server`. Every flag also reads `GM_<FLAG>` from the environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::config::duration;
+use crate::membership::NodeId;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Discovery {
+    Static,
+    Kubernetes,
+}
+
+fn request_timeout(s: &str) -> Result<Duration, String> {
+    match duration(s) {
+        Ok(d) if d <= Duration::from_secs(10) && !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be more than 0 and at most 10s".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ServerConfig {
+    /// The Raft node id, a positive integer. Default: the pod's ordinal in its StatefulSet plus one,
+    /// read from the host name (`gm-cluster-2` is node 3).
+    #[arg(long, env = "GM_NODE_ID", value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_id: Option<NodeId>,
+    /// REST API, `/metrics` and health.
+    #[arg(long, env = "GM_API_ADDR", default_value = "0.0.0.0:8080")]
+    pub api_addr: String,
+    /// Raft and node-to-node traffic.
+    #[arg(long, env = "GM_PEER_ADDR", default_value = "0.0.0.0:7000")]
+    pub peer_addr: String,
+    /// The API address other nodes and `/v1/cluster` show. Default: the listen address, with the
+    /// host name in place of an unspecified IP.
+    #[arg(long, env = "GM_ADVERTISE_API")]
+    pub advertise_api: Option<String>,
+    /// The peer address other nodes use. Default: as for `--advertise-api`.
+    #[arg(long, env = "GM_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
+    /// Durable state: Raft log, vote and snapshots.
+    #[arg(long, env = "GM_DATA_DIR", default_value = "./gm-data")]
+    pub data_dir: PathBuf,
+    /// How peers are found: `static` reads `--peers`. `kubernetes` is reserved by the contract
+    /// and not available yet.
+    #[arg(long, env = "GM_DISCOVERY", value_enum, default_value = "static")]
+    pub discovery: Discovery,
+    /// Static discovery: every initial voter's peer address, `1=HOST:PORT,2=HOST:PORT,...`.
+    #[arg(long, env = "GM_PEERS")]
+    pub peers: Option<String>,
+    /// Probe period per member.
+    #[arg(long, env = "GM_PROBE_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub probe_interval: Duration,
+    /// One probe's deadline.
+    #[arg(long, env = "GM_PROBE_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    pub probe_timeout: Duration,
+    /// Consecutive failed probes before removal.
+    #[arg(long, env = "GM_SUSPECT_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub suspect_after: u32,
+    /// This node's name in `/v1/cluster`. Default: the host name.
+    #[arg(long, env = "GM_NAME")]
+    pub name: Option<String>,
+    /// Longest time a write or linearizable read waits before answering 503 (at most 10s, the
+    /// contract's bound).
+    #[arg(long, env = "GM_REQUEST_TIMEOUT", default_value = "5s", value_parser = request_timeout)]
+    pub request_timeout: Duration,
+    /// Leader heartbeat period.
+    /// openraft also gives each AppendEntries this long to complete.
+    #[arg(long, env = "GM_HEARTBEAT_INTERVAL", default_value = "100ms", value_parser = duration)]
+    pub heartbeat_interval: Duration,
+    /// Shortest election timeout; the longest is twice this. A follower waits for the longest
+    /// before it votes for a new leader, so failover takes 2 to 3 times this.
+    #[arg(long, env = "GM_ELECTION_TIMEOUT", default_value = "250ms", value_parser = duration)]
+    pub election_timeout: Duration,
+    /// Log entries between snapshots; older entries are then purged.
+    #[arg(long, env = "GM_SNAPSHOT_EVERY", default_value_t = 20_000)]
+    pub snapshot_every: u64,
+}

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::figures::latency;
 use super::BenchError;
-use crate::client::{Client, ClientError, RetryPolicy};
+use crate::client::{Client, RetryPolicy};
 use crate::dev::DevConfig;
 use crate::dev::LocalCluster;
 use crate::wire::Consistency;
@@ -120,23 +120,6 @@ pub(super) async fn find_leader(client: &Client, waited: Duration) -> Result<u64
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
-}
-
-/// A failed request: its status code, or what went wrong on the way (`timeout`, `connect`, ...).
-pub(super) type Failure = String;
-
-/// How a tally counts a failed request.
-pub(super) fn failure(error: &ClientError) -> Failure {
-    let kind = match error {
-        ClientError::Api { status, .. } => return status.to_string(),
-        ClientError::NoEndpointAnswered { last, .. } => return failure(last),
-        e if e.is_timeout() => "timeout",
-        e if e.is_connect() => "connect",
-        ClientError::Transport { source, .. } if source.is_body() || source.is_decode() => "body",
-        ClientError::Decode { .. } => "body",
-        _ => "request",
-    };
-    kind.to_owned()
 }
 
 /// Fails if a port the own cluster needs is taken: its node would exit, and the bench would

@@ -7,8 +7,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use super::cluster::Failure;
 use super::BenchError;
+use crate::client::ClientError;
 
 /// The largest latency the histograms tell apart, in microseconds (an hour).
 const LATENCY_CEILING_US: u64 = 3_600_000_000;
@@ -264,4 +264,21 @@ mod tests {
         assert_eq!(median(&[ms(1), ms(5), ms(9)]), Some(ms(5)));
         assert_eq!(median(&[ms(1), ms(3), ms(5), ms(9)]), Some(ms(4)));
     }
+}
+
+/// A failed request: its status code, or what went wrong on the way (`timeout`, `connect`, ...).
+pub(super) type Failure = String;
+
+/// How a tally counts a failed request.
+pub(super) fn failure(error: &ClientError) -> Failure {
+    let kind = match error {
+        ClientError::Api { status, .. } => return status.to_string(),
+        ClientError::NoEndpointAnswered { last, .. } => return failure(last),
+        e if e.is_timeout() => "timeout",
+        e if e.is_connect() => "connect",
+        ClientError::Transport { source, .. } if source.is_body() || source.is_decode() => "body",
+        ClientError::Decode { .. } => "body",
+        _ => "request",
+    };
+    kind.to_owned()
 }

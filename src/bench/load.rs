@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::cluster::{failure, find_leader, wait_ready, ClusterArgs, Failure, OwnCluster, READY_DEADLINE};
-use super::figures::{errors_text, latency, median, millis, Figures, Tally};
+use super::cluster::{find_leader, wait_ready, ClusterArgs, OwnCluster, READY_DEADLINE};
+use super::figures::{errors_text, failure, latency, median, millis, Failure, Figures, Tally};
 use super::{interruptible, BenchError};
 use crate::client::{Client, ErrorKind, RetryPolicy};
 use crate::dev::LocalCluster;

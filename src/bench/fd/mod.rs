@@ -33,8 +33,8 @@ use self::report::{
     false_evictions, false_evictions_json, false_evictions_text, seconds, Detection, Phase, Summary, Timeline, Victims,
 };
 use self::watch::Watches;
-use super::cluster::{failure, wait_ready, ClusterArgs, Failure, OwnCluster, READY_DEADLINE};
-use super::figures::{latency, per_second, Figures, Tally};
+use super::cluster::{wait_ready, ClusterArgs, OwnCluster, READY_DEADLINE};
+use super::figures::{failure, latency, per_second, Failure, Figures, Tally};
 use super::{interruptible, BenchError};
 use crate::client::{Client, RetryPolicy};
 use crate::membership::{Address, FailureDetection, GroupName, MemberId, MemberSpec, Metadata, DEFAULT_PROBE_PATH};

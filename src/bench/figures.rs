@@ -177,6 +177,23 @@ pub(super) fn median(sorted: &[Duration]) -> Option<Duration> {
     }
 }
 
+/// A failed request: its status code, or what went wrong on the way (`timeout`, `connect`, ...).
+pub(super) type Failure = String;
+
+/// How a tally counts a failed request.
+pub(super) fn failure(error: &ClientError) -> Failure {
+    let kind = match error {
+        ClientError::Api { status, .. } => return status.to_string(),
+        ClientError::NoEndpointAnswered { last, .. } => return failure(last),
+        e if e.is_timeout() => "timeout",
+        e if e.is_connect() => "connect",
+        ClientError::Transport { source, .. } if source.is_body() || source.is_decode() => "body",
+        ClientError::Decode { .. } => "body",
+        _ => "request",
+    };
+    kind.to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,21 +281,4 @@ mod tests {
         assert_eq!(median(&[ms(1), ms(5), ms(9)]), Some(ms(5)));
         assert_eq!(median(&[ms(1), ms(3), ms(5), ms(9)]), Some(ms(4)));
     }
-}
-
-/// A failed request: its status code, or what went wrong on the way (`timeout`, `connect`, ...).
-pub(super) type Failure = String;
-
-/// How a tally counts a failed request.
-pub(super) fn failure(error: &ClientError) -> Failure {
-    let kind = match error {
-        ClientError::Api { status, .. } => return status.to_string(),
-        ClientError::NoEndpointAnswered { last, .. } => return failure(last),
-        e if e.is_timeout() => "timeout",
-        e if e.is_connect() => "connect",
-        ClientError::Transport { source, .. } if source.is_body() || source.is_decode() => "body",
-        ClientError::Decode { .. } => "body",
-        _ => "request",
-    };
-    kind.to_owned()
 }

@@ -33,9 +33,15 @@ Logs: node N appends its log to <data-dir>/node-N.log (follow all of them with \
 `tail -f ./gm-dev-data/node-*.log`); this terminal shows gm dev's own lines: each node's URL and \
 pid, when the cluster is ready, and every exit and restart.
 
-Restarts: a node that exits, or is killed (`kill -9 PID` to watch a failover), is reported with its \
+Restarts: a node that exits, or is killed (`kill -9 PID`), is reported with its \
 exit status and restarted after 0.5 s. A node that exits 3 times in a row within 10 s of starting \
-is left stopped, and gm dev prints the `gm server` command to start it by hand.
+is left stopped, and gm dev prints the `gm server` command to start it by hand (gm dev does not \
+supervise a node started that way). A leader killed and restarted within half a second usually \
+leads again in the same term: to watch a failover, freeze the leader with `kill -STOP PID` instead \
+(`kill -CONT PID` resumes it).
+
+--clean deletes the data directory only if it holds nothing but gm dev's node-N directories and \
+logs. Each gm server locks its data directory: a second gm dev on the same data fails.
 
 gm dev exits with status 1 and one line saying why if a port is taken (nothing is started) or if \
 no node can run. Ctrl-C or SIGTERM stops every node (SIGTERM, then SIGKILL after 10 s) and keeps \
@@ -109,6 +115,12 @@ pub enum DevError {
     /// Every node exited before any became ready, so nothing is left to supervise.
     #[error("no node could start: all {nodes} exited before any was ready; {last}; logs in {logs}")]
     NoNodeStarted { nodes: usize, last: String, logs: String },
+    /// `--clean` was asked to delete a directory that holds more than a local cluster's data.
+    #[error(
+        "refusing to delete {path} for --clean: it holds {entry}, which is not a gm dev node's data; \
+         give --data-dir a directory of its own"
+    )]
+    NotDevData { path: String, entry: String },
     /// Every node has been given up on after exiting again and again.
     #[error("every node keeps exiting soon after it starts, so none is left running; {last}; logs in {logs}")]
     AllNodesDown { last: String, logs: String },
@@ -230,6 +242,7 @@ impl LocalCluster {
         let ports = layout(config)?;
         check_ports_free(&ports)?;
         if config.clean {
+            check_dev_data(&config.data_dir)?;
             match std::fs::remove_dir_all(&config.data_dir) {
                 Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
                     return Err(DevError::DataDir { path: config.data_dir.display().to_string(), error });
@@ -444,12 +457,37 @@ fn check_ports_free(ports: &[NodePorts]) -> Result<(), DevError> {
         flags.push(("--peer-port", new_peer, new_peer != peer));
     }
     let names = flags.iter().map(|(flag, _, _)| *flag).collect::<Vec<_>>().join(" and ");
-    let mut advice = format!("choose other ports with {names} (node N uses the port plus N - 1)");
+    // The ports are taken most often by another gm dev on the same data, which must not share it.
+    let mut advice = format!(
+        "if another gm dev runs, stop it or give this one its own --data-dir and other ports; \
+         choose other ports with {names} (node N uses the port plus N - 1)"
+    );
     if flags.iter().all(|(_, _, found)| *found) {
         let example = flags.iter().map(|(flag, base, _)| format!("{flag} {base}")).collect::<Vec<_>>().join(" ");
         let _ = write!(advice, ", for example `{example}`");
     }
     Err(DevError::PortsInUse { taken, advice })
+}
+
+/// Refuses a data dir that holds anything but a local cluster's `node-N` directories and
+/// `node-N.log` files (a `GM_DATA_DIR` meant for `gm server` must never be wiped by `--clean`).
+fn check_dev_data(dir: &Path) -> Result<(), DevError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(DevError::DataDir { path: dir.display().to_string(), error }),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name
+            .strip_prefix("node-")
+            .map(|rest| rest.strip_suffix(".log").unwrap_or(rest))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()));
+        if !ours {
+            return Err(DevError::NotDevData { path: dir.display().to_string(), entry: name });
+        }
+    }
+    Ok(())
 }
 
 /// A first port above `base`, in steps of 10, from which `n` ports are free on 127.0.0.1 and
@@ -860,7 +898,8 @@ impl Supervisor {
                 self.announced = true;
                 say(format_args!(
                     "cluster ready after {}: every node answers /readyz. Ctrl-C stops them all; to watch a failover, \
-                     kill -9 a node's pid and gm dev restarts it",
+                     freeze the leader with kill -STOP PID (kill -CONT PID resumes it); a node killed with kill -9 \
+                     is restarted",
                     seconds(self.started.elapsed())
                 ));
             }

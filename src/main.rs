@@ -28,8 +28,8 @@ enum CliCommand {
     Server(ServerConfig),
     /// Run a local cluster of separate `gm server` processes on 127.0.0.1.
     Dev(DevConfig),
-    /// Load a running cluster and print throughput, latency and failover time; `gm bench fd`
-    /// measures failure detection instead.
+    /// Load a cluster (its own local one, or `--endpoints`) and print throughput, latency and
+    /// failover time; `gm bench fd` measures failure detection instead.
     Bench(BenchConfig),
 }
 

@@ -773,6 +773,7 @@ fn bad_inputs() -> Vec<BadInput> {
     cases.push(bad_join("address not a string", json!({"address": 80})));
     cases.push(bad_join("body missing address", json!({"metadata": {}})));
     cases.push(bad_join("body JSON array", json!([])));
+    cases.push(bad_join("body an array of the fields in order", json!(["10.1.2.3:9021", {}, null, {"mode": "probe"}])));
     cases.push(bad_join("body JSON null", Value::Null));
     cases.push(bad_join_raw(
         "body not JSON",

@@ -33,6 +33,63 @@ fn configuration_errors_are_one_line() {
     assert_one_line_error(&run(&["--peers", "1=nowhere"]), "--peers");
     assert_one_line_error(&run(&[]), "--peers is required");
     assert_one_line_error(&run(&["--peers", "2=127.0.0.1:7999"]), "does not name this node");
+    assert_one_line_error(&run(&["--peers", "1=127.0.0.1:7101;2=127.0.0.1:7102"]), "--peers");
+    let other_port =
+        ["server", "--node-id", "1", "--peer-addr", "127.0.0.1:7199", "--peers", "1=127.0.0.1:7101,2=b:7102"];
+    assert_one_line_error(&gm(&other_port, dir.path()), "another port than this node's entry in --peers");
+}
+
+/// A port free now, below the ephemeral range so no outgoing connection takes it meanwhile.
+fn free_port() -> u16 {
+    loop {
+        let port = rand::random::<u16>() % 20_000 + 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One process per data dir, and a data dir resumes only the cluster it holds: a second process
+/// on it, or the same data started with other peer addresses (a copy, or ports that moved), is
+/// one line and changes nothing.
+#[tokio::test]
+async fn a_data_dir_serves_one_process_and_its_own_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (api, peer, other) = (free_port(), free_port(), free_port());
+    let (api_addr, peer_addr, other_addr) =
+        (format!("127.0.0.1:{api}"), format!("127.0.0.1:{peer}"), format!("127.0.0.1:{other}"));
+    let mut node = Command::new(env!("CARGO_BIN_EXE_gm"))
+        .args(["server", "--node-id", "1", "--api-addr", &api_addr, "--peer-addr", &peer_addr])
+        .args(["--peers", &format!("1={peer_addr}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start gm server");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !matches!(http.get(format!("http://{api_addr}/readyz")).send().await, Ok(r) if r.status() == 200) {
+        assert!(std::time::Instant::now() < deadline, "the node never got ready");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let second = ["server", "--node-id", "1", "--api-addr", "127.0.0.1:0", "--peer-addr", &other_addr];
+    let out = gm(&[&second[..], &["--peers", &format!("1={other_addr}")]].concat(), dir.path());
+    assert_one_line_error(&out, "is in use by another gm process");
+
+    node.kill().expect("kill");
+    node.wait().expect("wait");
+    let moved = ["server", "--node-id", "1", "--api-addr", "127.0.0.1:0", "--peer-addr", &other_addr];
+    let out = gm(&[&moved[..], &["--peers", &format!("1={other_addr}")]].concat(), dir.path());
+    // The log was opened (and says so) before its voters could be read: the error is the last line.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("gm: error: ") && last.contains("a copy of another cluster's data, or the ports moved"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("gm server started") && !stderr.contains("backtrace"), "{stderr}");
 }
 
 #[test]
@@ -40,6 +97,17 @@ fn a_taken_port_is_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
-    let out = gm(&["server", "--node-id", "1", "--api-addr", &addr, "--peers", "1=127.0.0.1:7999"], dir.path());
+    let args = [
+        "server",
+        "--node-id",
+        "1",
+        "--api-addr",
+        &addr,
+        "--peer-addr",
+        "127.0.0.1:7999",
+        "--peers",
+        "1=127.0.0.1:7999",
+    ];
+    let out = gm(&args, dir.path());
     assert_one_line_error(&out, &addr);
 }

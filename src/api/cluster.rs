@@ -75,9 +75,14 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<HealthAnswe
     if !in_cluster {
         return Err(ApiError::Unavailable("this node is not in the cluster yet".into()));
     }
+    let not_ready = || match app.node.leader() {
+        None => ApiError::Unavailable("no leader is known: the cluster has no quorum".into()),
+        Some(_) => ApiError::Unavailable("this node has not caught up with the leader".into()),
+    };
     tokio::time::timeout(READY_TIMEOUT, app.node.linearize())
         .await
-        .map_err(|_| ApiError::Unavailable("this node has not caught up with the leader".into()))??;
+        .map_err(|_| not_ready())?
+        .map_err(|_| not_ready())?;
     // Ready means `/v1/cluster` already tells who this node is.
     let m = app.node.state.read();
     if m.state.cluster_id().is_none() {

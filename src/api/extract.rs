@@ -46,6 +46,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             ));
         }
         let bytes = read_limited(req.into_body(), MAX_BODY_BYTES).await?.ok_or_else(too_large)?;
+        // serde would also read a struct from an array of its fields in order; the contract's
+        // bodies are objects with named fields.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::InvalidArgument("invalid body: it must be a JSON object".into()));
+        }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::InvalidArgument(format!("invalid body: {e}")))

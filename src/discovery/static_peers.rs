@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::identity::default_name;
-use crate::membership::NodeId;
+use crate::membership::{Address, NodeId};
 use crate::raft::{NodeInfo, Raft};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,13 @@ pub enum DiscoveryError {
     Initialize(String),
     #[error("--node-id is not set and the host name ends in no StatefulSet ordinal")]
     NoNodeId,
+    /// The data dir holds a cluster whose voters are not the ones `--peers` names: a copy of
+    /// another cluster's data, or ports that moved. Joining would pass one node off as another.
+    #[error(
+        "the data dir holds a cluster whose voters are {stored}, but --peers names {given}: it is a copy of \
+         another cluster's data, or the ports moved; start this node on an empty --data-dir (gm dev: --clean)"
+    )]
+    PeersChanged { stored: String, given: String },
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`, which must name node `me`.
@@ -30,11 +37,8 @@ pub fn parse_peers(spec: &str, me: NodeId) -> Result<BTreeMap<NodeId, String>, D
         let bad = || DiscoveryError::BadPeer(item.to_owned());
         let (id, addr) = item.split_once('=').ok_or_else(bad)?;
         let id: NodeId = id.trim().parse().ok().filter(|&id| id > 0).ok_or_else(bad)?;
-        let addr = addr.trim();
-        if addr.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
-            return Err(bad());
-        }
-        if peers.insert(id, addr.to_owned()).is_some() {
+        let addr = Address::parse(addr.trim()).map_err(|_| bad())?.to_string();
+        if peers.insert(id, addr).is_some() {
             return Err(DiscoveryError::Duplicate(id));
         }
     }
@@ -65,6 +69,27 @@ pub async fn bootstrap(raft: &Raft, me: NodeId, peers: &BTreeMap<NodeId, String>
     raft.initialize(members).await.map_err(|e| DiscoveryError::Initialize(e.to_string()))
 }
 
+/// For a node with state: fails unless the voters it holds are at the addresses `--peers` names.
+pub async fn check_resumed(raft: &Raft, peers: &BTreeMap<NodeId, String>) -> Result<(), DiscoveryError> {
+    if !raft.is_initialized().await.map_err(|e| DiscoveryError::Initialize(e.to_string()))? {
+        return Ok(());
+    }
+    // The state is loaded when Raft starts; its metrics show it once the core has run.
+    let mut metrics = raft.metrics();
+    let loaded = metrics.wait_for(|m| m.membership_config.log_id().is_some());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), loaded).await;
+    let stored: BTreeMap<NodeId, String> = {
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        membership.voter_ids().filter_map(|id| Some((id, membership.get_node(&id)?.peer_addr.clone()))).collect()
+    };
+    if &stored == peers {
+        return Ok(());
+    }
+    let show = |p: &BTreeMap<NodeId, String>| p.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
+    Err(DiscoveryError::PeersChanged { stored: show(&stored), given: show(peers) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,7 +104,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_peers() {
-        for bad in ["", "2=a:1", "1", "x=a:1", "0=a:1", "1=a", "1=a:x", "1=:80", "1=a:1,1=b:2"] {
+        for bad in
+            ["", "2=a:1", "1=a:1;2=b:2", "1=a b:1", "1", "x=a:1", "0=a:1", "1=a", "1=a:x", "1=:80", "1=a:1,1=b:2"]
+        {
             assert!(parse_peers(bad, 1).is_err(), "{bad}");
         }
     }

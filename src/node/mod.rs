@@ -385,7 +385,10 @@ impl Node {
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => {
                 Err(NodeError::NotLeader)
             }
-            Err(RaftError::APIError(e)) => Err(NodeError::Unavailable(e.to_string())),
+            // openraft's message lists the whole membership: say what it means instead.
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(NodeError::Unavailable("the leader cannot reach a majority of the voters".into()))
+            }
             Err(RaftError::Fatal(_)) => Err(NodeError::ShuttingDown),
         }
     }
@@ -426,7 +429,8 @@ impl Node {
                     return (id, NodeHealth { reachable: true, last_contact_ms: Some(0), lag_entries: Some(0) });
                 }
                 let contact = self.peers.contacts().get(id);
-                let matched = m.replication.as_ref().and_then(|r| r.get(&id)).map(|l| l.map_or(0, |l| l.index));
+                // Nothing matched yet (a new leader that has not reached it): the lag is unknown.
+                let matched = m.replication.as_ref().and_then(|r| r.get(&id)).and_then(|l| l.map(|l| l.index));
                 let health = NodeHealth {
                     reachable: contact.is_some_and(|c| c.reachable),
                     last_contact_ms: contact.and_then(|c| c.since_answer).map(|d| d.as_millis() as u64),

@@ -18,7 +18,13 @@ pub struct Contacts {
     peers: Arc<Mutex<HashMap<NodeId, Contact>>>,
 }
 
-#[derive(Clone, Copy)]
+/// How long a peer that answered before must stay silent before it is called unreachable: one
+/// timed-out RPC on a loaded machine is not news.
+const WARN_AFTER: Duration = Duration::from_secs(1);
+/// The same for a peer that never answered: the nodes of a cluster start in any order.
+const WARN_NEVER_ANSWERED_AFTER: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Default)]
 struct Contact {
     /// Whether the latest RPC got an answer.
     reachable: bool,
@@ -26,6 +32,8 @@ struct Contact {
     last_answer: Option<Instant>,
     /// When the peer stopped answering, while it does not.
     down_since: Option<Instant>,
+    /// Whether its silence was logged (so its return will be too).
+    warned: bool,
 }
 
 /// A peer as this node last heard from it.
@@ -44,36 +52,36 @@ impl Contacts {
     /// Records that `peer` answered an RPC.
     pub fn answered(&self, peer: NodeId, addr: &str) {
         let now = Instant::now();
-        let was_down = self.with(|peers| {
-            let c = peers.entry(peer).or_insert(Contact { reachable: false, last_answer: None, down_since: None });
-            let was_down = c.down_since.take();
-            *c = Contact { reachable: true, last_answer: Some(now), down_since: None };
-            was_down
+        let back = self.with(|peers| {
+            let c = peers.entry(peer).or_default();
+            let back = c.down_since.filter(|_| c.warned);
+            *c = Contact { reachable: true, last_answer: Some(now), down_since: None, warned: false };
+            back
         });
-        if let Some(since) = was_down {
+        if let Some(since) = back {
             tracing::info!(peer, addr, down_ms = (now - since).as_millis() as u64, "peer reachable again");
         }
     }
 
-    /// Records that an RPC to `peer` got no answer (refused, broken or timed out).
-    pub fn failed(&self, peer: NodeId, addr: &str, error: &(dyn Error + 'static)) {
+    /// Records that an RPC to `peer` got no answer (refused, broken or timed out); true when that
+    /// makes the peer unreachable news, logged once.
+    pub fn failed(&self, peer: NodeId, addr: &str, error: &(dyn Error + 'static)) -> bool {
         let now = Instant::now();
-        let newly_down = self.with(|peers| {
-            let c = peers.entry(peer).or_insert(Contact { reachable: false, last_answer: None, down_since: None });
+        let down_for = self.with(|peers| {
+            let c = peers.entry(peer).or_default();
             c.reachable = false;
-            let newly_down = c.down_since.is_none();
-            c.down_since.get_or_insert(now);
-            newly_down.then_some(c.last_answer.is_some())
+            let since = *c.down_since.get_or_insert(now);
+            let grace = if c.last_answer.is_some() { WARN_AFTER } else { WARN_NEVER_ANSWERED_AFTER };
+            let news = !c.warned && now - since >= grace;
+            c.warned |= news;
+            news.then_some(now - since)
         });
-        // The innermost cause says what happened (refused, timed out); the others what was tried.
-        let cause = std::iter::successors(Some(error), |&e| e.source()).last().unwrap_or(error);
-        match newly_down {
-            // It answered before: this is news an operator wants.
-            Some(true) => tracing::warn!(peer, addr, error = %cause, "peer unreachable"),
-            // Never reached yet: peers of a cluster that is starting come up in any order.
-            Some(false) => tracing::debug!(peer, addr, error = %cause, "peer not reachable yet"),
-            None => {}
+        if let Some(down_for) = down_for {
+            // The innermost cause says what happened (refused, timed out); the others what was tried.
+            let cause = std::iter::successors(Some(error), |&e| e.source()).last().unwrap_or(error);
+            tracing::warn!(peer, addr, down_ms = down_for.as_millis() as u64, error = %cause, "peer unreachable");
         }
+        down_for.is_some()
     }
 
     /// How `peer` last answered, if an RPC was ever sent to it.
@@ -109,5 +117,27 @@ mod tests {
         let c = contacts.get(2).unwrap();
         assert!(!c.reachable);
         assert_eq!(c.since_answer, Some(Duration::from_millis(300)), "the last answer stays known");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_news_once_and_only_when_it_lasts() {
+        let contacts = Contacts::default();
+        let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        // A cluster starting: a peer not up yet is no news for a while.
+        assert!(!contacts.failed(2, "h:1", &timeout));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(!contacts.failed(2, "h:1", &timeout));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(contacts.failed(2, "h:1", &timeout), "never answered for 5 s");
+        contacts.answered(2, "h:1");
+        // One slow RPC of a live peer is no news; a second after, it is, once.
+        assert!(!contacts.failed(2, "h:1", &timeout));
+        contacts.answered(2, "h:1");
+        assert!(!contacts.failed(2, "h:1", &timeout));
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!contacts.failed(2, "h:1", &timeout));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(contacts.failed(2, "h:1", &timeout));
+        assert!(!contacts.failed(2, "h:1", &timeout), "logged once");
     }
 }

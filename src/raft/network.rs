@@ -148,7 +148,9 @@ impl PeerConnection {
         let contacts = self.client.contacts();
         match &result {
             Ok(_) | Err(PeerError::Status { .. }) => contacts.answered(self.target, &self.addr),
-            Err(e) => contacts.failed(self.target, &self.addr, e),
+            Err(e) => {
+                contacts.failed(self.target, &self.addr, e);
+            }
         }
         result
     }

@@ -48,7 +48,8 @@ pub struct ServerConfig {
     /// and not available yet.
     #[arg(long, env = "GM_DISCOVERY", value_enum, default_value = "static")]
     pub discovery: Discovery,
-    /// Static discovery: every initial voter's peer address, `1=HOST:PORT,2=HOST:PORT,...`.
+    /// Static discovery (required with it): every initial voter's peer address,
+    /// `1=HOST:PORT,2=HOST:PORT,...`. A node with state must be given the voters it holds.
     #[arg(long, env = "GM_PEERS")]
     pub peers: Option<String>,
     /// Probe period per member.
@@ -57,10 +58,12 @@ pub struct ServerConfig {
     /// One probe's deadline.
     #[arg(long, env = "GM_PROBE_TIMEOUT", default_value = "500ms", value_parser = duration)]
     pub probe_timeout: Duration,
-    /// Consecutive failed probes before removal.
+    /// Consecutive failed probes before a member is suspected; it is removed if no other node
+    /// reaches it either.
     #[arg(long, env = "GM_SUSPECT_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub suspect_after: u32,
-    /// This node's name in `/v1/cluster`. Default: the host name.
+    /// This node's name in `/v1/cluster`. Default: `node-{id}`, or the host name when the node
+    /// id comes from it (a StatefulSet pod).
     #[arg(long, env = "GM_NAME")]
     pub name: Option<String>,
     /// Longest time a write or linearizable read waits before answering 503 (at most 10s, the

@@ -33,6 +33,10 @@ pub enum ServerError {
     Config(String),
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    #[error("{dir} is in use by another gm process; each node needs a data dir of its own")]
+    DataDirInUse { dir: String },
+    #[error("cannot lock {dir}: {source}")]
+    DataDirLock { dir: String, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
     #[error("cannot open the Raft log: {0}")]
@@ -68,6 +72,14 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     if let Some(mine) = config.advertise_peer.as_deref().filter(|a| peers.get(&id).is_some_and(|p| p != a)) {
         return Err(ServerError::Config(format!("--advertise-peer {mine} differs from this node's entry in --peers")));
     }
+    let port = |addr: &str| addr.rsplit_once(':').map(|(_, port)| port.to_owned());
+    if let Some(entry) = peers.get(&id).filter(|entry| port(entry) != port(&config.peer_addr)) {
+        return Err(ServerError::Config(format!(
+            "--peer-addr {} listens on another port than this node's entry in --peers, {entry}",
+            config.peer_addr
+        )));
+    }
+    let _lock = lock_data_dir(&config.data_dir)?;
     let api_listener = listen(&config.api_addr).await?;
     let peer_listener = listen(&config.peer_addr).await?;
 
@@ -81,6 +93,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let raft = Raft::new(id, raft_config(&config)?, network, log_store, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
+
+    if let Err(e) = static_peers::check_resumed(&raft, &peers).await {
+        let _ = raft.shutdown().await;
+        return Err(e.into());
+    }
 
     let cancel = CancellationToken::new();
     let mut tasks = Tasks::default();
@@ -161,6 +178,20 @@ fn leader_duties(node: &Arc<Node>, probe: ProbeConfig, leases: &Arc<Leases>, met
 async fn raft_running(raft: Raft) {
     let mut metrics = raft.metrics();
     let _ = metrics.wait_for(|m| m.running_state.is_err()).await;
+}
+
+/// Locks the data dir for this process's life (the lock goes with the returned file): two
+/// processes writing one Raft log corrupt it.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
+    let failed = |source| ServerError::DataDirLock { dir: dir.display().to_string(), source };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let file =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::DataDirInUse { dir: dir.display().to_string() }),
+        Err(std::fs::TryLockError::Error(source)) => Err(failed(source)),
+    }
 }
 
 async fn listen(addr: &str) -> Result<TcpListener, ServerError> {

@@ -21,6 +21,10 @@ pub enum DiscoveryError {
     Initialize(String),
     #[error("--node-id is not set and the host name ends in no StatefulSet ordinal")]
     NoNodeId,
+    #[error("--pod-name {pod:?} is not {statefulset}-ORDINAL")]
+    PodName { pod: String, statefulset: String },
+    #[error("kubernetes: {0}")]
+    Kubernetes(String),
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`, which must name node `me`.

@@ -1,6 +1,7 @@
 //! `gm server`: opens the durable state, starts Raft, the peer and API listeners and the
 //! background tasks, and stops them all on SIGTERM or Ctrl-C.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -12,7 +13,9 @@ use crate::api::{self, AppState};
 pub mod config;
 
 use crate::discovery::identity::{self, Identity};
+use crate::discovery::kubernetes::{self, Kubernetes};
 use crate::discovery::static_peers::{self, DiscoveryError};
+use crate::membership::{NodeAdvert, NodeId};
 use crate::metrics::Metrics;
 use crate::node::leadership::{self, Duty};
 use crate::node::{self, Node};
@@ -51,23 +54,7 @@ pub enum ServerError {
 
 /// Runs a node until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let Identity { id, advert } = identity::decide(&identity::Flags {
-        node_id: config.node_id,
-        name: config.name.as_deref(),
-        advertise_api: config.advertise_api.as_deref(),
-        api_addr: &config.api_addr,
-    })?;
-    let peers = match config.discovery {
-        Discovery::Static => static_peers::parse_peers(config.peers.as_deref().unwrap_or_default(), id)?,
-        Discovery::Kubernetes => {
-            return Err(ServerError::Config(
-                "--discovery kubernetes is reserved and not available yet; use --discovery static with --peers".into(),
-            ))
-        }
-    };
-    if let Some(mine) = config.advertise_peer.as_deref().filter(|a| peers.get(&id).is_some_and(|p| p != a)) {
-        return Err(ServerError::Config(format!("--advertise-peer {mine} differs from this node's entry in --peers")));
-    }
+    let (id, advert, discovery) = discover(&config).await?;
     let api_listener = listen(&config.api_addr).await?;
     let peer_listener = listen(&config.peer_addr).await?;
 
@@ -76,7 +63,13 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let state_machine = StateMachineStore::open(&sm_dir)
         .map_err(|source| ServerError::StateMachine { dir: sm_dir.display().to_string(), source })?;
     let state = state_machine.handle();
-    let peer_client = PeerClient::new()?;
+    let peer_client = match &discovery {
+        Peers::Static(_) => PeerClient::new()?,
+        Peers::Kubernetes(kube) => {
+            let kube = kube.clone();
+            PeerClient::with_resolver(Arc::new(move |host: &str| kube.resolve(host)))?
+        }
+    };
     let network = PeerNetwork::new(peer_client.clone());
     let raft = Raft::new(id, raft_config(&config)?, network, log_store, state_machine)
         .await
@@ -115,16 +108,50 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     tasks.spawn("leadership", leadership::run(Arc::clone(&node), duties, Arc::clone(&metrics), cancel.clone()));
     tracing::info!(node = id, api = %config.api_addr, peer = %config.peer_addr, data_dir = %config.data_dir.display(), "gm server started");
 
-    if let Err(e) = static_peers::bootstrap(&raft, id, &peers).await {
-        cancel.cancel();
-        let _ = raft.shutdown().await;
-        return Err(e.into());
+    if let Peers::Kubernetes(kube) = &discovery {
+        tasks.spawn("pod watch", kube.clone().watch_pods(cancel.clone()));
+        tasks.spawn("statefulset watch", kube.clone().watch_statefulset(cancel.clone()));
     }
 
-    let failed = tokio::select! {
-        () = shutdown => None,
-        failed = tasks.first_end() => Some(failed),
+    let mut shutdown = std::pin::pin!(shutdown);
+    let bootstrap = async {
+        match &discovery {
+            Peers::Static(peers) => static_peers::bootstrap(&raft, id, peers).await,
+            Peers::Kubernetes(kube) => kube.bootstrap(&raft, id, &config.data_dir).await,
+        }
     };
+    let stopped_early = tokio::select! {
+        result = bootstrap => match result {
+            Ok(()) => false,
+            Err(e) => {
+                cancel.cancel();
+                let _ = raft.shutdown().await;
+                tasks.join_all().await;
+                return Err(e.into());
+            }
+        },
+        () = &mut shutdown => true,
+        failed = tasks.first_end() => return stop(id, cancel, raft, tasks, Some(failed)).await,
+    };
+    let failed = if stopped_early {
+        None
+    } else {
+        tokio::select! {
+            () = &mut shutdown => None,
+            failed = tasks.first_end() => Some(failed),
+        }
+    };
+    stop(id, cancel, raft, tasks, failed).await
+}
+
+/// Stops every task and Raft; the node's result is `failed`, if a task ended on its own.
+async fn stop(
+    id: NodeId,
+    cancel: CancellationToken,
+    raft: Raft,
+    mut tasks: Tasks,
+    failed: Option<TaskError>,
+) -> Result<(), ServerError> {
     match &failed {
         None => tracing::info!(node = id, "shutting down"),
         Some(error) => tracing::error!(node = id, %error, "stopping the node"),
@@ -135,6 +162,83 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     tasks.join_all().await;
     failed.map_or(Ok(()), |e| Err(e.into()))
+}
+
+/// How this node finds its peers.
+enum Peers {
+    /// `--peers`: every initial voter's peer address.
+    Static(BTreeMap<NodeId, String>),
+    /// The StatefulSet's pods, through the Kubernetes API.
+    Kubernetes(Kubernetes),
+}
+
+/// Decides who this node is and how it finds its peers.
+async fn discover(config: &ServerConfig) -> Result<(NodeId, NodeAdvert, Peers), ServerError> {
+    match config.discovery {
+        Discovery::Static => {
+            let Identity { id, advert } = identity::decide(&identity::Flags {
+                node_id: config.node_id,
+                name: config.name.as_deref(),
+                advertise_api: config.advertise_api.as_deref(),
+                api_addr: &config.api_addr,
+            })?;
+            let peers = static_peers::parse_peers(config.peers.as_deref().unwrap_or_default(), id)?;
+            if let Some(mine) = config.advertise_peer.as_deref().filter(|a| peers.get(&id).is_some_and(|p| p != a)) {
+                return Err(ServerError::Config(format!(
+                    "--advertise-peer {mine} differs from this node's entry in --peers"
+                )));
+            }
+            Ok((id, advert, Peers::Static(peers)))
+        }
+        Discovery::Kubernetes => {
+            let settings = kubernetes_settings(config)?;
+            let Identity { id, advert } = settings.identity()?;
+            if config.node_id.is_some_and(|n| n != id) {
+                return Err(ServerError::Config(format!(
+                    "--node-id differs from the id of --pod-name {} ({id}) with kubernetes discovery",
+                    settings.pod_name
+                )));
+            }
+            let kube = Kubernetes::connect(settings).await?;
+            tracing::info!(node = id, pod = %advert.name, pod_ip = ?config.kubernetes.pod_ip, "kubernetes discovery");
+            Ok((id, advert, Peers::Kubernetes(kube)))
+        }
+    }
+}
+
+/// The settings of `--discovery kubernetes`; a missing flag is an error that names it.
+fn kubernetes_settings(config: &ServerConfig) -> Result<kubernetes::Settings, ServerError> {
+    let k = &config.kubernetes;
+    let required = |value: &Option<String>, flag: &str, env: &str| {
+        value
+            .clone()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ServerError::Config(format!("--discovery kubernetes needs {flag} (or {env})")))
+    };
+    for (flag, given) in [
+        ("--peers", config.peers.is_some()),
+        ("--advertise-api", config.advertise_api.is_some()),
+        ("--advertise-peer", config.advertise_peer.is_some()),
+        ("--name", config.name.is_some()),
+    ] {
+        if given {
+            return Err(ServerError::Config(format!("{flag} is not used with kubernetes discovery: the pod decides")));
+        }
+    }
+    let port = |addr: &str, flag: &str| {
+        addr.rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .ok_or_else(|| ServerError::Config(format!("{flag} {addr} has no port")))
+    };
+    Ok(kubernetes::Settings {
+        pod_name: required(&k.pod_name, "--pod-name", "GM_POD_NAME")?,
+        namespace: required(&k.namespace, "--namespace", "GM_NAMESPACE")?,
+        statefulset: required(&k.statefulset, "--statefulset", "GM_STATEFULSET")?,
+        service: required(&k.service, "--service", "GM_SERVICE")?,
+        pod_selector: required(&k.pod_selector, "--pod-selector", "GM_POD_SELECTOR")?,
+        api_port: port(&config.api_addr, "--api-addr")?,
+        peer_port: port(&config.peer_addr, "--peer-addr")?,
+    })
 }
 
 /// What this node does only while it leads: hand members of dead nodes over, expire leases,

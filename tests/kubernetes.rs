@@ -79,6 +79,8 @@ async fn parallel_starts(replicas: u64, runs: usize) {
         start_all_with_delays(&mut sim, replicas, Duration::from_millis(1500)).await;
         let id = one_cluster(&mut sim, replicas).await;
         assert_one_marker(&sim, replicas);
+        let marked = sim.marker().and_then(|m| m.data).map(|d| d["cluster-id"].clone());
+        assert_eq!(marked.as_ref(), Some(&id), "the cluster id is the marker's");
         eprintln!("run {run} of {replicas} pods: cluster {id}");
     }
 }

@@ -104,7 +104,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     tasks.spawn("prober", prober::run(Arc::clone(&node), probe, checker, Arc::clone(&metrics), cancel.clone()));
     tasks.spawn("API listener", serve(api_listener, api::router(app), cancel.clone()));
     tasks.spawn("advert", Arc::clone(&node).keep_advert(cancel.clone()));
-    let duties = leader_duties(&node, probe, &leases, &metrics);
+    let duties = leader_duties(&node, probe, &leases, &metrics, &discovery);
     tasks.spawn("leadership", leadership::run(Arc::clone(&node), duties, Arc::clone(&metrics), cancel.clone()));
     tracing::info!(node = id, api = %config.api_addr, peer = %config.peer_addr, data_dir = %config.data_dir.display(), "gm server started");
 
@@ -243,7 +243,13 @@ fn kubernetes_settings(config: &ServerConfig) -> Result<kubernetes::Settings, Se
 
 /// What this node does only while it leads: hand members of dead nodes over, expire leases,
 /// name the cluster.
-fn leader_duties(node: &Arc<Node>, probe: ProbeConfig, leases: &Arc<Leases>, metrics: &Arc<Metrics>) -> Vec<Duty> {
+fn leader_duties(
+    node: &Arc<Node>,
+    probe: ProbeConfig,
+    leases: &Arc<Leases>,
+    metrics: &Arc<Metrics>,
+    discovery: &Peers,
+) -> Vec<Duty> {
     let handover: Duty = {
         let node = Arc::clone(node);
         Box::new(move |_, cancel| Box::pin(handover::run(Arc::clone(&node), probe, cancel)))
@@ -256,9 +262,44 @@ fn leader_duties(node: &Arc<Node>, probe: ProbeConfig, leases: &Arc<Leases>, met
     };
     let naming: Duty = {
         let node = Arc::clone(node);
-        Box::new(move |_, cancel| Box::pin(leadership::name_cluster(Arc::clone(&node), cancel)))
+        match discovery {
+            Peers::Static(_) => {
+                Box::new(move |_, cancel| Box::pin(leadership::name_cluster(Arc::clone(&node), cancel)))
+            }
+            Peers::Kubernetes(kube) => {
+                let kube = kube.clone();
+                Box::new(move |_, cancel| Box::pin(name_cluster_from_marker(Arc::clone(&node), kube.clone(), cancel)))
+            }
+        }
     };
     vec![handover, expiry, naming]
+}
+
+/// The naming duty with Kubernetes discovery: the cluster takes the id its bootstrap marker
+/// records, so `/v1/cluster` and the marker ConfigMap agree.
+async fn name_cluster_from_marker(node: Arc<Node>, kube: Kubernetes, cancel: CancellationToken) {
+    if node.state.read().state.cluster_id().is_some() {
+        return;
+    }
+    let marked = tokio::select! {
+        () = cancel.cancelled() => return,
+        marked = kube.marker_cluster_id() => marked,
+    };
+    let Some(cluster_id) = marked else {
+        tracing::warn!("the cluster has no bootstrap marker; naming it with a new id");
+        return leadership::name_cluster(node, cancel).await;
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    while node.state.read().state.cluster_id().is_none() {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let command = crate::membership::Command::InitCluster { cluster_id: cluster_id.clone() };
+        if let Err(error) = node.write_local(command).await {
+            tracing::debug!(%error, "naming the cluster failed; will retry");
+        }
+    }
 }
 
 /// Completes when Raft stops on a fatal error (a storage failure), which must stop the node.

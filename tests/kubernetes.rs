@@ -199,3 +199,44 @@ async fn watches_resync_after_drops_and_410() {
     sim.start_pod(2);
     one_cluster(&mut sim, 3).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ordinal_0_restarted_between_marker_and_initialize_creates_the_cluster() {
+    let mut sim = StatefulSetSim::new(3).await;
+    // As if ordinal 0 had written its claim and created the marker, then died before Raft was
+    // initialized: the marker holds its own claim, so it goes on.
+    let claim = "claimed-by-ordinal-0";
+    std::fs::create_dir_all(sim.data_dir(0)).expect("data dir");
+    std::fs::write(sim.data_dir(0).join("bootstrap-claim"), claim).expect("claim");
+    let voter = |ordinal: u64| {
+        let host = format!("{}.{}.{}.svc", sim.pod_name(ordinal), sim.service, sim.namespace);
+        let peer_addr = format!("{host}:{}", sim.peer_port);
+        serde_json::json!({"name": sim.pod_name(ordinal), "api_addr": "", "peer_addr": peer_addr})
+    };
+    let voters = serde_json::json!({"1": voter(0), "2": voter(1), "3": voter(2)});
+    let data = [("cluster-id", claim.to_owned()), ("voters", voters.to_string()), ("created-by", sim.pod_name(0))];
+    sim.fake.set_config_map(&sim.namespace, "gm-cluster-bootstrap", data.map(|(k, v)| (k.to_owned(), v)).into());
+    for ordinal in 0..3 {
+        sim.start_pod(ordinal);
+    }
+    assert_eq!(one_cluster(&mut sim, 3).await, claim);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_back_at_a_new_ip_is_reached_there() {
+    let mut sim = StatefulSetSim::new(3).await;
+    for ordinal in 0..3 {
+        sim.start_pod(ordinal);
+    }
+    one_cluster(&mut sim, 3).await;
+    for ordinal in [1, 0] {
+        let old = sim.ip(ordinal);
+        sim.kill_pod(ordinal);
+        sim.move_pod(ordinal);
+        assert_ne!(sim.ip(ordinal), old);
+        sim.start_pod(ordinal);
+        // Ready means a read-index round through the leader and the log applied up to it: the
+        // leader reached the pod at its new IP (or the pod leads and reached the others).
+        one_cluster(&mut sim, 3).await;
+    }
+}

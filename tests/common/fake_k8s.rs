@@ -34,6 +34,9 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+/// How many IPs each pod of a [`StatefulSetSim`] can move between.
+const IP_GENERATIONS: u8 = 3;
+
 /// How many changes the fake keeps for watches from an older `resourceVersion`.
 const HISTORY: usize = 10_000;
 
@@ -220,6 +223,16 @@ impl FakeK8s {
         store.version += 1;
         store.history.clear();
         store.oldest = store.version + 1;
+    }
+
+    /// Creates or replaces ConfigMap `name`, as `kubectl apply` would.
+    pub fn set_config_map(&self, namespace: &str, name: &str, data: BTreeMap<String, String>) {
+        let cm = ConfigMap {
+            metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
+            data: Some(data),
+            ..ConfigMap::default()
+        };
+        self.shared.put("configmaps", namespace, to_value(&cm));
     }
 
     pub fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap> {
@@ -467,8 +480,10 @@ pub struct StatefulSetSim {
     pub name: String,
     pub service: String,
     labels: BTreeMap<String, String>,
-    /// `127.{net.0}.{net.1}.{ordinal + 1}` is pod `ordinal`'s IP.
+    /// `127.{net.0}.{net.1}.{ordinal + 1 + 10 × generation}` is pod `ordinal`'s IP.
     net: (u8, u8),
+    /// Each pod's IP generation: bumped by [`StatefulSetSim::move_pod`].
+    generations: BTreeMap<u64, u8>,
     pub api_port: u16,
     pub peer_port: u16,
     dir: tempfile::TempDir,
@@ -484,7 +499,7 @@ impl StatefulSetSim {
         let namespace = "gm-test".to_owned();
         fake.set_statefulset(&namespace, &name, replicas);
         let net = (rand::random::<u8>() % 200 + 20, rand::random::<u8>());
-        let (api_port, peer_port) = free_ports(net, 8);
+        let (api_port, peer_port) = free_ports(net, IP_GENERATIONS * 10);
         let labels = BTreeMap::from([
             ("app.kubernetes.io/name".to_owned(), "gm".to_owned()),
             ("app.kubernetes.io/instance".to_owned(), name.clone()),
@@ -496,6 +511,7 @@ impl StatefulSetSim {
             name,
             labels,
             net,
+            generations: BTreeMap::new(),
             api_port,
             peer_port,
             dir,
@@ -508,7 +524,15 @@ impl StatefulSetSim {
     }
 
     pub fn ip(&self, ordinal: u64) -> Ipv4Addr {
-        Ipv4Addr::new(127, self.net.0, self.net.1, ordinal as u8 + 1)
+        let generation = self.generations.get(&ordinal).copied().unwrap_or(0);
+        Ipv4Addr::new(127, self.net.0, self.net.1, ordinal as u8 + 1 + 10 * generation)
+    }
+
+    /// Gives stopped pod `ordinal` a new IP for its next start, as a rescheduled pod gets.
+    pub fn move_pod(&mut self, ordinal: u64) {
+        assert!(!self.pods.contains_key(&ordinal), "pod {ordinal} is running");
+        let generation = self.generations.entry(ordinal).or_default();
+        *generation = (*generation + 1) % IP_GENERATIONS;
     }
 
     pub fn api(&self, ordinal: u64) -> String {

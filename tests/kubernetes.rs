@@ -154,8 +154,11 @@ async fn ordinal_0_with_a_wiped_disk_creates_no_second_cluster() {
     assert_eq!(sim.marker_creates(), 1, "a second marker was created");
     let log = sim.log_text(0);
     assert_eq!(log.matches("creating the cluster").count(), 1, "ordinal 0 initialized twice:\n{log}");
-    if let Some(id) = sim.cluster(0).await.and_then(|c| c.cluster_id) {
-        assert_eq!(id, first, "ordinal 0 is in another cluster");
+    // It stays out of Raft: never ready, no cluster of its own, while the old one goes on.
+    for _ in 0..10 {
+        assert!(!sim.is_ready(0).await, "ordinal 0 rejoined with an empty disk under its old id");
+        assert_eq!(sim.cluster(0).await.and_then(|c| c.cluster_id), None);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

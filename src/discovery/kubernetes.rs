@@ -99,6 +99,17 @@ impl Settings {
     }
 }
 
+/// What bootstrap decided for this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Serve peers and take part in Raft: this node created the cluster, resumes its state, or
+    /// waits to be contacted by the cluster.
+    TakePart,
+    /// Stay out of Raft: this node lost the state its id stands for (ordinal 0 with an empty data
+    /// dir after the cluster was created). It must neither vote nor take appends under that id.
+    StayOut,
+}
+
 /// The Kubernetes API as this node sees it: a client, and what the watches found.
 #[derive(Clone)]
 pub struct Kubernetes {
@@ -191,15 +202,16 @@ impl Kubernetes {
     /// Creates the cluster if this node may: ordinal 0, no Raft state, and the bootstrap marker
     /// created by this node (or found holding this node's own claim, after a restart between the
     /// two). Any other node, or one with state, never initializes. API errors are retried.
-    pub async fn bootstrap(&self, raft: &Raft, me: NodeId, data_dir: &Path) -> Result<(), DiscoveryError> {
+    /// Ordinal 0 without state that finds another claim in the marker must stay out of Raft.
+    pub async fn bootstrap(&self, raft: &Raft, me: NodeId, data_dir: &Path) -> Result<Bootstrap, DiscoveryError> {
         let initialized = raft.is_initialized().await.map_err(|e| DiscoveryError::Initialize(e.to_string()))?;
         if initialized {
             tracing::info!(node = me, "resuming an existing cluster");
-            return Ok(());
+            return Ok(Bootstrap::TakePart);
         }
         if me != 1 {
             tracing::info!(node = me, "no state: waiting to be contacted by the cluster");
-            return Ok(());
+            return Ok(Bootstrap::TakePart);
         }
         let claim_path = data_dir.join(CLAIM_FILE);
         let claim = match std::fs::read_to_string(&claim_path) {
@@ -207,6 +219,9 @@ impl Kubernetes {
             Err(_) => String::new(),
         };
         let mut replicas = self.replicas.subscribe();
+        if replicas.borrow().is_none() {
+            tracing::info!(statefulset = %self.settings.statefulset, "waiting for the StatefulSet's replicas");
+        }
         let replicas = *replicas
             .wait_for(|r| r.is_some_and(|r| r > 0))
             .await
@@ -221,7 +236,7 @@ impl Kubernetes {
         };
         let voters = self.settings.initial_voters(replicas);
         let Some(marker) = self.claim_marker(&claim, &voters).await? else {
-            return Ok(());
+            return Ok(Bootstrap::StayOut);
         };
         let voters: BTreeMap<NodeId, NodeInfo> = marker
             .data
@@ -232,7 +247,8 @@ impl Kubernetes {
                 DiscoveryError::Initialize(format!("marker {} has no readable voters", marker.name_any()))
             })?;
         tracing::info!(node = me, cluster_id = %claim, voters = ?voters.keys().collect::<Vec<_>>(), "creating the cluster");
-        raft.initialize(voters).await.map_err(|e| DiscoveryError::Initialize(e.to_string()))
+        raft.initialize(voters).await.map_err(|e| DiscoveryError::Initialize(e.to_string()))?;
+        Ok(Bootstrap::TakePart)
     }
 
     /// Creates the marker, or reads the one there. Returns it if it holds `claim` (this node's),
@@ -284,8 +300,8 @@ impl Kubernetes {
                 marker = %name,
                 cluster_id = %theirs,
                 "this node (ordinal 0) has no state but the cluster was already created: its data dir was \
-                 lost. It will not create a second cluster and waits; rejoining under a new id is not \
-                 implemented yet (issue 12, later increment)"
+                 lost. It will not create a second cluster, stays out of Raft (peers are not served) and \
+                 waits; rejoining under a new id is not implemented yet (issue 12, later increment)"
             );
             return Ok(None);
         }
@@ -373,11 +389,19 @@ where
                     break 'watch;
                 }
             };
-            backoff.reset();
+            let opened = std::time::Instant::now();
             let mut events = std::pin::pin!(events.into_stream());
             loop {
                 match events.next().await {
-                    None => continue 'watch,
+                    None => {
+                        // A watch that ends at once again and again must not spin.
+                        if opened.elapsed() < Duration::from_secs(1) {
+                            backoff.wait().await;
+                        } else {
+                            backoff.reset();
+                        }
+                        continue 'watch;
+                    }
                     Some(Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
                         version = obj.resource_version().unwrap_or(version);
                         apply(Change::Upsert(obj));

@@ -13,7 +13,7 @@ use crate::api::{self, AppState};
 pub mod config;
 
 use crate::discovery::identity::{self, Identity};
-use crate::discovery::kubernetes::{self, Kubernetes};
+use crate::discovery::kubernetes::{self, Bootstrap, Kubernetes};
 use crate::discovery::static_peers::{self, DiscoveryError};
 use crate::membership::{NodeAdvert, NodeId};
 use crate::metrics::Metrics;
@@ -100,7 +100,6 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let peer_routes = raft::peer::router(raft.clone())
         .merge(node::peer::router(Arc::clone(&node)))
         .merge(probe::peer::router(Arc::new(probe_peers)));
-    tasks.spawn("peer listener", serve(peer_listener, peer_routes, cancel.clone()));
     tasks.spawn("prober", prober::run(Arc::clone(&node), probe, checker, Arc::clone(&metrics), cancel.clone()));
     tasks.spawn("API listener", serve(api_listener, api::router(app), cancel.clone()));
     tasks.spawn("advert", Arc::clone(&node).keep_advert(cancel.clone()));
@@ -116,13 +115,19 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut shutdown = std::pin::pin!(shutdown);
     let bootstrap = async {
         match &discovery {
-            Peers::Static(peers) => static_peers::bootstrap(&raft, id, peers).await,
+            Peers::Static(peers) => static_peers::bootstrap(&raft, id, peers).await.map(|()| Bootstrap::TakePart),
             Peers::Kubernetes(kube) => kube.bootstrap(&raft, id, &config.data_dir).await,
         }
     };
+    // Peers are served only once bootstrap has decided: a node that must stay out of Raft
+    // (ordinal 0 after its disk was lost) never answers a vote or an append.
     let stopped_early = tokio::select! {
         result = bootstrap => match result {
-            Ok(()) => false,
+            Ok(Bootstrap::TakePart) => {
+                tasks.spawn("peer listener", serve(peer_listener, peer_routes, cancel.clone()));
+                false
+            }
+            Ok(Bootstrap::StayOut) => false,
             Err(e) => {
                 cancel.cancel();
                 let _ = raft.shutdown().await;

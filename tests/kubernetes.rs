@@ -122,6 +122,30 @@ async fn nobody_initializes_before_ordinal_0() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn pod_ips_published_late_still_give_one_cluster() {
+    let mut sim = StatefulSetSim::new(3).await;
+    for ordinal in 0..3 {
+        sim.start_pod_published(ordinal, false);
+    }
+    // Ordinal 0 creates the cluster but reaches nobody (their names resolve nowhere yet).
+    {
+        let sim = &sim;
+        wait_for("ordinal 0 to create the cluster", || async move { sim.log_text(0).contains("creating the cluster") })
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for ordinal in 0..3 {
+        assert!(!sim.is_ready(ordinal).await, "pod {ordinal} is ready although no pod can be reached");
+    }
+    for ordinal in [2, 1, 0] {
+        sim.publish_ip(ordinal);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    one_cluster(&mut sim, 3).await;
+    assert_one_marker(&sim, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn ordinal_0_with_a_wiped_disk_creates_no_second_cluster() {
     let mut sim = StatefulSetSim::new(3).await;
     for ordinal in 0..3 {

@@ -557,9 +557,16 @@ impl StatefulSetSim {
 
     /// Creates pod `ordinal` (the fake reports it with its IP) and starts its process.
     pub fn start_pod(&mut self, ordinal: u64) {
+        self.start_pod_published(ordinal, true);
+    }
+
+    /// Starts pod `ordinal`'s process; the fake reports its IP only if `published`, else once
+    /// [`StatefulSetSim::publish_ip`] is called (as a kubelet that reports the pod's status late).
+    pub fn start_pod_published(&mut self, ordinal: u64, published: bool) {
         assert!(!self.pods.contains_key(&ordinal), "pod {ordinal} is already running");
         let pod = self.pod_name(ordinal);
-        self.fake.set_pod(&self.namespace, &pod, &self.labels, Some(self.ip(ordinal)));
+        let ip = published.then(|| self.ip(ordinal));
+        self.fake.set_pod(&self.namespace, &pod, &self.labels, ip);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -586,6 +593,11 @@ impl StatefulSetSim {
             .spawn()
             .expect("spawn gm server");
         self.pods.insert(ordinal, child);
+    }
+
+    /// Reports pod `ordinal`'s IP in its status.
+    pub fn publish_ip(&self, ordinal: u64) {
+        self.fake.set_pod(&self.namespace, &self.pod_name(ordinal), &self.labels, Some(self.ip(ordinal)));
     }
 
     /// kill -9 of pod `ordinal`'s process; the pod object is deleted, as on a node failure.

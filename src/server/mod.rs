@@ -127,7 +127,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
                 tasks.spawn("peer listener", serve(peer_listener, peer_routes, cancel.clone()));
                 false
             }
-            Ok(Bootstrap::StayOut) => false,
+            Ok(Bootstrap::StayOut) => {
+                // Closed, so peers are refused at once rather than left waiting on the backlog.
+                drop(peer_listener);
+                false
+            }
             Err(e) => {
                 cancel.cancel();
                 let _ = raft.shutdown().await;

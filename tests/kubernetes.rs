@@ -77,11 +77,13 @@ async fn parallel_starts(replicas: u64, runs: usize) {
     for run in 0..runs {
         let mut sim = StatefulSetSim::new(replicas as i32).await;
         start_all_with_delays(&mut sim, replicas, Duration::from_millis(1500)).await;
+        let started = std::time::Instant::now();
         let id = one_cluster(&mut sim, replicas).await;
+        let took = started.elapsed();
         assert_one_marker(&sim, replicas);
         let marked = sim.marker().and_then(|m| m.data).map(|d| d["cluster-id"].clone());
         assert_eq!(marked.as_ref(), Some(&id), "the cluster id is the marker's");
-        eprintln!("run {run} of {replicas} pods: cluster {id}");
+        eprintln!("run {run} of {replicas} pods: cluster {id}, ready {took:?} after the last pod started");
     }
 }
 

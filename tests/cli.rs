@@ -29,7 +29,7 @@ fn configuration_errors_are_one_line() {
     let base = ["server", "--node-id", "1", "--api-addr", "127.0.0.1:0", "--peer-addr", "127.0.0.1:0"];
     let run = |extra: &[&str]| gm(&[&base[..], extra].concat(), dir.path());
 
-    assert_one_line_error(&run(&["--discovery", "kubernetes"]), "not available yet");
+    assert_one_line_error(&run(&["--discovery", "kubernetes"]), "needs --pod-name");
     assert_one_line_error(&run(&["--peers", "1=nowhere"]), "--peers");
     assert_one_line_error(&run(&[]), "--peers is required");
     assert_one_line_error(&run(&["--peers", "2=127.0.0.1:7999"]), "does not name this node");

@@ -28,6 +28,10 @@ pub enum DiscoveryError {
          another cluster's data, or the ports moved; start this node on an empty --data-dir (gm dev: --clean)"
     )]
     PeersChanged { stored: String, given: String },
+    #[error("--pod-name {pod:?} is not {statefulset}-ORDINAL")]
+    PodName { pod: String, statefulset: String },
+    #[error("kubernetes: {0}")]
+    Kubernetes(String),
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`, which must name node `me`.

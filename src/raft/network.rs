@@ -2,6 +2,8 @@
 //! node's `--peer-addr`, on pooled keep-alive connections.
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{NetworkError, RPCError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
@@ -40,12 +42,24 @@ pub struct PeerClient {
 impl PeerClient {
     /// Errors: the TLS backend or the system's resolver configuration cannot be loaded.
     pub fn new() -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        Self::build(None)
+    }
+
+    /// A client that asks `resolve` for a peer host's IP on every new connection, before DNS
+    /// (Kubernetes: the pod IP the watch reports for a stable name).
+    pub fn with_resolver(resolve: HostResolver) -> Result<Self, reqwest::Error> {
+        Self::build(Some(resolve))
+    }
+
+    fn build(resolve: Option<HostResolver>) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(500))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()?;
-        Ok(PeerClient { http, contacts: Contacts::default() })
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(resolve) = resolve {
+            builder = builder.dns_resolver(Arc::new(PreferredResolver(resolve)));
+        }
+        Ok(PeerClient { http: builder.build()?, contacts: Contacts::default() })
     }
 
     /// How the peers answered Raft RPCs.
@@ -97,6 +111,28 @@ impl PeerClient {
             return Err(PeerError::Status { addr: addr.to_owned(), status: status.as_u16(), body });
         }
         resp.json().await.map_err(transport)
+    }
+}
+
+/// Where a peer host name points now, if the caller knows better than DNS; `None`: ask DNS.
+pub type HostResolver = Arc<dyn Fn(&str) -> Option<IpAddr> + Send + Sync>;
+
+/// Resolves with the [`HostResolver`] first and the system's resolver as fallback. Asked on
+/// every new connection, so a peer that comes back at a new address is reached there.
+struct PreferredResolver(HostResolver);
+
+impl reqwest::dns::Resolve for PreferredResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let known = (self.0)(name.as_str());
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            // The port is the URL's: the connector replaces this 0.
+            let addrs: Vec<SocketAddr> = match known {
+                Some(ip) => vec![SocketAddr::new(ip, 0)],
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 

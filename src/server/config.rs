@@ -44,14 +44,17 @@ pub struct ServerConfig {
     /// Durable state: Raft log, vote and snapshots.
     #[arg(long, env = "GM_DATA_DIR", default_value = "./gm-data")]
     pub data_dir: PathBuf,
-    /// How peers are found: `static` reads `--peers`. `kubernetes` is reserved by the contract
-    /// and not available yet.
+    /// How peers are found: `static` reads `--peers`; `kubernetes` lists and watches the
+    /// StatefulSet's pods through the Kubernetes API (in-cluster config or KUBECONFIG) and needs
+    /// `--pod-name`, `--namespace`, `--statefulset`, `--service` and `--pod-selector`.
     #[arg(long, env = "GM_DISCOVERY", value_enum, default_value = "static")]
     pub discovery: Discovery,
     /// Static discovery (required with it): every initial voter's peer address,
     /// `1=HOST:PORT,2=HOST:PORT,...`. A node with state must be given the voters it holds.
     #[arg(long, env = "GM_PEERS")]
     pub peers: Option<String>,
+    #[command(flatten)]
+    pub kubernetes: KubernetesFlags,
     /// Probe period per member.
     #[arg(long, env = "GM_PROBE_INTERVAL", default_value = "1s", value_parser = duration)]
     pub probe_interval: Duration,
@@ -81,4 +84,32 @@ pub struct ServerConfig {
     /// Log entries between snapshots; older entries are then purged.
     #[arg(long, env = "GM_SNAPSHOT_EVERY", default_value_t = 20_000)]
     pub snapshot_every: u64,
+}
+
+/// The flags of `--discovery kubernetes`, as the chart sets them from the downward API.
+#[derive(Clone, Debug, Default, Args)]
+pub struct KubernetesFlags {
+    /// Kubernetes discovery: this pod's name (downward API `metadata.name`). The node id is the
+    /// StatefulSet ordinal at its end plus one (`gm-cluster-2` is node 3); it is also the node's name.
+    #[arg(long, env = "GM_POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Kubernetes discovery: this pod's namespace (downward API `metadata.namespace`).
+    #[arg(long, env = "GM_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Kubernetes discovery: this pod's IP (downward API `status.podIP`). Informational only:
+    /// identity is never an IP.
+    #[arg(long, env = "GM_POD_IP")]
+    pub pod_ip: Option<String>,
+    /// Kubernetes discovery: the StatefulSet's name; its `spec.replicas` gives the initial voters
+    /// and the bootstrap marker is the ConfigMap `{statefulset}-bootstrap`.
+    #[arg(long, env = "GM_STATEFULSET")]
+    pub statefulset: Option<String>,
+    /// Kubernetes discovery: the headless Service; nodes are addressed
+    /// `{pod}.{service}.{namespace}.svc:{port}`, with the ports of `--api-addr` and `--peer-addr`.
+    #[arg(long, env = "GM_SERVICE")]
+    pub service: Option<String>,
+    /// Kubernetes discovery: the label selector of the StatefulSet's pods,
+    /// e.g. `app.kubernetes.io/name=gm,app.kubernetes.io/instance=gm-cluster`.
+    #[arg(long, env = "GM_POD_SELECTOR")]
+    pub pod_selector: Option<String>,
 }

@@ -1,6 +1,7 @@
 //! `gm server`: opens the durable state, starts Raft, the peer and API listeners and the
 //! background tasks, and stops them all on SIGTERM or Ctrl-C.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -12,7 +13,9 @@ use crate::api::{self, AppState};
 pub mod config;
 
 use crate::discovery::identity::{self, Identity};
+use crate::discovery::kubernetes::{self, Bootstrap, Kubernetes};
 use crate::discovery::static_peers::{self, DiscoveryError};
+use crate::membership::{NodeAdvert, NodeId};
 use crate::metrics::Metrics;
 use crate::node::leadership::{self, Duty};
 use crate::node::{self, Node};
@@ -55,30 +58,7 @@ pub enum ServerError {
 
 /// Runs a node until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let Identity { id, advert } = identity::decide(&identity::Flags {
-        node_id: config.node_id,
-        name: config.name.as_deref(),
-        advertise_api: config.advertise_api.as_deref(),
-        api_addr: &config.api_addr,
-    })?;
-    let peers = match config.discovery {
-        Discovery::Static => static_peers::parse_peers(config.peers.as_deref().unwrap_or_default(), id)?,
-        Discovery::Kubernetes => {
-            return Err(ServerError::Config(
-                "--discovery kubernetes is reserved and not available yet; use --discovery static with --peers".into(),
-            ))
-        }
-    };
-    if let Some(mine) = config.advertise_peer.as_deref().filter(|a| peers.get(&id).is_some_and(|p| p != a)) {
-        return Err(ServerError::Config(format!("--advertise-peer {mine} differs from this node's entry in --peers")));
-    }
-    let port = |addr: &str| addr.rsplit_once(':').map(|(_, port)| port.to_owned());
-    if let Some(entry) = peers.get(&id).filter(|entry| port(entry) != port(&config.peer_addr)) {
-        return Err(ServerError::Config(format!(
-            "--peer-addr {} listens on another port than this node's entry in --peers, {entry}",
-            config.peer_addr
-        )));
-    }
+    let (id, advert, discovery) = discover(&config).await?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let api_listener = listen(&config.api_addr).await?;
     let peer_listener = listen(&config.peer_addr).await?;
@@ -88,15 +68,23 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let state_machine = StateMachineStore::open(&sm_dir)
         .map_err(|source| ServerError::StateMachine { dir: sm_dir.display().to_string(), source })?;
     let state = state_machine.handle();
-    let peer_client = PeerClient::new()?;
+    let peer_client = match &discovery {
+        Peers::Static(_) => PeerClient::new()?,
+        Peers::Kubernetes(kube) => {
+            let kube = kube.clone();
+            PeerClient::with_resolver(Arc::new(move |host: &str| kube.resolve(host)))?
+        }
+    };
     let network = PeerNetwork::new(peer_client.clone());
     let raft = Raft::new(id, raft_config(&config)?, network, log_store, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
 
-    if let Err(e) = static_peers::check_resumed(&raft, &peers).await {
-        let _ = raft.shutdown().await;
-        return Err(e.into());
+    if let Peers::Static(peers) = &discovery {
+        if let Err(e) = static_peers::check_resumed(&raft, peers).await {
+            let _ = raft.shutdown().await;
+            return Err(e.into());
+        }
     }
 
     let cancel = CancellationToken::new();
@@ -124,24 +112,67 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let peer_routes = raft::peer::router(raft.clone())
         .merge(node::peer::router(Arc::clone(&node)))
         .merge(probe::peer::router(Arc::new(probe_peers)));
-    tasks.spawn("peer listener", serve(peer_listener, peer_routes, cancel.clone()));
     tasks.spawn("prober", prober::run(Arc::clone(&node), probe, checker, Arc::clone(&metrics), cancel.clone()));
     tasks.spawn("API listener", serve(api_listener, api::router(app), cancel.clone()));
     tasks.spawn("advert", Arc::clone(&node).keep_advert(cancel.clone()));
-    let duties = leader_duties(&node, probe, &leases, &metrics);
+    let duties = leader_duties(&node, probe, &leases, &metrics, &discovery);
     tasks.spawn("leadership", leadership::run(Arc::clone(&node), duties, Arc::clone(&metrics), cancel.clone()));
     tracing::info!(node = id, api = %config.api_addr, peer = %config.peer_addr, data_dir = %config.data_dir.display(), "gm server started");
 
-    if let Err(e) = static_peers::bootstrap(&raft, id, &peers).await {
-        cancel.cancel();
-        let _ = raft.shutdown().await;
-        return Err(e.into());
+    if let Peers::Kubernetes(kube) = &discovery {
+        tasks.spawn("pod watch", kube.clone().watch_pods(cancel.clone()));
+        tasks.spawn("statefulset watch", kube.clone().watch_statefulset(cancel.clone()));
     }
 
-    let failed = tokio::select! {
-        () = shutdown => None,
-        failed = tasks.first_end() => Some(failed),
+    let mut shutdown = std::pin::pin!(shutdown);
+    let bootstrap = async {
+        match &discovery {
+            Peers::Static(peers) => static_peers::bootstrap(&raft, id, peers).await.map(|()| Bootstrap::TakePart),
+            Peers::Kubernetes(kube) => kube.bootstrap(&raft, id, &config.data_dir).await,
+        }
     };
+    // Peers are served only once bootstrap has decided: a node that must stay out of Raft
+    // (ordinal 0 after its disk was lost) never answers a vote or an append.
+    let stopped_early = tokio::select! {
+        result = bootstrap => match result {
+            Ok(Bootstrap::TakePart) => {
+                tasks.spawn("peer listener", serve(peer_listener, peer_routes, cancel.clone()));
+                false
+            }
+            Ok(Bootstrap::StayOut) => {
+                // Closed, so peers are refused at once rather than left waiting on the backlog.
+                drop(peer_listener);
+                false
+            }
+            Err(e) => {
+                cancel.cancel();
+                let _ = raft.shutdown().await;
+                tasks.join_all().await;
+                return Err(e.into());
+            }
+        },
+        () = &mut shutdown => true,
+        failed = tasks.first_end() => return stop(id, cancel, raft, tasks, Some(failed)).await,
+    };
+    let failed = if stopped_early {
+        None
+    } else {
+        tokio::select! {
+            () = &mut shutdown => None,
+            failed = tasks.first_end() => Some(failed),
+        }
+    };
+    stop(id, cancel, raft, tasks, failed).await
+}
+
+/// Stops every task and Raft; the node's result is `failed`, if a task ended on its own.
+async fn stop(
+    id: NodeId,
+    cancel: CancellationToken,
+    raft: Raft,
+    mut tasks: Tasks,
+    failed: Option<TaskError>,
+) -> Result<(), ServerError> {
     match &failed {
         None => tracing::info!(node = id, "shutting down"),
         Some(error) => tracing::error!(node = id, %error, "stopping the node"),
@@ -154,9 +185,99 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     failed.map_or(Ok(()), |e| Err(e.into()))
 }
 
+/// How this node finds its peers.
+enum Peers {
+    /// `--peers`: every initial voter's peer address.
+    Static(BTreeMap<NodeId, String>),
+    /// The StatefulSet's pods, through the Kubernetes API.
+    Kubernetes(Kubernetes),
+}
+
+/// Decides who this node is and how it finds its peers.
+async fn discover(config: &ServerConfig) -> Result<(NodeId, NodeAdvert, Peers), ServerError> {
+    match config.discovery {
+        Discovery::Static => {
+            let Identity { id, advert } = identity::decide(&identity::Flags {
+                node_id: config.node_id,
+                name: config.name.as_deref(),
+                advertise_api: config.advertise_api.as_deref(),
+                api_addr: &config.api_addr,
+            })?;
+            let peers = static_peers::parse_peers(config.peers.as_deref().unwrap_or_default(), id)?;
+            if let Some(mine) = config.advertise_peer.as_deref().filter(|a| peers.get(&id).is_some_and(|p| p != a)) {
+                return Err(ServerError::Config(format!(
+                    "--advertise-peer {mine} differs from this node's entry in --peers"
+                )));
+            }
+            let port = |addr: &str| addr.rsplit_once(':').map(|(_, port)| port.to_owned());
+            if let Some(entry) = peers.get(&id).filter(|entry| port(entry) != port(&config.peer_addr)) {
+                return Err(ServerError::Config(format!(
+                    "--peer-addr {} listens on another port than this node's entry in --peers, {entry}",
+                    config.peer_addr
+                )));
+            }
+            Ok((id, advert, Peers::Static(peers)))
+        }
+        Discovery::Kubernetes => {
+            let settings = kubernetes_settings(config)?;
+            let Identity { id, advert } = settings.identity()?;
+            if config.node_id.is_some_and(|n| n != id) {
+                return Err(ServerError::Config(format!(
+                    "--node-id differs from the id of --pod-name {} ({id}) with kubernetes discovery",
+                    settings.pod_name
+                )));
+            }
+            let kube = Kubernetes::connect(settings).await?;
+            tracing::info!(node = id, pod = %advert.name, pod_ip = ?config.kubernetes.pod_ip, "kubernetes discovery");
+            Ok((id, advert, Peers::Kubernetes(kube)))
+        }
+    }
+}
+
+/// The settings of `--discovery kubernetes`; a missing flag is an error that names it.
+fn kubernetes_settings(config: &ServerConfig) -> Result<kubernetes::Settings, ServerError> {
+    let k = &config.kubernetes;
+    let required = |value: &Option<String>, flag: &str, env: &str| {
+        value
+            .clone()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ServerError::Config(format!("--discovery kubernetes needs {flag} (or {env})")))
+    };
+    for (flag, given) in [
+        ("--peers", config.peers.is_some()),
+        ("--advertise-api", config.advertise_api.is_some()),
+        ("--advertise-peer", config.advertise_peer.is_some()),
+        ("--name", config.name.is_some()),
+    ] {
+        if given {
+            return Err(ServerError::Config(format!("{flag} is not used with kubernetes discovery: the pod decides")));
+        }
+    }
+    let port = |addr: &str, flag: &str| {
+        addr.rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .ok_or_else(|| ServerError::Config(format!("{flag} {addr} has no port")))
+    };
+    Ok(kubernetes::Settings {
+        pod_name: required(&k.pod_name, "--pod-name", "GM_POD_NAME")?,
+        namespace: required(&k.namespace, "--namespace", "GM_NAMESPACE")?,
+        statefulset: required(&k.statefulset, "--statefulset", "GM_STATEFULSET")?,
+        service: required(&k.service, "--service", "GM_SERVICE")?,
+        pod_selector: required(&k.pod_selector, "--pod-selector", "GM_POD_SELECTOR")?,
+        api_port: port(&config.api_addr, "--api-addr")?,
+        peer_port: port(&config.peer_addr, "--peer-addr")?,
+    })
+}
+
 /// What this node does only while it leads: hand members of dead nodes over, expire leases,
 /// name the cluster.
-fn leader_duties(node: &Arc<Node>, probe: ProbeConfig, leases: &Arc<Leases>, metrics: &Arc<Metrics>) -> Vec<Duty> {
+fn leader_duties(
+    node: &Arc<Node>,
+    probe: ProbeConfig,
+    leases: &Arc<Leases>,
+    metrics: &Arc<Metrics>,
+    discovery: &Peers,
+) -> Vec<Duty> {
     let handover: Duty = {
         let node = Arc::clone(node);
         Box::new(move |_, cancel| Box::pin(handover::run(Arc::clone(&node), probe, cancel)))
@@ -169,9 +290,44 @@ fn leader_duties(node: &Arc<Node>, probe: ProbeConfig, leases: &Arc<Leases>, met
     };
     let naming: Duty = {
         let node = Arc::clone(node);
-        Box::new(move |_, cancel| Box::pin(leadership::name_cluster(Arc::clone(&node), cancel)))
+        match discovery {
+            Peers::Static(_) => {
+                Box::new(move |_, cancel| Box::pin(leadership::name_cluster(Arc::clone(&node), cancel)))
+            }
+            Peers::Kubernetes(kube) => {
+                let kube = kube.clone();
+                Box::new(move |_, cancel| Box::pin(name_cluster_from_marker(Arc::clone(&node), kube.clone(), cancel)))
+            }
+        }
     };
     vec![handover, expiry, naming]
+}
+
+/// The naming duty with Kubernetes discovery: the cluster takes the id its bootstrap marker
+/// records, so `/v1/cluster` and the marker ConfigMap agree.
+async fn name_cluster_from_marker(node: Arc<Node>, kube: Kubernetes, cancel: CancellationToken) {
+    if node.state.read().state.cluster_id().is_some() {
+        return;
+    }
+    let marked = tokio::select! {
+        () = cancel.cancelled() => return,
+        marked = kube.marker_cluster_id() => marked,
+    };
+    let Some(cluster_id) = marked else {
+        tracing::warn!("the cluster has no bootstrap marker; naming it with a new id");
+        return leadership::name_cluster(node, cancel).await;
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    while node.state.read().state.cluster_id().is_none() {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let command = crate::membership::Command::InitCluster { cluster_id: cluster_id.clone() };
+        if let Err(error) = node.write_local(command).await {
+            tracing::debug!(%error, "naming the cluster failed; will retry");
+        }
+    }
 }
 
 /// Completes when Raft stops on a fatal error (a storage failure), which must stop the node.

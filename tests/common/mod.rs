@@ -9,6 +9,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod fake_k8s;
 pub mod members;
 pub mod partition;
 

@@ -307,13 +307,52 @@ async fn a_node_cut_off_from_members_evicts_none_of_them() {
     assert_kept(&c, &expected, Duration::from_secs(2)).await;
 }
 
-/// A member that heartbeats through nodes in turn every `every`, recording each answer's status
-/// (`0`: no node answered).
-struct Heartbeats {
-    answers: Arc<Mutex<Vec<u16>>>,
+/// A client task that runs one round every `every` and records what each round found, until
+/// stopped: a member heartbeating, a reader polling a group.
+struct Periodic<T> {
+    results: Arc<Mutex<Vec<T>>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
+
+impl<T: Clone + Send + 'static> Periodic<T> {
+    /// Runs `round(n)` for n = 0, 1, ... every `every`.
+    fn start<F, Fut>(every: Duration, round: F) -> Periodic<T>
+    where
+        F: Fn(usize) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + Send,
+    {
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (log, token) = (Arc::clone(&results), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            for n in 0.. {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let found = round(n).await;
+                log.lock().unwrap().push(found);
+            }
+        });
+        Periodic { results, stop, task }
+    }
+
+    fn results(&self) -> Vec<T> {
+        self.results.lock().unwrap().clone()
+    }
+
+    async fn stop(self) -> Vec<T> {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.results.lock().unwrap().clone()
+    }
+}
+
+/// A member that heartbeats through nodes in turn every `every`, recording each answer's status
+/// (`0`: no node answered).
+struct Heartbeats(Periodic<u16>);
 
 impl Heartbeats {
     /// Heartbeats through every node of the cluster.
@@ -325,38 +364,27 @@ impl Heartbeats {
     fn start_via(c: &Cluster, via: &[u64], group: &str, id: &str, every: Duration) -> Heartbeats {
         let urls: Vec<String> =
             via.iter().map(|&n| c.node(n).url(&format!("{}/heartbeat", member_path(group, id)))).collect();
-        let answers = Arc::new(Mutex::new(Vec::new()));
-        let stop = CancellationToken::new();
-        let (log, token) = (Arc::clone(&answers), stop.clone());
         let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().expect("client");
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            for round in 0.. {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
+        Heartbeats(Periodic::start(every, move |round| {
+            let (urls, http) = (urls.clone(), http.clone());
+            async move {
                 // A dead node refuses, a node without a leader answers 503: try the next one.
                 let mut status = 0;
                 for k in 0..urls.len() {
-                    match http.post(&urls[(round + k) % urls.len()]).send().await {
-                        Ok(resp) => {
-                            status = resp.status().as_u16();
-                            if status == 200 || status == 404 || status == 409 {
-                                break;
-                            }
+                    if let Ok(resp) = http.post(&urls[(round + k) % urls.len()]).send().await {
+                        status = resp.status().as_u16();
+                        if status == 200 || status == 404 || status == 409 {
+                            break;
                         }
-                        Err(_) => continue,
                     }
                 }
-                log.lock().unwrap().push(status);
+                status
             }
-        });
-        Heartbeats { answers, stop, task }
+        }))
     }
 
     fn answers(&self) -> Vec<u16> {
-        self.answers.lock().unwrap().clone()
+        self.0.results()
     }
 
     fn renewed(&self) -> usize {
@@ -364,9 +392,7 @@ impl Heartbeats {
     }
 
     async fn stop(self) -> Vec<u16> {
-        self.stop.cancel();
-        let _ = self.task.await;
-        self.answers.lock().unwrap().clone()
+        self.0.stop().await
     }
 }
 
@@ -507,7 +533,7 @@ async fn a_frozen_leader_costs_no_live_lease_member_its_lease() {
             beats.push(Heartbeats::start_via(&c, &followers, &group, id, Duration::from_millis(ttl_ms / 6)));
         }
         wait_for("a few heartbeats renewed", || async { beats.iter().all(|b| b.renewed() >= 3) }).await;
-        let reads = GroupReads::start(&c, &followers, &group, Duration::from_millis(50));
+        let reads = group_reads(&c, &followers, &group, Duration::from_millis(50));
 
         c.pause(old, true);
         let new = c.leader().await;
@@ -534,52 +560,24 @@ async fn a_frozen_leader_costs_no_live_lease_member_its_lease() {
     }
 }
 
-/// A client that reads a group's view from nodes in turn every `every`, recording the member
-/// ids of each view served (`None`: 503 or no answer; a group gone reads as no members).
-struct GroupReads {
-    views: Arc<Mutex<Vec<Option<Vec<String>>>>>,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl GroupReads {
-    fn start(c: &Cluster, via: &[u64], group: &str, every: Duration) -> GroupReads {
-        let urls: Vec<String> = via.iter().map(|&n| c.node(n).url(&format!("/v1/groups/{group}"))).collect();
-        let views = Arc::new(Mutex::new(Vec::new()));
-        let stop = CancellationToken::new();
-        let (log, token) = (Arc::clone(&views), stop.clone());
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            for round in 0.. {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let view = match http.get(&urls[round % urls.len()]).send().await {
-                    Ok(resp) if resp.status() == 404 => Some(Vec::new()),
-                    Ok(resp) if resp.status() == 200 => resp.json::<Value>().await.ok().map(|v| {
-                        v["members"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|m| m["id"].as_str())
-                            .map(str::to_owned)
-                            .collect()
-                    }),
-                    _ => None,
-                };
-                log.lock().unwrap().push(view);
+/// A client that reads a group's view from nodes `via` in turn every `every`, recording the
+/// member ids of each view served (`None`: 503 or no answer; a group gone reads as no members).
+fn group_reads(c: &Cluster, via: &[u64], group: &str, every: Duration) -> Periodic<Option<Vec<String>>> {
+    let urls: Vec<String> = via.iter().map(|&n| c.node(n).url(&format!("/v1/groups/{group}"))).collect();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    Periodic::start(every, move |round| {
+        let (url, http) = (urls[round % urls.len()].clone(), http.clone());
+        async move {
+            match http.get(&url).send().await {
+                Ok(resp) if resp.status() == 404 => Some(Vec::new()),
+                Ok(resp) if resp.status() == 200 => resp.json::<Value>().await.ok().map(|v| {
+                    let members = v["members"].as_array().into_iter().flatten();
+                    members.filter_map(|m| m["id"].as_str()).map(str::to_owned).collect()
+                }),
+                _ => None,
             }
-        });
-        GroupReads { views, stop, task }
-    }
-
-    async fn stop(self) -> Vec<Option<Vec<String>>> {
-        self.stop.cancel();
-        let _ = self.task.await;
-        self.views.lock().unwrap().clone()
-    }
+        }
+    })
 }
 
 /// Joins `group`/`id` through the leader; returns the record.

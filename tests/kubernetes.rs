@@ -150,17 +150,11 @@ async fn pod_ips_published_late_still_give_one_cluster() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ordinal_0_with_a_wiped_disk_creates_no_second_cluster() {
     let mut sim = StatefulSetSim::new(3).await;
-    for ordinal in 0..3 {
-        sim.start_pod(ordinal);
-    }
+    sim.start_pods(0..3);
     let first = one_cluster(&mut sim, 3).await;
-    for ordinal in 0..3 {
-        sim.kill_pod(ordinal);
-    }
+    sim.kill_pods(0..3);
     sim.wipe(0);
-    for ordinal in 0..3 {
-        sim.start_pod(ordinal);
-    }
+    sim.start_pods(0..3);
     let sim = &sim;
     wait_for("ordinal 0 to refuse to create a second cluster", || async move {
         sim.log_text(0).contains("will not create a second cluster")
@@ -192,9 +186,7 @@ async fn ordinal_0_with_a_wiped_disk_creates_no_second_cluster() {
 async fn bootstrap_waits_out_api_server_errors() {
     let mut sim = StatefulSetSim::new(3).await;
     sim.fake.set_failing(true);
-    for ordinal in 0..3 {
-        sim.start_pod(ordinal);
-    }
+    sim.start_pods(0..3);
     {
         let sim = &sim;
         wait_for("ordinal 0 to retry the API server", || async move { sim.log_text(0).contains("retrying") }).await;
@@ -210,9 +202,7 @@ async fn bootstrap_waits_out_api_server_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn watches_resync_after_drops_and_410() {
     let mut sim = StatefulSetSim::new(3).await;
-    for ordinal in 0..3 {
-        sim.start_pod(ordinal);
-    }
+    sim.start_pods(0..3);
     one_cluster(&mut sim, 3).await;
     sim.fake.compact();
     sim.fake.drop_watches();
@@ -245,18 +235,14 @@ async fn ordinal_0_restarted_between_marker_and_initialize_creates_the_cluster()
     let voters = serde_json::json!({"1": voter(0), "2": voter(1), "3": voter(2)});
     let data = [("cluster-id", claim.to_owned()), ("voters", voters.to_string()), ("created-by", sim.pod_name(0))];
     sim.fake.set_config_map(&sim.namespace, "gm-cluster-bootstrap", data.map(|(k, v)| (k.to_owned(), v)).into());
-    for ordinal in 0..3 {
-        sim.start_pod(ordinal);
-    }
+    sim.start_pods(0..3);
     assert_eq!(one_cluster(&mut sim, 3).await, claim);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_back_at_a_new_ip_is_reached_there() {
     let mut sim = StatefulSetSim::new(3).await;
-    for ordinal in 0..3 {
-        sim.start_pod(ordinal);
-    }
+    sim.start_pods(0..3);
     one_cluster(&mut sim, 3).await;
     for ordinal in [1, 0] {
         let old = sim.ip(ordinal);

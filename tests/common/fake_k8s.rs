@@ -560,6 +560,11 @@ impl StatefulSetSim {
         self.start_pod_published(ordinal, true);
     }
 
+    /// Starts pods `ordinals`, one right after another (as `podManagementPolicy: Parallel`).
+    pub fn start_pods(&mut self, ordinals: std::ops::Range<u64>) {
+        ordinals.for_each(|ordinal| self.start_pod(ordinal));
+    }
+
     /// Starts pod `ordinal`'s process; the fake reports its IP only if `published`, else once
     /// [`StatefulSetSim::publish_ip`] is called (as a kubelet that reports the pod's status late).
     pub fn start_pod_published(&mut self, ordinal: u64, published: bool) {
@@ -598,6 +603,11 @@ impl StatefulSetSim {
     /// Reports pod `ordinal`'s IP in its status.
     pub fn publish_ip(&self, ordinal: u64) {
         self.fake.set_pod(&self.namespace, &self.pod_name(ordinal), &self.labels, Some(self.ip(ordinal)));
+    }
+
+    /// Kills pods `ordinals` (see [`StatefulSetSim::kill_pod`]).
+    pub fn kill_pods(&mut self, ordinals: std::ops::Range<u64>) {
+        ordinals.for_each(|ordinal| self.kill_pod(ordinal));
     }
 
     /// kill -9 of pod `ordinal`'s process; the pod object is deleted, as on a node failure.

@@ -929,6 +929,12 @@ async fn bad_inputs_get_contract_errors_and_harm_nothing() {
         assert!(message.contains(says), "{method} {path}: {message:?} should say {says:?}");
     }
 
+    let reply = c.get(node, "/v1/groups?consitency=stale").await;
+    assert_eq!(
+        reply.body["error"]["message"], "invalid query: unknown parameter `consitency`, expected `consistency`",
+        "the parameter named once"
+    );
+
     // The edges that are fine: exactly 64 KiB, a media type in another case with parameters.
     let node = c.node(follower);
     let reply = c

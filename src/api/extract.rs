@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -76,24 +76,24 @@ async fn read_limited(body: Body, limit: usize) -> Result<Option<Vec<u8>>, ApiEr
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct PathParams<T>(pub T);
 
-/// Query parameters whose rejection is a contract error.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+/// Query parameters whose rejection is a contract error. Decoded directly rather than through
+/// axum's `Query`, whose message repeats a bad parameter's name as a path before the reason.
 pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        serde_urlencoded::from_str(parts.uri.query().unwrap_or_default()).map(QueryParams).map_err(|e| {
+            // serde names query parameters "fields"; say what a user wrote.
+            ApiError::InvalidArgument(format!("invalid query: {}", e.to_string().replace("field", "parameter")))
+        })
+    }
+}
 
 impl From<PathRejection> for ApiError {
     fn from(e: PathRejection) -> Self {
         ApiError::InvalidArgument(format!("invalid path: {}", e.body_text()))
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(e: QueryRejection) -> Self {
-        // serde names query parameters "fields"; say what a user wrote.
-        let text = e.body_text();
-        let reason =
-            text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text).replace("field", "parameter");
-        ApiError::InvalidArgument(format!("invalid query: {reason}"))
     }
 }
 

@@ -1,6 +1,7 @@
 //! `--discovery kubernetes` against a fake API server: the pods of a StatefulSet form exactly
 //! one cluster, created only by ordinal 0 after it created the bootstrap marker, whatever the
-//! order and timing of their start, a lost disk, or an API server that fails for a while.
+//! order and timing of their start, a lost disk, or an API server that fails for a while; and
+//! the leader keeps the voters equal to the StatefulSet as it scales, restarts and loses disks.
 
 mod common;
 
@@ -8,19 +9,26 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::fake_k8s::StatefulSetSim;
+use common::load::WriteLoad;
 use common::{poll, wait_for};
+use gm::discovery::ids;
 use gm::wire::Role;
 
 /// Waits until every running pod is ready and they all agree on one cluster id, one leader
 /// and the voters 1..=replicas. Returns the cluster id.
 async fn one_cluster(sim: &mut StatefulSetSim, replicas: u64) -> String {
+    cluster_with_voters(sim, &(1..=replicas).collect()).await
+}
+
+/// Waits until every running pod is ready and they all agree on one cluster id, one leader
+/// and the voters `expected`. Returns the cluster id.
+async fn cluster_with_voters(sim: &mut StatefulSetSim, expected: &BTreeSet<u64>) -> String {
     let running: Vec<u64> = sim.running().collect();
     for &ordinal in &running {
         let sim = &*sim;
         wait_for(&format!("pod {ordinal} ready"), || async move { sim.is_ready(ordinal).await }).await;
     }
     assert!(sim.exited().is_empty(), "pods exited: {:?}", sim.exited());
-    let expected: BTreeSet<u64> = (1..=replicas).collect();
     let sim = &*sim;
     poll("one cluster id, one leader, voters = replicas on every pod", || {
         let (running, expected) = (running.clone(), expected.clone());
@@ -148,38 +156,251 @@ async fn pod_ips_published_late_still_give_one_cluster() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn ordinal_0_with_a_wiped_disk_creates_no_second_cluster() {
+async fn ordinal_0_with_a_wiped_disk_rejoins_under_a_new_id() {
     let mut sim = StatefulSetSim::new(3).await;
     sim.start_pods(0..3);
     let first = one_cluster(&mut sim, 3).await;
     sim.kill_pods(0..3);
     sim.wipe(0);
     sim.start_pods(0..3);
-    let sim = &sim;
-    wait_for("ordinal 0 to refuse to create a second cluster", || async move {
-        sim.log_text(0).contains("will not create a second cluster")
-    })
-    .await;
-    // Nodes 2 and 3 are a quorum of the old voters: the old cluster goes on.
-    let again = poll("the old cluster on pods 1 and 2", || async move {
-        let ids: BTreeSet<Option<String>> =
-            futures::future::join_all([1, 2].map(|o| async move { sim.cluster(o).await.and_then(|c| c.cluster_id) }))
-                .await
-                .into_iter()
-                .collect();
-        (ids.len() == 1).then(|| ids.into_iter().next().flatten()).flatten()
-    })
-    .await;
+    // Nodes 2 and 3 are a quorum of the old voters: the old cluster goes on, and node 1's place
+    // goes to ordinal 0's new disk, 1001, through a learner.
+    let again = cluster_with_voters(&mut sim, &BTreeSet::from([2, 3, 1001])).await;
     assert_eq!(again, first, "the cluster id changed: a second cluster was created");
     assert_eq!(sim.marker_creates(), 1, "a second marker was created");
     let log = sim.log_text(0);
     assert_eq!(log.matches("creating the cluster").count(), 1, "ordinal 0 initialized twice:\n{log}");
-    // It stays out of Raft: never ready, no cluster of its own, while the old one goes on.
-    for _ in 0..10 {
-        assert!(!sim.is_ready(0).await, "ordinal 0 rejoined with an empty disk under its old id");
-        assert_eq!(sim.cluster(0).await.and_then(|c| c.cluster_id), None);
+}
+
+/// Restarts and kills the leader until it runs in one of `ordinals`; returns its ordinal.
+async fn leader_among(sim: &mut StatefulSetSim, ordinals: std::ops::Range<u64>, voters: &BTreeSet<u64>) -> u64 {
+    for _ in 0..20 {
+        let leader = leader_ordinal(sim).await;
+        if ordinals.contains(&leader) {
+            return leader;
+        }
+        sim.kill_pod(leader);
+        // Back only once another pod leads: a leader back at once would lead again in its term.
+        let other = sim.running().next().expect("another pod runs");
+        poll("another leader", || {
+            let sim = &*sim;
+            async move { sim.cluster(other).await?.leader_id.filter(|&l| ids::ordinal_of(l) != leader) }
+        })
+        .await;
+        sim.start_pod(leader);
+        cluster_with_voters(sim, voters).await;
+    }
+    panic!("the leader never moved to one of {ordinals:?}");
+}
+
+/// The ordinal of the leader every pod agrees on.
+async fn leader_ordinal(sim: &StatefulSetSim) -> u64 {
+    let running: Vec<u64> = sim.running().collect();
+    let leader = poll("a leader", || {
+        let running = running.clone();
+        async move { sim.cluster(running[0]).await?.leader_id }
+    })
+    .await;
+    ids::ordinal_of(leader)
+}
+
+/// The voters as pod `ordinal` sees them.
+async fn voters_of(sim: &StatefulSetSim, ordinal: u64) -> Option<BTreeSet<u64>> {
+    let cluster = sim.cluster(ordinal).await?;
+    Some(cluster.nodes.iter().filter(|n| matches!(n.role, Role::Leader | Role::Follower)).map(|n| n.id).collect())
+}
+
+fn apis(sim: &StatefulSetSim, ordinals: std::ops::Range<u64>) -> Vec<String> {
+    ordinals.map(|o| sim.api(o)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scale_up_adds_a_voter_only_once_its_pod_is_there_and_caught_up() {
+    let mut sim = StatefulSetSim::new(3).await;
+    sim.start_pods(0..3);
+    one_cluster(&mut sim, 3).await;
+    let load = WriteLoad::start(&apis(&sim, 0..3), "load", 4);
+    sim.set_replicas(5);
+    // Pod 3 is held back: its process runs and claims its id, but it has no IP yet.
+    sim.start_pod_published(3, false);
+    sim.start_pod(4);
+    let started = std::time::Instant::now();
+    poll("the voters 1, 2, 3 and 5", || {
+        let sim = &sim;
+        async move { (voters_of(sim, 0).await? == BTreeSet::from([1, 2, 3, 5])).then_some(()) }
+    })
+    .await;
+    let acknowledged = load.acknowledged();
+    for _ in 0..20 {
+        let voters = voters_of(&sim, 0).await.expect("pod 0 answers");
+        assert!(!voters.contains(&4), "pod 3 became a voter while nobody could reach it: {voters:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    {
+        let load = &load;
+        wait_for("writes to go on meanwhile", || async move { load.acknowledged() > acknowledged + 10 }).await;
+    }
+    sim.publish_ip(3);
+    cluster_with_voters(&mut sim, &(1..=5).collect()).await;
+    eprintln!("scale 3 -> 5 (one pod held back for 2 s): 5 voters {:?} after the new pods started", started.elapsed());
+    // Each promotion happened once the learner had caught up, as the leader logged it.
+    let logs: String = (0..5).map(|o| sim.log_text(o)).collect();
+    assert_eq!(logs.matches("Promote").count(), 2, "one promotion per new pod");
+    let written = load.stop().await;
+    WriteLoad::assert_none_lost("load", &sim.client(0), &written).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scale_down_removes_one_voter_at_a_time_and_the_leader_last() {
+    let mut sim = StatefulSetSim::new(5).await;
+    sim.start_pods(0..5);
+    one_cluster(&mut sim, 5).await;
+    let leader = leader_among(&mut sim, 3..5, &(1..=5).collect()).await;
+    let other = 7 - leader;
+    let load = WriteLoad::start(&apis(&sim, 0..3), "load", 4);
+    sim.set_replicas(3);
+    // The removed pods keep running until the voters are reconciled, as preStop holds them.
+    poll("the voters 1..=3 on pod 0", || {
+        let sim = &sim;
+        async move { (voters_of(sim, 0).await? == BTreeSet::from([1, 2, 3])).then_some(()) }
+    })
+    .await;
+    let log = sim.log_text(leader);
+    let other_removed = log.find(&format!("RemoveVoter {{ id: {}", other + 1)).expect("the other pod removed first");
+    let leader_removed = log.find(&format!("RemoveVoter {{ id: {}", leader + 1)).expect("the leader removed itself");
+    assert!(other_removed < leader_removed, "the leader removed itself before pod {other}");
+    for id in [4, 5] {
+        assert!(log.contains(&format!("Retire {{ id: {id} }}")), "node {id} was not retired before its removal");
+    }
+    sim.kill_pods(3..5);
+    cluster_with_voters(&mut sim, &(1..=3).collect()).await;
+    let written = load.stop().await;
+    WriteLoad::assert_none_lost("load", &sim.client(0), &written).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scale_down_with_the_removed_pods_stopped_at_once() {
+    let mut sim = StatefulSetSim::new(5).await;
+    sim.start_pods(0..5);
+    one_cluster(&mut sim, 5).await;
+    leader_among(&mut sim, 3..5, &(1..=5).collect()).await;
+    let load = WriteLoad::start(&apis(&sim, 0..3), "load", 4);
+    sim.kill_pods(3..5);
+    sim.set_replicas(3);
+    cluster_with_voters(&mut sim, &(1..=3).collect()).await;
+    let written = load.stop().await;
+    assert!(!written.acknowledged.is_empty());
+    WriteLoad::assert_none_lost("load", &sim.client(0), &written).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scaled_down_and_up_again_with_volumes_kept_the_pods_rejoin_under_new_ids() {
+    let mut sim = StatefulSetSim::new(3).await;
+    sim.start_pods(0..3);
+    let id = one_cluster(&mut sim, 3).await;
+    sim.set_replicas(5);
+    sim.start_pods(3..5);
+    cluster_with_voters(&mut sim, &(1..=5).collect()).await;
+    sim.set_replicas(3);
+    poll("the voters 1..=3", || {
+        let sim = &sim;
+        async move { (voters_of(sim, 0).await? == BTreeSet::from([1, 2, 3])).then_some(()) }
+    })
+    .await;
+    sim.kill_pods(3..5);
+    // Their volumes stay (no `whenScaled: Delete`): state of ids 4 and 5, which left the cluster.
+    sim.set_replicas(5);
+    sim.start_pods(3..5);
+    let again = cluster_with_voters(&mut sim, &BTreeSet::from([1, 2, 3, 1004, 1005])).await;
+    assert_eq!(again, id);
+    for ordinal in [3, 4] {
+        assert!(sim.log_text(ordinal).contains("discarding its stale state"), "pod {ordinal} kept its stale state");
+    }
+    // And once more down and up: generation 2.
+    sim.set_replicas(3);
+    poll("the voters 1..=3 again", || {
+        let sim = &sim;
+        async move { (voters_of(sim, 0).await? == BTreeSet::from([1, 2, 3])).then_some(()) }
+    })
+    .await;
+    sim.kill_pods(3..5);
+    sim.set_replicas(5);
+    sim.start_pods(3..5);
+    cluster_with_voters(&mut sim, &BTreeSet::from([1, 2, 3, 2004, 2005])).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_restarted_ten_times_never_changes_the_voters() {
+    let mut sim = StatefulSetSim::new(3).await;
+    sim.start_pods(0..3);
+    one_cluster(&mut sim, 3).await;
+    let voters: BTreeSet<u64> = (1..=3).collect();
+    for round in 0..10 {
+        sim.kill_pod(1);
+        sim.start_pod(1);
+        for _ in 0..5 {
+            for ordinal in [0, 2] {
+                if let Some(seen) = voters_of(&sim, ordinal).await {
+                    assert_eq!(seen, voters, "round {round}: pod {ordinal} sees other voters");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        one_cluster(&mut sim, 3).await;
+    }
+    let logs: String = (0..3).map(|o| sim.log_text(o)).collect();
+    assert!(!logs.contains("reconciling the voters\""), "a restart made the leader change the voters");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wiped_data_dirs_of_a_follower_then_the_leader_come_back_under_new_ids() {
+    let mut sim = StatefulSetSim::new(3).await;
+    sim.start_pods(0..3);
+    one_cluster(&mut sim, 3).await;
+    let load = WriteLoad::start(&apis(&sim, 0..3), "load", 4);
+    let leader = leader_ordinal(&sim).await;
+    let follower = (leader + 1) % 3;
+    let mut voters: BTreeSet<u64> = (1..=3).collect();
+    for ordinal in [follower, leader] {
+        sim.kill_pod(ordinal);
+        sim.wipe(ordinal);
+        sim.start_pod(ordinal);
+        let old = voters.iter().copied().find(|&id| ids::ordinal_of(id) == ordinal).expect("a voter of the ordinal");
+        voters.remove(&old);
+        voters.insert(ids::node_id(ordinal, ids::generation_of(old) + 1));
+        cluster_with_voters(&mut sim, &voters).await;
+    }
+    let written = load.stop().await;
+    assert!(!written.acknowledged.is_empty());
+    WriteLoad::assert_none_lost("load", &sim.client(0), &written).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_voter_change_while_the_api_server_is_unreachable() {
+    let mut sim = StatefulSetSim::new(3).await;
+    sim.start_pods(0..3);
+    one_cluster(&mut sim, 3).await;
+    sim.fake.set_failing(true);
+    sim.fake.drop_watches();
+    sim.set_replicas(1);
+    {
+        let sim = &sim;
+        wait_for("the leader to pause reconciling", || async move {
+            (0..3).any(|o| sim.log_text(o).contains("reconciling the voters paused"))
+        })
+        .await;
+    }
+    for _ in 0..30 {
+        assert_eq!(voters_of(&sim, 0).await, Some((1..=3).collect()), "the voters changed while blind");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Back, with the history compacted: a watch from before gets 410 and lists again, and
+    // sees the change it missed.
+    sim.set_replicas(4);
+    sim.fake.compact();
+    sim.fake.set_failing(false);
+    sim.start_pod(3);
+    one_cluster(&mut sim, 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

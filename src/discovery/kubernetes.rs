@@ -4,12 +4,13 @@
 //! and only after it has created the bootstrap marker ConfigMap, which no second node can create.
 //!
 //! Nodes are addressed by the stable names of the headless Service; the pod IP the watch reports
-//! is only where such a name points now ([`Kubernetes::resolve`]): identity is never an IP.
+//! is only where such a name points now ([`Kubernetes::resolve`]): identity is never an IP. A
+//! node's id is its ordinal and the generation of its disk, claimed in the id book ([`super::ids`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::identity::Identity;
+use super::ids::{self, Book, LocalId};
 use super::DiscoveryError;
 use crate::membership::{NodeAdvert, NodeId};
 use crate::raft::{NodeInfo, Raft};
@@ -33,7 +35,7 @@ const VOTERS_KEY: &str = "voters";
 const CREATED_BY_KEY: &str = "created-by";
 /// The file in the data dir where ordinal 0 keeps the cluster id it is about to claim, before it
 /// creates the marker: a restart between the two finds its own claim in the marker and goes on.
-const CLAIM_FILE: &str = "bootstrap-claim";
+pub const CLAIM_FILE: &str = "bootstrap-claim";
 
 /// What `--discovery kubernetes` is told by its flags.
 #[derive(Clone, Debug)]
@@ -50,23 +52,24 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// This pod's ordinal in the StatefulSet: the number after the StatefulSet's name.
+    /// This pod's ordinal in the StatefulSet: the number after the StatefulSet's name, below
+    /// [`ids::ORDINALS`].
     pub fn ordinal(&self) -> Result<u64, DiscoveryError> {
         self.pod_name
             .strip_prefix(&self.statefulset)
             .and_then(|rest| rest.strip_prefix('-'))
             .and_then(|ordinal| ordinal.parse::<u64>().ok())
+            .filter(|&ordinal| ordinal < ids::ORDINALS)
             .ok_or_else(|| DiscoveryError::PodName {
                 pod: self.pod_name.clone(),
                 statefulset: self.statefulset.clone(),
             })
     }
 
-    /// This node's identity: id = ordinal + 1, named after its pod, its API at its stable name.
-    pub fn identity(&self) -> Result<Identity, DiscoveryError> {
-        let ordinal = self.ordinal()?;
-        let info = self.node_info(ordinal);
-        Ok(Identity { id: ordinal + 1, advert: NodeAdvert { name: info.name, api_address: info.api_addr } })
+    /// The identity of node `id` of this pod: named after its pod, its API at its stable name.
+    pub fn identity(&self, id: NodeId) -> Identity {
+        let info = self.node_info(ids::ordinal_of(id));
+        Identity { id, advert: NodeAdvert { name: info.name, api_address: info.api_addr } }
     }
 
     /// `{pod}.{service}.{namespace}.svc`, the stable name of a pod of the StatefulSet.
@@ -89,14 +92,31 @@ impl Settings {
         }
     }
 
-    /// The initial voters of a StatefulSet of `replicas`: ordinals 0..replicas as ids 1..=replicas.
+    /// The initial voters of a StatefulSet of `replicas`: ordinals 0..replicas in generation 0,
+    /// ids 1..=replicas.
     pub fn initial_voters(&self, replicas: u64) -> BTreeMap<NodeId, NodeInfo> {
-        (0..replicas).map(|ordinal| (ordinal + 1, self.node_info(ordinal))).collect()
+        (0..replicas).map(|ordinal| (ids::node_id(ordinal, 0), self.node_info(ordinal))).collect()
     }
 
     fn marker_name(&self) -> String {
         format!("{}-bootstrap", self.statefulset)
     }
+
+    fn book_name(&self) -> String {
+        format!("{}-ids", self.statefulset)
+    }
+}
+
+/// Who this node is, as decided from its data dir and the id book.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Run as `id` on the state in the data dir.
+    Resume(NodeId),
+    /// The data dir's state belongs to an id that was retired or superseded: discard it, then
+    /// settle again on the empty data dir.
+    Discard(NodeId),
+    /// Run as `id`, newly claimed (or claimed before a restart), on an empty data dir.
+    Fresh(NodeId),
 }
 
 /// What bootstrap decided for this node.
@@ -119,6 +139,16 @@ pub struct Kubernetes {
     pods: Arc<RwLock<BTreeMap<String, Option<IpAddr>>>>,
     /// The StatefulSet's `spec.replicas`, once seen.
     replicas: watch::Sender<Option<u64>>,
+    /// Whether each watch (pods, StatefulSet) holds a view listed since its last failure.
+    synced: Arc<[std::sync::atomic::AtomicBool; 2]>,
+}
+
+/// The StatefulSet's pods and replicas, as the watches last saw them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub replicas: u64,
+    /// The ordinals of the pods that have an IP.
+    pub pods: std::collections::BTreeSet<u64>,
 }
 
 impl Kubernetes {
@@ -130,6 +160,7 @@ impl Kubernetes {
             client,
             pods: Arc::default(),
             replicas: watch::Sender::new(None),
+            synced: Arc::default(),
         })
     }
 
@@ -143,6 +174,24 @@ impl Kubernetes {
         let suffix = self.settings.host_suffix();
         let pod = host.strip_suffix(&suffix)?.strip_suffix('.')?;
         *self.pods.read().unwrap_or_else(|e| e.into_inner()).get(pod)?
+    }
+
+    /// The pods and replicas the watches hold, or `None` while either is not in sync with the
+    /// API server (a list or watch failed and no list has succeeded since): a decision taken
+    /// on it would act on a stale view.
+    pub fn observed(&self) -> Option<Observed> {
+        use std::sync::atomic::Ordering;
+        if !self.synced.iter().all(|s| s.load(Ordering::Acquire)) {
+            return None;
+        }
+        let replicas = (*self.replicas.borrow())?;
+        let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
+        let pods = pods
+            .iter()
+            .filter(|(_, ip)| ip.is_some())
+            .filter_map(|(name, _)| name.strip_prefix(&self.settings.statefulset)?.strip_prefix('-')?.parse().ok())
+            .collect();
+        Some(Observed { replicas, pods })
     }
 
     /// Keeps the pods' IPs up to date until `cancel`.
@@ -167,9 +216,10 @@ impl Kubernetes {
                 }
             }
         };
+        let synced = Arc::clone(&self.synced);
         tokio::select! {
             () = cancel.cancelled() => {}
-            () = list_watch(api, selector, apply) => {}
+            () = list_watch(api, selector, apply, |s| synced[0].store(s, std::sync::atomic::Ordering::Release)) => {}
         }
     }
 
@@ -193,9 +243,10 @@ impl Kubernetes {
                 changed
             });
         };
+        let synced = Arc::clone(&self.synced);
         tokio::select! {
             () = cancel.cancelled() => {}
-            () = list_watch(api, selector, apply) => {}
+            () = list_watch(api, selector, apply, |s| synced[1].store(s, std::sync::atomic::Ordering::Release)) => {}
         }
     }
 
@@ -209,7 +260,7 @@ impl Kubernetes {
             tracing::info!(node = me, "resuming an existing cluster");
             return Ok(Bootstrap::TakePart);
         }
-        if me != 1 {
+        if me != ids::node_id(0, 0) {
             tracing::info!(node = me, "no state: waiting to be contacted by the cluster");
             return Ok(Bootstrap::TakePart);
         }
@@ -229,7 +280,8 @@ impl Kubernetes {
         let replicas = replicas.unwrap_or(1);
         let claim = if claim.is_empty() {
             let id = uuid::Uuid::new_v4().to_string();
-            write_durably(&claim_path, &id).map_err(|e| DiscoveryError::Initialize(format!("{claim_path:?}: {e}")))?;
+            ids::write_durably(&claim_path, &id)
+                .map_err(|e| DiscoveryError::Initialize(format!("{claim_path:?}: {e}")))?;
             id
         } else {
             claim
@@ -299,9 +351,9 @@ impl Kubernetes {
             tracing::error!(
                 marker = %name,
                 cluster_id = %theirs,
-                "this node (ordinal 0) has no state but the cluster was already created: its data dir was \
-                 lost. It will not create a second cluster, stays out of Raft (peers are not served) and \
-                 waits; rejoining under a new id is not implemented yet (issue 12, later increment)"
+                "this node (ordinal 0) has no state but the cluster was already created, and the id book did \
+                 not know its disk (the book was deleted?). It will not create a second cluster and stays out \
+                 of Raft (peers are not served)"
             );
             return Ok(None);
         }
@@ -325,22 +377,116 @@ impl Kubernetes {
     }
 }
 
+impl Kubernetes {
+    /// Decides this node's id. With state in the data dir (`has_state`) it is the id kept there
+    /// (ordinal + 1 for a data dir older than the id book), unless the book says it was retired
+    /// or superseded: then [`Settled::Discard`]. The book is asked for a few seconds only, so a
+    /// restart with state does not wait for the API server. Without state, the id kept in the
+    /// data dir is used only if the book records that very claim; otherwise the next generation
+    /// is claimed, retrying until the API server answers.
+    pub async fn settle_identity(&self, data_dir: &Path, has_state: bool) -> Result<Settled, DiscoveryError> {
+        let ordinal = self.settings.ordinal()?;
+        let local = LocalId::read(data_dir);
+        if has_state {
+            let id = local.map_or(ids::node_id(ordinal, 0), |l| l.id);
+            let book = tokio::time::timeout(Duration::from_secs(5), self.read_book_retrying()).await;
+            match book {
+                Ok((book, _)) if book.is_superseded(id) => {
+                    tracing::warn!(
+                        node = id,
+                        "this node's id was removed from the cluster (a scale-down) or replaced: discarding its \
+                         stale state to join again under a new id"
+                    );
+                    return Ok(Settled::Discard(id));
+                }
+                Ok(_) => {}
+                Err(_) => tracing::warn!(node = id, "cannot read the id book; resuming without checking it"),
+            }
+            return Ok(Settled::Resume(id));
+        }
+        let mut backoff = Backoff::default();
+        loop {
+            let (mut book, found) = self.read_book_retrying().await;
+            if let Some(local) = local.as_ref().filter(|l| l.is_current_in(&book)) {
+                return Ok(Settled::Fresh(local.id));
+            }
+            let claim = book.next_claim(ordinal);
+            let id = ids::node_id(ordinal, claim.generation);
+            // Kept on disk before the book records it: a restart in between finds its own claim.
+            LocalId { id, token: claim.token.clone() }
+                .write(data_dir)
+                .map_err(|e| DiscoveryError::Initialize(format!("cannot write the node id in {data_dir:?}: {e}")))?;
+            book.set(ordinal, claim);
+            match self.write_book(&book, found).await {
+                Ok(()) => {
+                    tracing::info!(node = id, ordinal, generation = ids::generation_of(id), "claimed a node id");
+                    return Ok(Settled::Fresh(id));
+                }
+                Err(error) => {
+                    tracing::info!(%error, "the id book changed meanwhile; claiming again");
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+
+    /// Marks `id` retired in the id book, unless its ordinal already moved past it. Done by the
+    /// leader before it removes `id` from the cluster.
+    pub async fn retire(&self, id: NodeId) -> Result<(), DiscoveryError> {
+        let (mut book, found) = self.read_book().await.map_err(|e| DiscoveryError::Kubernetes(e.to_string()))?;
+        let ordinal = ids::ordinal_of(id);
+        let Some(claim) = book.get(ordinal).filter(|c| c.generation == ids::generation_of(id) && !c.retired) else {
+            return Ok(());
+        };
+        let retired = ids::Claim { retired: true, ..claim.clone() };
+        book.set(ordinal, retired);
+        self.write_book(&book, found).await.map_err(|e| DiscoveryError::Kubernetes(e.to_string()))
+    }
+
+    /// The id book and the ConfigMap it was read from (`None`: there is none yet).
+    pub async fn read_book(&self) -> Result<(Book, Option<ConfigMap>), kube::Error> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let found = api.get_opt(&self.settings.book_name()).await?;
+        let book = found.as_ref().and_then(|cm| cm.data.as_ref()).map(Book::from_data).unwrap_or_default();
+        Ok((book, found))
+    }
+
+    async fn read_book_retrying(&self) -> (Book, Option<ConfigMap>) {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.read_book().await {
+                Ok(read) => return read,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the id book; retrying");
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+
+    /// Writes `book` over `found` (the ConfigMap it was read from): a create if there was none,
+    /// else a replace at `found`'s resourceVersion. Either fails with 409 if another node wrote
+    /// first.
+    async fn write_book(&self, book: &Book, found: Option<ConfigMap>) -> Result<(), kube::Error> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let name = self.settings.book_name();
+        let mut cm = found.unwrap_or_else(|| ConfigMap {
+            metadata: ObjectMeta { name: Some(name.clone()), ..ObjectMeta::default() },
+            ..ConfigMap::default()
+        });
+        cm.data = Some(book.to_data());
+        if cm.metadata.resource_version.is_some() {
+            api.replace(&name, &PostParams::default(), &cm).await?;
+        } else {
+            api.create(&PostParams::default(), &cm).await?;
+        }
+        Ok(())
+    }
+}
+
 fn spec_replicas(sts: &StatefulSet) -> u64 {
     // A StatefulSet without `spec.replicas` has one (the API server's default).
     sts.spec.replicas.map_or(1, |r| r.max(0) as u64)
-}
-
-/// Writes `text` to `path` and syncs it and its directory.
-fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir: PathBuf = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    std::fs::create_dir_all(&dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(&dir)?.sync_all()
 }
 
 /// Which objects a list + watch follows.
@@ -359,7 +505,8 @@ enum Change<K> {
 
 /// Lists, then watches from the list's resourceVersion, forever: a watch that ends is resumed
 /// from the last version seen; one that fails or answers 410 Gone starts again with a list.
-async fn list_watch<K>(api: Api<K>, selector: Selector, mut apply: impl FnMut(Change<K>))
+/// `synced(true)` follows every successful list, `synced(false)` every failure.
+async fn list_watch<K>(api: Api<K>, selector: Selector, mut apply: impl FnMut(Change<K>), synced: impl Fn(bool))
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
@@ -373,6 +520,7 @@ where
         let list = match api.list(&lp).await {
             Ok(list) => list,
             Err(error) => {
+                synced(false);
                 tracing::warn!(%kind, %error, "list failed; retrying");
                 backoff.wait().await;
                 continue;
@@ -380,10 +528,12 @@ where
         };
         let mut version = list.metadata.resource_version.clone().unwrap_or_default();
         apply(Change::Reset(list.items));
+        synced(true);
         'watch: loop {
             let events = match api.watch(&wp, &version).await {
                 Ok(events) => events,
                 Err(error) => {
+                    synced(false);
                     tracing::warn!(%kind, %error, "watch failed; listing again");
                     backoff.wait().await;
                     break 'watch;
@@ -412,6 +562,7 @@ where
                     }
                     Some(Ok(WatchEvent::Bookmark(mark))) => version = mark.metadata.resource_version,
                     Some(Ok(WatchEvent::Error(status))) => {
+                        synced(false);
                         if status.code == 410 {
                             tracing::info!(%kind, "watch too old (410); listing again");
                         } else {
@@ -421,6 +572,7 @@ where
                         break 'watch;
                     }
                     Some(Err(error)) => {
+                        synced(false);
                         tracing::warn!(%kind, %error, "watch broke; listing again");
                         backoff.wait().await;
                         break 'watch;
@@ -472,13 +624,15 @@ mod tests {
 
     #[test]
     fn identity_from_the_pod() {
-        let identity = settings("gm-cluster-2").identity().unwrap();
-        assert_eq!(identity.id, 3);
+        assert_eq!(settings("gm-cluster-2").ordinal().unwrap(), 2);
+        let identity = settings("gm-cluster-2").identity(1003);
+        assert_eq!(identity.id, 1003);
         assert_eq!(identity.advert.name, "gm-cluster-2");
         assert_eq!(identity.advert.api_address, "gm-cluster-2.gm-cluster-headless.ns.svc:8080");
-        assert!(settings("other-2").identity().is_err());
-        assert!(settings("gm-cluster-x").identity().is_err());
-        assert!(settings("gm-cluster").identity().is_err());
+        assert!(settings("other-2").ordinal().is_err());
+        assert!(settings("gm-cluster-x").ordinal().is_err());
+        assert!(settings("gm-cluster").ordinal().is_err());
+        assert!(settings("gm-cluster-1000").ordinal().is_err());
     }
 
     #[test]

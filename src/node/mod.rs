@@ -5,6 +5,7 @@
 mod batcher;
 pub mod leadership;
 pub mod peer;
+pub mod voters;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -247,6 +247,11 @@ impl LogStore {
         Ok(LogStore { inner: Arc::new(Inner { state, fsyncs, writer: Some(writer) }) })
     }
 
+    /// Whether the log holds nothing at all: no vote, no entry, nothing purged (a new data dir).
+    pub fn is_blank(&self) -> bool {
+        self.lock().mem.pointers == Checkpoint::default()
+    }
+
     /// How many fsyncs the store has done since it was opened.
     pub fn fsyncs(&self) -> u64 {
         self.inner.fsyncs.load(Ordering::Relaxed)

@@ -20,6 +20,11 @@ use crate::membership::NodeId;
 /// The largest body a peer route takes, snapshots aside: a few AppendEntries payloads' worth.
 pub const PEER_BODY_LIMIT: usize = 64 << 20;
 
+/// The header naming the node a Raft RPC is meant for. A peer address is a stable name, and a
+/// pod whose disk was lost answers at it under a new id: a call meant for the old id must not
+/// reach it (openraft's leader would see that follower's log go back, and stop).
+pub const TARGET_NODE_HEADER: &str = "gm-target-node";
+
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -79,9 +84,29 @@ impl PeerClient {
         self.send(addr, req).await
     }
 
-    /// POSTs a raw body; the snapshot transfer uses it to avoid encoding bytes as JSON.
+    /// Like [`PeerClient::call`], for node `target` only (see [`TARGET_NODE_HEADER`]).
+    pub async fn call_node<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let req = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .header(TARGET_NODE_HEADER, target)
+            .json(body)
+            .timeout(timeout);
+        self.send(addr, req).await
+    }
+
+    /// POSTs a raw body to node `target` (see [`TARGET_NODE_HEADER`]); the snapshot transfer
+    /// uses it to avoid encoding bytes as JSON.
     pub async fn call_bytes<Resp: DeserializeOwned>(
         &self,
+        target: NodeId,
         addr: &str,
         path: &str,
         body: Vec<u8>,
@@ -91,6 +116,7 @@ impl PeerClient {
             .http
             .post(format!("http://{addr}{path}"))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(TARGET_NODE_HEADER, target)
             .body(body)
             .timeout(timeout);
         self.send(addr, req).await
@@ -171,8 +197,9 @@ impl PeerConnection {
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RpcError> {
-        let answer: Result<Resp, RaftError> =
-            self.record(self.client.call(&self.addr, path, req, option.hard_ttl()).await).map_err(|e| match e {
+        let answer: Result<Resp, RaftError> = self
+            .record(self.client.call_node(self.target, &self.addr, path, req, option.hard_ttl()).await)
+            .map_err(|e| match e {
                 PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
                 _ => RPCError::Network(NetworkError::new(&e)),
             })?;
@@ -214,6 +241,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, openraft::error::Fatal<NodeId>>> {
         let body = encode_snapshot(&vote, &snapshot).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let send = self.client.call_bytes::<Result<SnapshotResponse<NodeId>, openraft::error::Fatal<NodeId>>>(
+            self.target,
             &self.addr,
             "/raft/snapshot",
             body,

@@ -8,20 +8,40 @@ use axum::routing::post;
 use axum::{Json, Router};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 
-use super::network::{decode_snapshot, PEER_BODY_LIMIT};
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::network::{decode_snapshot, PEER_BODY_LIMIT, TARGET_NODE_HEADER};
 use super::{Raft, RaftError, TypeConfig};
 use crate::membership::NodeId;
 
 /// Snapshots of large clusters travel in one body.
 const SNAPSHOT_BODY_LIMIT: usize = 1 << 30;
 
-pub fn router(raft: Raft) -> Router {
+/// The Raft RPC routes of node `me`; a call meant for another node is refused with 421.
+pub fn router(raft: Raft, me: NodeId) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot).layer(DefaultBodyLimit::max(SNAPSHOT_BODY_LIMIT)))
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
+        .route_layer(axum::middleware::from_fn(move |req: Request, next: Next| for_me(me, req, next)))
         .with_state(raft)
+}
+
+/// Passes on a Raft RPC only if it names this node as its target (see [`TARGET_NODE_HEADER`]).
+async fn for_me(me: NodeId, req: Request, next: Next) -> Response {
+    let target = req.headers().get(TARGET_NODE_HEADER).and_then(|v| v.to_str().ok()?.parse::<NodeId>().ok());
+    if target == Some(me) {
+        return next.run(req).await;
+    }
+    tracing::debug!(node = me, target = ?target, "refused a Raft call meant for another node");
+    let message = match target {
+        Some(target) => format!("this is node {me}, not node {target}: that node's disk was lost or it moved"),
+        None => format!("a Raft call must name its target node in the {TARGET_NODE_HEADER} header"),
+    };
+    (StatusCode::MISDIRECTED_REQUEST, message).into_response()
 }
 
 async fn append(

@@ -13,9 +13,10 @@ use crate::api::{self, AppState};
 pub mod config;
 
 use crate::discovery::identity::{self, Identity};
-use crate::discovery::kubernetes::{self, Bootstrap, Kubernetes};
+use crate::discovery::kubernetes::{self, Bootstrap, Kubernetes, Settled};
+use crate::discovery::reconcile;
 use crate::discovery::static_peers::{self, DiscoveryError};
-use crate::membership::{NodeAdvert, NodeId};
+use crate::membership::NodeId;
 use crate::metrics::Metrics;
 use crate::node::leadership::{self, Duty};
 use crate::node::{self, Node};
@@ -44,6 +45,8 @@ pub enum ServerError {
     Listen { addr: String, source: std::io::Error },
     #[error("cannot open the Raft log: {0}")]
     Log(#[from] LogStoreError),
+    #[error("cannot discard the stale state in {dir}: {source}")]
+    Discard { dir: String, source: std::io::Error },
     #[error("cannot open the state machine in {dir}: {source}")]
     StateMachine { dir: String, source: std::io::Error },
     #[error("raft: {0}")]
@@ -58,18 +61,37 @@ pub enum ServerError {
 
 /// Runs a node until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let (id, advert, discovery) = discover(&config).await?;
+    let discovery = discover(&config).await?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let api_listener = listen(&config.api_addr).await?;
     let peer_listener = listen(&config.peer_addr).await?;
 
-    let log_store = LogStore::open(&config.data_dir.join("log"))?;
+    let log_dir = config.data_dir.join("log");
+    let mut log_store = LogStore::open(&log_dir)?;
+    let Identity { id, advert } = match &discovery {
+        Peers::Static(identity, _) => identity.clone(),
+        Peers::Kubernetes(kube) => {
+            let id = match kube.settle_identity(&config.data_dir, !log_store.is_blank()).await? {
+                Settled::Resume(id) | Settled::Fresh(id) => id,
+                Settled::Discard(_) => {
+                    drop(log_store);
+                    discard_state(&config.data_dir)?;
+                    log_store = LogStore::open(&log_dir)?;
+                    match kube.settle_identity(&config.data_dir, false).await? {
+                        Settled::Fresh(id) | Settled::Resume(id) | Settled::Discard(id) => id,
+                    }
+                }
+            };
+            tracing::info!(node = id, pod = %kube.settings().pod_name, "kubernetes identity");
+            kube.settings().identity(id)
+        }
+    };
     let sm_dir = config.data_dir.join("snapshot");
     let state_machine = StateMachineStore::open(&sm_dir)
         .map_err(|source| ServerError::StateMachine { dir: sm_dir.display().to_string(), source })?;
     let state = state_machine.handle();
     let peer_client = match &discovery {
-        Peers::Static(_) => PeerClient::new()?,
+        Peers::Static(..) => PeerClient::new()?,
         Peers::Kubernetes(kube) => {
             let kube = kube.clone();
             PeerClient::with_resolver(Arc::new(move |host: &str| kube.resolve(host)))?
@@ -80,7 +102,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
 
-    if let Peers::Static(peers) = &discovery {
+    if let Peers::Static(_, peers) = &discovery {
         if let Err(e) = static_peers::check_resumed(&raft, peers).await {
             let _ = raft.shutdown().await;
             return Err(e.into());
@@ -109,7 +131,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     };
     let checker = Checker::new(probe.timeout)?;
     let probe_peers = ProbePeers { node: Arc::clone(&node), checker: checker.clone(), leases: Arc::clone(&leases) };
-    let peer_routes = raft::peer::router(raft.clone())
+    let peer_routes = raft::peer::router(raft.clone(), id)
         .merge(node::peer::router(Arc::clone(&node)))
         .merge(probe::peer::router(Arc::new(probe_peers)));
     tasks.spawn("prober", prober::run(Arc::clone(&node), probe, checker, Arc::clone(&metrics), cancel.clone()));
@@ -127,7 +149,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut shutdown = std::pin::pin!(shutdown);
     let bootstrap = async {
         match &discovery {
-            Peers::Static(peers) => static_peers::bootstrap(&raft, id, peers).await.map(|()| Bootstrap::TakePart),
+            Peers::Static(_, peers) => static_peers::bootstrap(&raft, id, peers).await.map(|()| Bootstrap::TakePart),
             Peers::Kubernetes(kube) => kube.bootstrap(&raft, id, &config.data_dir).await,
         }
     };
@@ -187,14 +209,15 @@ async fn stop(
 
 /// How this node finds its peers.
 enum Peers {
-    /// `--peers`: every initial voter's peer address.
-    Static(BTreeMap<NodeId, String>),
+    /// This node's identity from its flags, and `--peers`: every initial voter's peer address.
+    Static(Identity, BTreeMap<NodeId, String>),
     /// The StatefulSet's pods, through the Kubernetes API.
     Kubernetes(Kubernetes),
 }
 
-/// Decides who this node is and how it finds its peers.
-async fn discover(config: &ServerConfig) -> Result<(NodeId, NodeAdvert, Peers), ServerError> {
+/// Decides how this node finds its peers and, with static discovery, who it is (with
+/// Kubernetes discovery that needs the data dir and the id book: see `run`).
+async fn discover(config: &ServerConfig) -> Result<Peers, ServerError> {
     match config.discovery {
         Discovery::Static => {
             let Identity { id, advert } = identity::decide(&identity::Flags {
@@ -216,20 +239,21 @@ async fn discover(config: &ServerConfig) -> Result<(NodeId, NodeAdvert, Peers), 
                     config.peer_addr
                 )));
             }
-            Ok((id, advert, Peers::Static(peers)))
+            Ok(Peers::Static(Identity { id, advert }, peers))
         }
         Discovery::Kubernetes => {
             let settings = kubernetes_settings(config)?;
-            let Identity { id, advert } = settings.identity()?;
-            if config.node_id.is_some_and(|n| n != id) {
-                return Err(ServerError::Config(format!(
-                    "--node-id differs from the id of --pod-name {} ({id}) with kubernetes discovery",
-                    settings.pod_name
-                )));
+            settings.ordinal()?;
+            if config.node_id.is_some() {
+                return Err(ServerError::Config(
+                    "--node-id is not used with kubernetes discovery: the id is the pod's ordinal and the generation \
+                     of its disk"
+                        .into(),
+                ));
             }
             let kube = Kubernetes::connect(settings).await?;
-            tracing::info!(node = id, pod = %advert.name, pod_ip = ?config.kubernetes.pod_ip, "kubernetes discovery");
-            Ok((id, advert, Peers::Kubernetes(kube)))
+            tracing::info!(pod = %kube.settings().pod_name, pod_ip = ?config.kubernetes.pod_ip, "kubernetes discovery");
+            Ok(Peers::Kubernetes(kube))
         }
     }
 }
@@ -269,8 +293,25 @@ fn kubernetes_settings(config: &ServerConfig) -> Result<kubernetes::Settings, Se
     })
 }
 
+/// Deletes the Raft log, the snapshots and the bootstrap claim of an id that was retired or
+/// replaced; the node id file stays until a new id is claimed over it.
+fn discard_state(data_dir: &std::path::Path) -> Result<(), ServerError> {
+    let failed = |source| ServerError::Discard { dir: data_dir.display().to_string(), source };
+    for dir in ["log", "snapshot"] {
+        match std::fs::remove_dir_all(data_dir.join(dir)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(failed(e)),
+            _ => {}
+        }
+    }
+    match std::fs::remove_file(data_dir.join(kubernetes::CLAIM_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(failed(e)),
+        _ => {}
+    }
+    std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(failed)
+}
+
 /// What this node does only while it leads: hand members of dead nodes over, expire leases,
-/// name the cluster.
+/// name the cluster, and with Kubernetes discovery keep the voters equal to the StatefulSet.
 fn leader_duties(
     node: &Arc<Node>,
     probe: ProbeConfig,
@@ -291,7 +332,7 @@ fn leader_duties(
     let naming: Duty = {
         let node = Arc::clone(node);
         match discovery {
-            Peers::Static(_) => {
+            Peers::Static(..) => {
                 Box::new(move |_, cancel| Box::pin(leadership::name_cluster(Arc::clone(&node), cancel)))
             }
             Peers::Kubernetes(kube) => {
@@ -300,7 +341,12 @@ fn leader_duties(
             }
         }
     };
-    vec![handover, expiry, naming]
+    let mut duties = vec![handover, expiry, naming];
+    if let Peers::Kubernetes(kube) = discovery {
+        let (node, kube) = (Arc::clone(node), kube.clone());
+        duties.push(Box::new(move |_, cancel| Box::pin(reconcile::run(Arc::clone(&node), kube.clone(), cancel))));
+    }
+    duties
 }
 
 /// The naming duty with Kubernetes discovery: the cluster takes the id its bootstrap marker

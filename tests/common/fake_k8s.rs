@@ -155,7 +155,7 @@ impl FakeK8s {
             .route("/api", get(core_versions))
             .route("/apis", get(api_groups))
             .route("/api/v1/namespaces/{ns}/{resource}", get(list_core).post(create_core))
-            .route("/api/v1/namespaces/{ns}/{resource}/{name}", get(get_core))
+            .route("/api/v1/namespaces/{ns}/{resource}/{name}", get(get_core).put(replace_core))
             .route("/apis/apps/v1/namespaces/{ns}/{resource}", get(list_apps))
             .route("/apis/apps/v1/namespaces/{ns}/{resource}/{name}", get(get_apps))
             .with_state(shared.clone());
@@ -373,6 +373,48 @@ async fn create_core(
     *store.creates.entry(name).or_default() += 1;
     let stored = s.record(&mut store, "configmaps", &ns, object, false);
     (StatusCode::CREATED, Json(stored)).into_response()
+}
+
+/// PUT of a ConfigMap: replaces it only if the body's `metadata.resourceVersion` is the stored
+/// one (optimistic concurrency, as the API server does), else 409 Conflict; 404 if none exists.
+async fn replace_core(
+    State(s): State<Shared>,
+    UrlPath((ns, resource, name)): UrlPath<(String, String, String)>,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(fail) = failing(&s) {
+        return fail;
+    }
+    if resource != "configmaps" {
+        return status(405, "MethodNotAllowed", format!("the fake replaces configmaps only, not {resource}"), None);
+    }
+    let Ok(cm) = serde_json::from_value::<ConfigMap>(body) else {
+        return status(400, "BadRequest", "not a ConfigMap".into(), None);
+    };
+    if cm.metadata.name.as_deref() != Some(name.as_str()) {
+        return status(400, "BadRequest", "the name in the body does not match the URL".into(), None);
+    }
+    let mut store = s.lock();
+    let Some(stored) = store.objects.get(&("configmaps", ns.clone(), name.clone())) else {
+        return status(404, "NotFound", format!("configmaps \"{name}\" not found"), Some(("configmaps", &name)));
+    };
+    let current = stored["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_owned();
+    if cm.metadata.resource_version.as_deref() != Some(current.as_str()) {
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on configmaps \"{name}\": the object has been modified; please apply \
+                 your changes to the latest version and try again"
+            ),
+            Some(("configmaps", &name)),
+        );
+    }
+    let mut object = to_value(&cm);
+    object["metadata"]["uid"] = stored["metadata"]["uid"].clone();
+    object["metadata"]["creationTimestamp"] = stored["metadata"]["creationTimestamp"].clone();
+    let stored = s.record(&mut store, "configmaps", &ns, object, false);
+    Json(stored).into_response()
 }
 
 /// Whether `object` matches `labelSelector` (equality terms `k=v`, `k==v`, `k!=v`) and

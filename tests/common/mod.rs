@@ -10,6 +10,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod fake_k8s;
+pub mod load;
 pub mod members;
 pub mod partition;
 

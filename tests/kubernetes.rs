@@ -8,50 +8,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::fake_k8s::StatefulSetSim;
+use common::fake_k8s::{cluster_with_voters, one_cluster, voters, StatefulSetSim};
 use common::load::WriteLoad;
 use common::{poll, wait_for};
 use gm::discovery::ids;
-use gm::wire::Role;
-
-/// Waits until every running pod is ready and they all agree on one cluster id, one leader
-/// and the voters 1..=replicas. Returns the cluster id.
-async fn one_cluster(sim: &mut StatefulSetSim, replicas: u64) -> String {
-    cluster_with_voters(sim, &(1..=replicas).collect()).await
-}
-
-/// Waits until every running pod is ready and they all agree on one cluster id, one leader
-/// and the voters `expected`. Returns the cluster id.
-async fn cluster_with_voters(sim: &mut StatefulSetSim, expected: &BTreeSet<u64>) -> String {
-    let running: Vec<u64> = sim.running().collect();
-    for &ordinal in &running {
-        let sim = &*sim;
-        wait_for(&format!("pod {ordinal} ready"), || async move { sim.is_ready(ordinal).await }).await;
-    }
-    assert!(sim.exited().is_empty(), "pods exited: {:?}", sim.exited());
-    let sim = &*sim;
-    poll("one cluster id, one leader, voters = replicas on every pod", || {
-        let (running, expected) = (running.clone(), expected.clone());
-        async move {
-            let mut seen = BTreeSet::new();
-            for &ordinal in &running {
-                let cluster = sim.cluster(ordinal).await?;
-                let voters: BTreeSet<u64> = cluster
-                    .nodes
-                    .iter()
-                    .filter(|n| matches!(n.role, Role::Leader | Role::Follower))
-                    .map(|n| n.id)
-                    .collect();
-                if voters != expected {
-                    return None;
-                }
-                seen.insert((cluster.cluster_id?, cluster.leader_id?));
-            }
-            (seen.len() == 1).then(|| seen.into_iter().next().map(|(id, _)| id)).flatten()
-        }
-    })
-    .await
-}
 
 /// Starts every pod, each after a random delay of up to `max_delay`.
 async fn start_all_with_delays(sim: &mut StatefulSetSim, replicas: u64, max_delay: Duration) {
@@ -206,8 +166,7 @@ async fn leader_ordinal(sim: &StatefulSetSim) -> u64 {
 
 /// The voters as pod `ordinal` sees them.
 async fn voters_of(sim: &StatefulSetSim, ordinal: u64) -> Option<BTreeSet<u64>> {
-    let cluster = sim.cluster(ordinal).await?;
-    Some(cluster.nodes.iter().filter(|n| matches!(n.role, Role::Leader | Role::Follower)).map(|n| n.id).collect())
+    Some(voters(&sim.cluster(ordinal).await?))
 }
 
 fn apis(sim: &StatefulSetSim, ordinals: std::ops::Range<u64>) -> Vec<String> {

@@ -10,13 +10,13 @@
 //! ports, as pods of one StatefulSet have; the fake reports that IP as `status.podIP`, which is
 //! how the nodes reach each other's `{pod}.{service}.{namespace}.svc` names here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
@@ -26,7 +26,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures::StreamExt;
 use gm::client::{Client, RetryPolicy};
-use gm::wire::{ClusterAnswer, Consistency};
+use gm::wire::{ClusterAnswer, Consistency, Role};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta, Status, StatusDetails};
@@ -34,8 +34,14 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::{poll, wait_for};
+
 /// How many IPs each pod of a [`StatefulSetSim`] can move between.
 const IP_GENERATIONS: u8 = 3;
+
+/// How long a pod's process gets to exit after SIGTERM (its `terminationGracePeriodSeconds`),
+/// generous for a loaded machine: a node that needs longer is a bug worth a failed test.
+const GRACE_PERIOD: Duration = Duration::from_secs(30);
 
 /// How many changes the fake keeps for watches from an older `resourceVersion`.
 const HISTORY: usize = 10_000;
@@ -661,6 +667,52 @@ impl StatefulSetSim {
         self.fake.delete_pod(&self.namespace, &self.pod_name(ordinal));
     }
 
+    /// Stops pod `ordinal` as the kubelet does when the pod is deleted: SIGTERM, then the
+    /// process must exit cleanly within [`GRACE_PERIOD`] (else kill -9 and a failed test); the pod
+    /// object keeps its IP while it terminates and is gone once the process is. Returns how long
+    /// the process took to exit.
+    pub async fn stop_pod(&mut self, ordinal: u64) -> Duration {
+        let mut child = self.pods.remove(&ordinal).unwrap_or_else(|| panic!("pod {ordinal} is not running"));
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: kill(2) of a child of this process that is not reaped yet, so its pid is not reused.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting for a pod's process") {
+                break status;
+            }
+            if start.elapsed() > GRACE_PERIOD {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.fake.delete_pod(&self.namespace, &self.pod_name(ordinal));
+                panic!(
+                    "pod {ordinal} did not exit within {GRACE_PERIOD:?} of SIGTERM and was killed; its log ends:\n{}",
+                    self.log_tail(ordinal, 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let took = start.elapsed();
+        self.fake.delete_pod(&self.namespace, &self.pod_name(ordinal));
+        assert!(
+            status.success(),
+            "pod {ordinal} exited with {status} after SIGTERM; its log ends:\n{}",
+            self.log_tail(ordinal, 40)
+        );
+        took
+    }
+
+    /// What a rolling update does to pod `ordinal`: [`StatefulSetSim::stop_pod`], then, `gone_for`
+    /// later (in a real cluster the controller, the scheduler and the kubelet take seconds), the
+    /// pod is created again under its name and its process started on the same data dir and IP.
+    /// Returns how long the old process took to exit.
+    pub async fn roll_pod(&mut self, ordinal: u64, gone_for: Duration) -> Duration {
+        let stopped = self.stop_pod(ordinal).await;
+        tokio::time::sleep(gone_for).await;
+        self.start_pod(ordinal);
+        stopped
+    }
+
     pub fn wipe(&self, ordinal: u64) {
         let _ = std::fs::remove_dir_all(self.data_dir(ordinal));
     }
@@ -688,6 +740,13 @@ impl StatefulSetSim {
         std::fs::read_to_string(self.data_dir(ordinal).with_extension("log")).unwrap_or_default()
     }
 
+    /// The last `lines` lines of pod `ordinal`'s log.
+    pub fn log_tail(&self, ordinal: u64, lines: usize) -> String {
+        let text = self.log_text(ordinal);
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Whether a pod's process the test started has exited on its own.
     pub fn exited(&mut self) -> Vec<u64> {
         self.pods.iter_mut().filter_map(|(&o, c)| c.try_wait().ok().flatten().map(|_| o)).collect()
@@ -712,6 +771,44 @@ impl Drop for StatefulSetSim {
             let _ = child.wait();
         }
     }
+}
+
+/// Waits until every running pod is ready and they all agree on one cluster id, one leader
+/// and the voters 1..=replicas. Returns the cluster id.
+pub async fn one_cluster(sim: &mut StatefulSetSim, replicas: u64) -> String {
+    cluster_with_voters(sim, &(1..=replicas).collect()).await
+}
+
+/// Waits until every running pod is ready and they all agree on one cluster id, one leader
+/// and the voters `expected`. Returns the cluster id.
+pub async fn cluster_with_voters(sim: &mut StatefulSetSim, expected: &BTreeSet<u64>) -> String {
+    let running: Vec<u64> = sim.running().collect();
+    for &ordinal in &running {
+        let sim = &*sim;
+        wait_for(&format!("pod {ordinal} ready"), || async move { sim.is_ready(ordinal).await }).await;
+    }
+    assert!(sim.exited().is_empty(), "pods exited: {:?}", sim.exited());
+    let sim = &*sim;
+    poll("one cluster id, one leader, the expected voters on every pod", || {
+        let (running, expected) = (running.clone(), expected.clone());
+        async move {
+            let mut seen = BTreeSet::new();
+            for &ordinal in &running {
+                let cluster = sim.cluster(ordinal).await?;
+                if voters(&cluster) != expected {
+                    return None;
+                }
+                seen.insert((cluster.cluster_id?, cluster.leader_id?));
+            }
+            (seen.len() == 1).then(|| seen.into_iter().next().map(|(id, _)| id)).flatten()
+        }
+    })
+    .await
+}
+
+/// The voters' ids in `cluster`.
+pub fn voters(cluster: &ClusterAnswer) -> BTreeSet<u64> {
+    cluster.nodes.iter().filter(|n| matches!(n.role, Role::Leader | Role::Follower)).map(|n| n.id).collect()
 }
 
 /// An API port and a peer port free on the first `n` IPs of `127.{net.0}.{net.1}.0/24`, below the

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use gm::bench::BenchConfig;
 use gm::dev::DevConfig;
 use gm::server::config::ServerConfig;
+use gm::server::recover::RecoverConfig;
 use gm::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -31,6 +32,9 @@ enum CliCommand {
     /// Load a cluster (its own local one, or `--endpoints`) and print throughput, latency and
     /// failover time; `gm bench fd` measures failure detection instead.
     Bench(BenchConfig),
+    /// After a majority of the voters is lost for good: ask the node that survived, at its next
+    /// start, to become the only voter of its cluster (entries only the lost nodes held are lost).
+    Recover(RecoverConfig),
 }
 
 #[tokio::main]
@@ -56,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             gm::dev::run(config, &node_args, gm::server::shutdown_signal()).await?
         }
         CliCommand::Bench(config) => gm::bench::run(config).await?,
+        CliCommand::Recover(config) => gm::server::recover::run(config).await?,
     }
     Ok(())
 }

@@ -75,9 +75,17 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<HealthAnswe
     if !in_cluster {
         return Err(ApiError::Unavailable("this node is not in the cluster yet".into()));
     }
-    let not_ready = || match app.node.leader() {
-        None => ApiError::Unavailable("no leader is known: the cluster has no quorum".into()),
-        Some(_) => ApiError::Unavailable("this node has not caught up with the leader".into()),
+    let not_ready = || {
+        let (unreachable, voters) = app.node.unreachable_voters();
+        let quorum = voters / 2 + 1;
+        ApiError::Unavailable(match app.node.leader() {
+            None => format!("no leader: {unreachable} of {voters} voters unreachable from this node (a quorum is {quorum})"),
+            // A leader restarted alone takes its leadership back, but cannot confirm it.
+            Some(leader) if leader.id == app.node.id => format!(
+                "no quorum: this node leads, but {unreachable} of {voters} voters are unreachable from it (a quorum is {quorum})"
+            ),
+            Some(_) => "this node has not caught up with the leader".into(),
+        })
     };
     tokio::time::timeout(READY_TIMEOUT, app.node.linearize())
         .await

@@ -212,6 +212,17 @@ impl Node {
         }
     }
 
+    /// How many voters this node's latest Raft RPC to them found unreachable (a node without a
+    /// leader asks every voter for its vote), and how many voters there are, this node included.
+    pub fn unreachable_voters(&self) -> (usize, usize) {
+        let view = self.raft_view();
+        let contacts = self.peers.contacts();
+        let voters: Vec<NodeId> = view.voters().map(|(id, _)| id).collect();
+        let unreachable =
+            voters.iter().filter(|&&id| id != self.id && contacts.get(id).is_some_and(|c| !c.reachable)).count();
+        (unreachable, voters.len())
+    }
+
     /// The current term, if this node leads in it.
     pub fn leader_term(&self) -> Option<u64> {
         let metrics = self.raft.metrics();

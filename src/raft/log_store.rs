@@ -252,6 +252,12 @@ impl LogStore {
         self.lock().mem.pointers == Checkpoint::default()
     }
 
+    /// Appends `entries` and returns once they are on disk. For `raft::recover`, which rewrites
+    /// the log before Raft runs; Raft itself appends through [`RaftLogStorage::append`].
+    pub async fn append_durable(&self, entries: Vec<Entry>) -> io::Result<()> {
+        self.submit_durable(Record::Entries(entries)).await
+    }
+
     /// How many fsyncs the store has done since it was opened.
     pub fn fsyncs(&self) -> u64 {
         self.inner.fsyncs.load(Ordering::Relaxed)

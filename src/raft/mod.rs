@@ -5,6 +5,7 @@ pub mod contact;
 pub mod log_store;
 pub mod network;
 pub mod peer;
+pub mod recover;
 pub mod state_machine;
 
 use serde::{Deserialize, Serialize};

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 pub mod config;
+pub mod recover;
 
 use crate::discovery::identity::{self, Identity};
 use crate::discovery::kubernetes::{self, Bootstrap, Kubernetes, Settled};
@@ -49,6 +50,10 @@ pub enum ServerError {
     Discard { dir: String, source: std::io::Error },
     #[error("cannot open the state machine in {dir}: {source}")]
     StateMachine { dir: String, source: std::io::Error },
+    #[error("cannot recover as {path} requests: {source}; remove that file to start without recovering")]
+    Recover { path: String, source: crate::raft::recover::RecoverError },
+    #[error("recovery request {path}: {source}")]
+    RecoverRequest { path: String, source: std::io::Error },
     #[error("raft: {0}")]
     Raft(String),
     #[error("metrics: {0}")]
@@ -90,6 +95,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let state_machine = StateMachineStore::open(&sm_dir)
         .map_err(|source| ServerError::StateMachine { dir: sm_dir.display().to_string(), source })?;
     let state = state_machine.handle();
+    recover::apply_requested(&config.data_dir, id, &log_store, &state).await?;
     let peer_client = match &discovery {
         Peers::Static(..) => PeerClient::new()?,
         Peers::Kubernetes(kube) => {

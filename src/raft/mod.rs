@@ -2,6 +2,7 @@
 //! the state machine, and the peer network.
 
 pub mod contact;
+pub mod fence;
 pub mod log_store;
 pub mod network;
 pub mod peer;

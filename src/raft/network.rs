@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::contact::Contacts;
+use super::fence::{self, ClusterFence, Refusal};
 use super::{NodeInfo, RaftError, Snapshot, TypeConfig, Vote};
 use crate::membership::NodeId;
 
@@ -35,13 +36,18 @@ pub enum PeerError {
     Transport { addr: String, source: reqwest::Error },
     #[error("peer {addr} answered {status}: {body}")]
     Status { addr: String, status: u16, body: String },
+    /// The peer is a node of another cluster, and refused the request (see [`fence`]).
+    #[error("peer {addr} belongs to cluster {}, not ours {}", .refusal.cluster_id, .refusal.request_cluster_id)]
+    OtherCluster { addr: String, refusal: Refusal },
 }
 
 /// An HTTP client for node-to-node calls, and what the Raft RPCs it carried found of each peer.
+/// Every request carries this node's cluster id once it is known.
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
     contacts: Contacts,
+    fence: ClusterFence,
 }
 
 impl PeerClient {
@@ -64,7 +70,12 @@ impl PeerClient {
         if let Some(resolve) = resolve {
             builder = builder.dns_resolver(Arc::new(PreferredResolver(resolve)));
         }
-        Ok(PeerClient { http: builder.build()?, contacts: Contacts::default() })
+        Ok(PeerClient { http: builder.build()?, contacts: Contacts::default(), fence: ClusterFence::default() })
+    }
+
+    /// The client with `fence` as the holder of this node's cluster id, which its requests carry.
+    pub fn with_fence(self, fence: ClusterFence) -> Self {
+        PeerClient { fence, ..self }
     }
 
     /// How the peers answered Raft RPCs.
@@ -122,7 +133,11 @@ impl PeerClient {
         self.send(addr, req).await
     }
 
-    async fn send<Resp: DeserializeOwned>(&self, addr: &str, req: reqwest::RequestBuilder) -> Result<Resp, PeerError> {
+    async fn send<Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        mut req: reqwest::RequestBuilder,
+    ) -> Result<Resp, PeerError> {
         let transport = |source: reqwest::Error| {
             if source.is_connect() {
                 PeerError::Unreachable { addr: addr.to_owned(), source }
@@ -130,11 +145,18 @@ impl PeerClient {
                 PeerError::Transport { addr: addr.to_owned(), source }
             }
         };
+        if let Some(id) = self.fence.id() {
+            req = req.header(fence::HEADER, &*id);
+        }
         let resp = req.send().await.map_err(transport)?;
-        let status = resp.status();
-        if !status.is_success() {
+        let status = resp.status().as_u16();
+        if !resp.status().is_success() {
             let body = resp.text().await.unwrap_or_default();
-            return Err(PeerError::Status { addr: addr.to_owned(), status: status.as_u16(), body });
+            if let Some(refusal) = Refusal::parse(status, &body) {
+                self.fence.refused_by(addr, &refusal);
+                return Err(PeerError::OtherCluster { addr: addr.to_owned(), refusal });
+            }
+            return Err(PeerError::Status { addr: addr.to_owned(), status, body });
         }
         resp.json().await.map_err(transport)
     }
@@ -200,13 +222,16 @@ impl PeerConnection {
         let answer: Result<Resp, RaftError> = self
             .record(self.client.call_node(self.target, &self.addr, path, req, option.hard_ttl()).await)
             .map_err(|e| match e {
-                PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                PeerError::Unreachable { .. } | PeerError::OtherCluster { .. } => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
                 _ => RPCError::Network(NetworkError::new(&e)),
             })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
-    /// Notes whether the peer answered: any HTTP answer counts, only no answer at all does not.
+    /// Notes whether the peer answered: any HTTP answer counts, except a node of another cluster's
+    /// refusal: the node we want is not there.
     fn record<T>(&self, result: Result<T, PeerError>) -> Result<T, PeerError> {
         let contacts = self.client.contacts();
         match &result {
@@ -252,7 +277,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             answer = send => match self.record(answer) {
                 Ok(Ok(resp)) => Ok(resp),
                 Ok(Err(fatal)) => Err(StreamingError::RemoteError(RemoteError::new(self.target, fatal))),
-                Err(e @ PeerError::Unreachable { .. }) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
+                Err(e @ (PeerError::Unreachable { .. } | PeerError::OtherCluster { .. })) => {
+                    Err(StreamingError::Unreachable(Unreachable::new(&e)))
+                }
                 Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
             },
         }

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures::future::{BoxFuture, FutureExt};
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +27,7 @@ use crate::probe::check::Checker;
 use crate::probe::lease::Leases;
 use crate::probe::peer::ProbePeers;
 use crate::probe::{self, handover, lease, prober, ProbeConfig};
+use crate::raft::fence::{self, ClusterFence};
 use crate::raft::log_store::{LogStore, LogStoreError};
 use crate::raft::network::{PeerClient, PeerNetwork};
 use crate::raft::state_machine::StateMachineStore;
@@ -96,17 +99,21 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         .map_err(|source| ServerError::StateMachine { dir: sm_dir.display().to_string(), source })?;
     let state = state_machine.handle();
     recover::apply_requested(&config.data_dir, id, &log_store, &state).await?;
+    let fence = ClusterFence::default();
     let peer_client = match &discovery {
         Peers::Static(..) => PeerClient::new()?,
         Peers::Kubernetes(kube) => {
             let kube = kube.clone();
             PeerClient::with_resolver(Arc::new(move |host: &str| kube.resolve(host)))?
         }
-    };
+    }
+    .with_fence(fence.clone());
     let network = PeerNetwork::new(peer_client.clone());
     let raft = Raft::new(id, raft_config(&config)?, network, log_store, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
+    // Raft has re-applied the committed log: a node with state knows its cluster before it talks.
+    fence.learn(&state);
 
     if let Peers::Static(_, peers) = &discovery {
         if let Err(e) = static_peers::check_resumed(&raft, peers).await {
@@ -118,7 +125,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let cancel = CancellationToken::new();
     let mut tasks = Tasks::default();
     let (node, batchers) =
-        Node::start(id, raft.clone(), state, advert, peer_client, config.request_timeout, cancel.clone());
+        Node::start(id, raft.clone(), state.clone(), advert, peer_client, config.request_timeout, cancel.clone());
     for batcher in batchers {
         tasks.spawn("batcher", async move {
             let _ = batcher.await;
@@ -139,7 +146,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let probe_peers = ProbePeers { node: Arc::clone(&node), checker: checker.clone(), leases: Arc::clone(&leases) };
     let peer_routes = raft::peer::router(raft.clone(), id)
         .merge(node::peer::router(Arc::clone(&node)))
-        .merge(probe::peer::router(Arc::new(probe_peers)));
+        .merge(probe::peer::router(Arc::new(probe_peers)))
+        .layer(axum::middleware::from_fn_with_state(fence.clone(), fence::check));
     tasks.spawn("prober", prober::run(Arc::clone(&node), probe, checker, Arc::clone(&metrics), cancel.clone()));
     tasks.spawn("API listener", serve(api_listener, api::router(app), cancel.clone()));
     tasks.spawn("advert", Arc::clone(&node).keep_advert(cancel.clone()));
@@ -164,6 +172,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let stopped_early = tokio::select! {
         result = bootstrap => match result {
             Ok(Bootstrap::TakePart) => {
+                tasks.spawn("cluster fence", fence.follow(state, cluster_id_hint(&discovery), cancel.clone()));
                 tasks.spawn("peer listener", serve(peer_listener, peer_routes, cancel.clone()));
                 false
             }
@@ -382,6 +391,18 @@ async fn name_cluster_from_marker(node: Arc<Node>, kube: Kubernetes, cancel: Can
     }
 }
 
+/// Where the cluster id may be read before this node applies it: with Kubernetes discovery, the
+/// bootstrap marker, which exists once bootstrap has decided.
+fn cluster_id_hint(discovery: &Peers) -> BoxFuture<'static, Option<String>> {
+    match discovery {
+        Peers::Static(..) => futures::future::ready(None).boxed(),
+        Peers::Kubernetes(kube) => {
+            let kube = kube.clone();
+            async move { kube.marker_cluster_id().await }.boxed()
+        }
+    }
+}
+
 /// Completes when Raft stops on a fatal error (a storage failure), which must stop the node.
 async fn raft_running(raft: Raft) {
     let mut metrics = raft.metrics();
@@ -406,9 +427,11 @@ async fn listen(addr: &str) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { addr: addr.to_owned(), source })
 }
 
-/// Serves `router` on `listener` until `cancel`, letting requests in flight finish.
+/// Serves `router` on `listener` until `cancel`, letting requests in flight finish. Handlers
+/// may read the caller's address (`ConnectInfo<SocketAddr>`).
 async fn serve(listener: TcpListener, router: axum::Router, cancel: CancellationToken) {
-    let result = axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned()).await;
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, service).with_graceful_shutdown(cancel.cancelled_owned()).await;
     if let Err(error) = result {
         tracing::error!(%error, "listener failed");
     }

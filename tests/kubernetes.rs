@@ -8,6 +8,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use common::fake_k8s::{cluster_with_voters, one_cluster, voters, StatefulSetSim};
 use common::load::WriteLoad;
 use common::{poll, wait_for};
@@ -41,8 +43,10 @@ fn assert_one_marker(sim: &StatefulSetSim, replicas: u64) {
     );
 }
 
+/// `runs` StatefulSets of `replicas` pods, each started at once with random delays, four
+/// StatefulSets at a time (separate fake API servers and IPs).
 async fn parallel_starts(replicas: u64, runs: usize) {
-    for run in 0..runs {
+    let run = |run: usize| async move {
         let mut sim = StatefulSetSim::new(replicas as i32).await;
         start_all_with_delays(&mut sim, replicas, Duration::from_millis(1500)).await;
         let started = std::time::Instant::now();
@@ -52,17 +56,18 @@ async fn parallel_starts(replicas: u64, runs: usize) {
         let marked = sim.marker().and_then(|m| m.data).map(|d| d["cluster-id"].clone());
         assert_eq!(marked.as_ref(), Some(&id), "the cluster id is the marker's");
         eprintln!("run {run} of {replicas} pods: cluster {id}, ready {took:?} after the last pod started");
-    }
+    };
+    futures::stream::iter(0..runs).map(run).buffer_unordered(4).collect::<Vec<()>>().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn three_pods_started_at_once_form_one_cluster() {
-    parallel_starts(3, 5).await;
+async fn three_pods_started_at_once_form_one_cluster_20_times() {
+    parallel_starts(3, 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn five_pods_started_at_once_form_one_cluster() {
-    parallel_starts(5, 3).await;
+async fn five_pods_started_at_once_form_one_cluster_20_times() {
+    parallel_starts(5, 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -434,4 +439,67 @@ async fn a_pod_back_at_a_new_ip_is_reached_there() {
         // leader reached the pod at its new IP (or the pod leads and reached the others).
         one_cluster(&mut sim, 3).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_of_three_disks_lost_no_leader_until_gm_recover() {
+    let mut sim = StatefulSetSim::new(3).await;
+    sim.start_pods(0..3);
+    let id = one_cluster(&mut sim, 3).await;
+    let load = WriteLoad::start(&apis(&sim, 0..3), "load", 2);
+    {
+        let load = &load;
+        wait_for("some writes", || async move { load.acknowledged() > 50 }).await;
+    }
+    let written = load.stop().await;
+    // Pod 0 survives: it must hold every acknowledged write before the others go.
+    WriteLoad::assert_none_lost("load", &sim.client(0), &written).await;
+    sim.kill_pods(0..3);
+    sim.wipe(1);
+    sim.wipe(2);
+    sim.start_pods(0..3);
+    let readyz = |sim: &StatefulSetSim| {
+        let url = format!("http://{}/readyz", sim.api(0));
+        async move {
+            let answer = reqwest::get(url).await.ok()?;
+            Some((answer.status().as_u16(), answer.text().await.ok()?))
+        }
+    };
+    // A clear status, and never a silent new cluster: nobody ready, no other leader, for a while.
+    poll("pod 0 to say it has no quorum", || async {
+        readyz(&sim)
+            .await
+            .filter(|(status, body)| *status == 503 && body.contains("2 of 3 voters") && body.contains("unreachable"))
+    })
+    .await;
+    // Node 1 may take back the leadership its vote records, but commits nothing: writes fail.
+    let spec: gm::membership::MemberSpec =
+        serde_json::from_value(common::lease_member("10.0.0.1:1")).expect("a member spec");
+    let (group, member) = common::names("load", "after-the-loss");
+    assert!(sim.client(0).join(&group, &member, &spec).await.is_err(), "a write succeeded without a quorum");
+    for _ in 0..20 {
+        assert!(matches!(readyz(&sim).await, Some((503, _))), "pod 0 is ready without a quorum");
+        for ordinal in 1..3 {
+            assert!(!sim.is_ready(ordinal).await, "pod {ordinal} is ready without a quorum");
+            let cluster = sim.cluster(ordinal).await;
+            let leader = cluster.as_ref().and_then(|c| c.leader_id);
+            assert!(matches!(leader, None | Some(1)), "pod {ordinal} follows another leader: {leader:?}");
+            let named = cluster.and_then(|c| c.cluster_id);
+            assert!(named.is_none() || named.as_ref() == Some(&id), "pod {ordinal} is in another cluster: {named:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sim.marker_creates(), 1);
+    let recover = std::process::Command::new(env!("CARGO_BIN_EXE_gm"))
+        .args(["recover", "--data-dir"])
+        .arg(sim.data_dir(0))
+        .output()
+        .expect("gm recover");
+    assert!(recover.status.success(), "gm recover: {}", String::from_utf8_lossy(&recover.stderr));
+    sim.stop_pod(0).await;
+    sim.start_pod(0);
+    // Node 1 alone, then the lost disks' new ids through learners.
+    let again = cluster_with_voters(&mut sim, &BTreeSet::from([1, 1002, 1003])).await;
+    assert_eq!(again, id, "recovery kept the cluster");
+    WriteLoad::assert_none_lost("load", &sim.client(1), &written).await;
 }

@@ -36,6 +36,10 @@ pub enum PeerError {
     Transport { addr: String, source: reqwest::Error },
     #[error("peer {addr} answered {status}: {body}")]
     Status { addr: String, status: u16, body: String },
+    /// Another node answers at the peer's address (421: its disk was lost and it came back
+    /// under a new id, see [`TARGET_NODE_HEADER`]): the node called is gone.
+    #[error("peer {addr} is another node now: {body}")]
+    OtherNode { addr: String, body: String },
     /// The peer is a node of another cluster, and refused the request (see [`fence`]).
     #[error("peer {addr} belongs to cluster {}, not ours {}", .refusal.cluster_id, .refusal.request_cluster_id)]
     OtherCluster { addr: String, refusal: Refusal },
@@ -156,6 +160,9 @@ impl PeerClient {
                 self.fence.refused_by(addr, &refusal);
                 return Err(PeerError::OtherCluster { addr: addr.to_owned(), refusal });
             }
+            if status == reqwest::StatusCode::MISDIRECTED_REQUEST.as_u16() {
+                return Err(PeerError::OtherNode { addr: addr.to_owned(), body });
+            }
             return Err(PeerError::Status { addr: addr.to_owned(), status, body });
         }
         resp.json().await.map_err(transport)
@@ -222,7 +229,7 @@ impl PeerConnection {
         let answer: Result<Resp, RaftError> = self
             .record(self.client.call_node(self.target, &self.addr, path, req, option.hard_ttl()).await)
             .map_err(|e| match e {
-                PeerError::Unreachable { .. } | PeerError::OtherCluster { .. } => {
+                PeerError::Unreachable { .. } | PeerError::OtherCluster { .. } | PeerError::OtherNode { .. } => {
                     RPCError::Unreachable(Unreachable::new(&e))
                 }
                 _ => RPCError::Network(NetworkError::new(&e)),
@@ -277,7 +284,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             answer = send => match self.record(answer) {
                 Ok(Ok(resp)) => Ok(resp),
                 Ok(Err(fatal)) => Err(StreamingError::RemoteError(RemoteError::new(self.target, fatal))),
-                Err(e @ (PeerError::Unreachable { .. } | PeerError::OtherCluster { .. })) => {
+                Err(e @ (PeerError::Unreachable { .. } | PeerError::OtherCluster { .. } | PeerError::OtherNode { .. })) => {
                     Err(StreamingError::Unreachable(Unreachable::new(&e)))
                 }
                 Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),

@@ -197,6 +197,8 @@ pub struct LocalCluster {
     output: NodeOutput,
     /// Whether a node is started with `--name gm-dev-N`, or left to its default name.
     named: bool,
+    /// Environment variables set (`Some`) or removed (`None`) for the nodes, over this process's.
+    env: Vec<(String, Option<String>)>,
 }
 
 /// Which nodes [`LocalCluster::stop_within`] stopped, and which of them had to be killed.
@@ -262,13 +264,28 @@ impl LocalCluster {
             })
             .collect();
         let data_dir = std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
-        Ok(LocalCluster { nodes, peers, data_dir, exe, extra_args: extra_args.to_vec(), output, named: true })
+        Ok(LocalCluster {
+            nodes,
+            peers,
+            data_dir,
+            exe,
+            extra_args: extra_args.to_vec(),
+            output,
+            named: true,
+            env: Vec::new(),
+        })
     }
 
     /// Whether the nodes started from now on get `--name gm-dev-N` (the default), or keep the
     /// name `gm server` gives itself.
     pub fn name_nodes(&mut self, named: bool) {
         self.named = named;
+    }
+
+    /// Sets (`Some`) or removes (`None`) environment variable `key` for the nodes started from
+    /// now on; the others they inherit from this process.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.push((key.to_owned(), value.map(str::to_owned)));
     }
 
     /// Runs `exe` as the nodes' `gm` from now on, instead of this process's own executable (a
@@ -283,6 +300,12 @@ impl LocalCluster {
         std::fs::create_dir_all(&dir).map_err(|error| DevError::DataDir { path: dir.display().to_string(), error })?;
         let mut command = Command::new(&self.exe);
         command.args(self.server_args(id)?).stdin(Stdio::null()).kill_on_drop(true);
+        for (key, value) in &self.env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
         let mut log_start = 0;
         if self.output == NodeOutput::LogFiles {
             let path = self.log_path(id);

@@ -40,8 +40,15 @@ enum CliCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    gm::telemetry::init(&cli.log, cli.log_format);
-    match run(cli).await {
+    let resource = match &cli.command {
+        CliCommand::Server(config) => config.trace_resource(),
+        _ => Vec::new(),
+    };
+    let telemetry = gm::telemetry::init(&cli.log, cli.log_format, &resource);
+    let result = run(cli).await;
+    // After the node has stopped, so its last spans go too.
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // One line, whatever RUST_BACKTRACE says: these are a user's errors, not gm's bugs. Each
         // error's message already names its cause.

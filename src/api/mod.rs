@@ -4,6 +4,7 @@ mod cluster;
 pub mod error;
 pub mod extract;
 mod groups;
+mod trace;
 mod watch;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), trace::request_span))
         .with_state(state)
 }
 

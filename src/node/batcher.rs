@@ -2,6 +2,11 @@
 //! request, a read-index round) then serves many callers. A request waits in the queue only
 //! while the allowed number of batches are already on their way, so batches grow with load
 //! and a lone request goes at once.
+//!
+//! Each batch runs in a `batch` span. Its parent is the span of the first caller in it that has
+//! one, so a lone write's trace runs straight through (a follower's request, the forward, the
+//! leader's proposal); it follows from (an OpenTelemetry link) every other caller's span, and
+//! each of those follows from it, so any caller's trace leads to the batch that served it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,8 +14,10 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 
-type Waiter<Req, Resp> = (Req, oneshot::Sender<Resp>);
+/// A request, the span of its caller, and where its answer goes.
+type Waiter<Req, Resp> = (Req, Span, oneshot::Sender<Resp>);
 
 /// How big batches get, and how many travel at once.
 #[derive(Clone, Copy)]
@@ -42,7 +49,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     /// Queues `req` and waits for its answer; `None` once the batcher has stopped.
     pub async fn submit(&self, req: Req) -> Option<Resp> {
         let (tx, rx) = oneshot::channel();
-        self.queue.send((req, tx)).ok()?;
+        self.queue.send((req, Span::current(), tx)).ok()?;
         rx.await.ok()
     }
 }
@@ -83,12 +90,13 @@ async fn run<Req, Resp, F, Fut>(
             }
         }
         // Callers that gave up need no answer.
-        batch.retain(|(_, tx)| !tx.is_closed());
+        batch.retain(|(_, _, tx)| !tx.is_closed());
         if batch.is_empty() {
             continue;
         }
-        let (reqs, waiters): (Vec<Req>, Vec<_>) = batch.into_iter().unzip();
-        let answers = send(reqs);
+        let span = batch_span(batch.iter().map(|(_, span, _)| span), batch.len());
+        let (reqs, waiters): (Vec<Req>, Vec<_>) = batch.into_iter().map(|(req, _, tx)| (req, tx)).unzip();
+        let answers = send(reqs).instrument(span);
         batches.spawn(async move {
             for (tx, answer) in waiters.into_iter().zip(answers.await) {
                 let _ = tx.send(answer);
@@ -96,6 +104,20 @@ async fn run<Req, Resp, F, Fut>(
             drop(permit);
         });
     }
+}
+
+/// The span of a batch of `size` requests whose callers' spans are `callers`.
+fn batch_span<'a>(callers: impl Iterator<Item = &'a Span>, size: usize) -> Span {
+    let mut traced = callers.filter(|s| !s.is_disabled());
+    let span = match traced.next() {
+        Some(first) => tracing::info_span!(parent: first, "batch", size),
+        None => tracing::info_span!(parent: None, "batch", size),
+    };
+    for caller in traced {
+        span.follows_from(caller);
+        caller.follows_from(&span);
+    }
+    span
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use std::sync::Weak;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::membership::{Command, NodeAdvert, NodeId};
 use crate::raft::network::{PeerClient, PeerError};
@@ -87,6 +88,22 @@ fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) 
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => NodeError::NotLeader,
         RaftError::APIError(e) => NodeError::Unavailable(e.to_string()),
         RaftError::Fatal(_) => NodeError::ShuttingDown,
+    }
+}
+
+/// The span of a write of `command` on node `node`, named by the command, with its group and
+/// member if it has them.
+fn write_span(node: NodeId, command: &Command) -> tracing::Span {
+    match command {
+        Command::Join { group, id, .. } => {
+            tracing::info_span!("write", op = "join", node, group = %group, member = %id)
+        }
+        Command::Leave { group, id, reason, .. } => {
+            tracing::info_span!("write", op = "leave", node, group = %group, member = %id, reason = ?reason)
+        }
+        Command::InitCluster { .. } => tracing::info_span!("write", op = "init_cluster", node),
+        Command::SetProbers { .. } => tracing::info_span!("write", op = "set_probers", node),
+        Command::AdvertiseNode { .. } => tracing::info_span!("write", op = "advertise_node", node),
     }
 }
 
@@ -255,7 +272,10 @@ impl Node {
 
     /// Commits `command` through the leader, wherever it is, within the request timeout.
     pub async fn write(&self, command: Command) -> Result<Applied, NodeError> {
-        self.on_leader(|| self.write_local(command.clone()), |_, _| self.forward_write(command.clone())).await
+        let span = write_span(self.id, &command);
+        self.on_leader(|| self.write_local(command.clone()), |_, _| self.forward_write(command.clone()))
+            .instrument(span)
+            .await
     }
 
     /// Runs `local` if this node leads, else `remote` with the leader and the time left; again
@@ -324,12 +344,17 @@ impl Node {
             None => Err(NodeError::NoLeader),
             Some(leader) if leader.id == self.id => Err(NodeError::NotLeader),
             Some(leader) => {
-                let send = self.peers.call::<_, Vec<Result<Applied, NodeError>>>(
-                    &leader.info.peer_addr,
-                    peer::path::WRITES,
-                    &commands,
-                    self.request_timeout,
-                );
+                let span =
+                    tracing::info_span!("forward", otel.kind = "client", node = self.id, leader = leader.id, size = n);
+                let send = self
+                    .peers
+                    .call::<_, Vec<Result<Applied, NodeError>>>(
+                        &leader.info.peer_addr,
+                        peer::path::WRITES,
+                        &commands,
+                        self.request_timeout,
+                    )
+                    .instrument(span);
                 // Not retried at the new leader: the old one may have committed the batch, and
                 // a repeated leave would then answer 404 for a leave that happened.
                 tokio::select! {
@@ -348,9 +373,22 @@ impl Node {
     /// Appends one batch of commands to the log as a single entry, and waits until it is applied.
     async fn propose(&self, commands: Vec<Command>) -> Vec<Result<Applied, NodeError>> {
         let n = commands.len();
+        // Until the entry is applied here, the leader: its append, replication and commit.
+        let span = tracing::info_span!(
+            "propose",
+            node = self.id,
+            size = n,
+            term = tracing::field::Empty,
+            index = tracing::field::Empty
+        );
+        let write = self.raft.client_write(Batch(commands)).instrument(span.clone());
         // Bounded, so a leader cut off from its quorum frees its proposal slots; the entry may
         // still commit later, as the contract allows for a write that got 503.
-        match tokio::time::timeout(self.request_timeout, self.raft.client_write(Batch(commands))).await {
+        let written = tokio::time::timeout(self.request_timeout, write).await;
+        if let Ok(Ok(resp)) = &written {
+            span.record("term", resp.log_id.leader_id.term).record("index", resp.log_id.index);
+        }
+        match written {
             Ok(Ok(resp)) if resp.data.len() == n => resp.data.into_iter().map(Ok).collect(),
             Ok(Ok(_)) => vec![Err(NodeError::Unavailable("a batch applied to another number of outcomes".into())); n],
             Ok(Err(e)) => vec![Err(client_write_error(e)); n],
@@ -406,7 +444,8 @@ impl Node {
     }
 
     async fn read_index_round(&self) -> Result<u64, NodeError> {
-        self.at_leader(peer::path::READ_INDEX, &(), || self.local_read_index()).await
+        let span = tracing::info_span!("read_index", node = self.id);
+        self.at_leader(peer::path::READ_INDEX, &(), || self.local_read_index()).instrument(span).await
     }
 
     /// The current leader, waiting for an election to finish until `deadline`.

@@ -87,7 +87,8 @@ impl PeerClient {
         &self.contacts
     }
 
-    /// POSTs `body` as JSON to `http://{addr}{path}` and decodes the JSON answer.
+    /// POSTs `body` as JSON to `http://{addr}{path}` and decodes the JSON answer. The request
+    /// carries the current span's trace context (Raft's own RPCs, below, do not).
     pub async fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
         &self,
         addr: &str,
@@ -95,7 +96,12 @@ impl PeerClient {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
-        let req = self.http.post(format!("http://{addr}{path}")).json(body).timeout(timeout);
+        let req = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .headers(crate::telemetry::trace_headers())
+            .json(body)
+            .timeout(timeout);
         self.send(addr, req).await
     }
 

@@ -86,6 +86,24 @@ pub struct ServerConfig {
     pub snapshot_every: u64,
 }
 
+impl ServerConfig {
+    /// What identifies this node in exported traces, as far as the flags tell before it starts
+    /// (with Kubernetes discovery the id is settled later; every span has a `node` field too).
+    pub fn trace_resource(&self) -> Vec<(&'static str, String)> {
+        let mut resource = Vec::new();
+        if let Some(id) = self.node_id {
+            resource.push(("gm.node.id", id.to_string()));
+        }
+        if let Some(name) = self.name.as_ref().or(self.kubernetes.pod_name.as_ref()) {
+            resource.push(("gm.node.name", name.clone()));
+        }
+        if let Some(pod) = &self.kubernetes.pod_name {
+            resource.push(("k8s.pod.name", pod.clone()));
+        }
+        resource
+    }
+}
+
 /// The flags of `--discovery kubernetes`, as the chart sets them from the downward API.
 #[derive(Clone, Debug, Default, Args)]
 pub struct KubernetesFlags {

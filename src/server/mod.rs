@@ -33,6 +33,7 @@ use crate::raft::network::{PeerClient, PeerNetwork};
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{self, Raft};
 use crate::tasks::{TaskError, Tasks};
+use crate::telemetry;
 use config::{Discovery, ServerConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +148,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let peer_routes = raft::peer::router(raft.clone(), id)
         .merge(node::peer::router(Arc::clone(&node)))
         .merge(probe::peer::router(Arc::new(probe_peers)))
-        .layer(axum::middleware::from_fn_with_state(fence.clone(), fence::check));
+        .layer(axum::middleware::from_fn_with_state(fence.clone(), fence::check))
+        .layer(axum::middleware::from_fn_with_state(id, telemetry::peer_span));
     tasks.spawn("prober", prober::run(Arc::clone(&node), probe, checker, Arc::clone(&metrics), cancel.clone()));
     tasks.spawn("API listener", serve(api_listener, api::router(app), cancel.clone()));
     tasks.spawn("advert", Arc::clone(&node).keep_advert(cancel.clone()));

@@ -74,7 +74,7 @@ pub struct Cluster {
 /// goes back to that range and can be taken by any outgoing connection before the node binds
 /// it. The first ports are random, so concurrent test processes rarely pick the same ones; never
 /// one this process handed out before, since a port is free only until its node binds it.
-fn local_cluster(n: u64, extra_args: &[&str], dir: &std::path::Path) -> LocalCluster {
+fn local_cluster(n: u64, extra_args: &[&str], env: &[(&str, Option<&str>)], dir: &std::path::Path) -> LocalCluster {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
@@ -92,6 +92,9 @@ fn local_cluster(n: u64, extra_args: &[&str], dir: &std::path::Path) -> LocalClu
                 local.set_executable(env!("CARGO_BIN_EXE_gm").into());
                 // Each node names itself, as a node started without `--name` does.
                 local.name_nodes(false);
+                for (key, value) in env {
+                    local.set_env(key, *value);
+                }
                 return local;
             }
             Err(DevError::PortsInUse { .. } | DevError::PortsOverlap { .. }) => continue,
@@ -123,8 +126,14 @@ impl Cluster {
 
     /// Starts `n` nodes with extra `gm server` flags and waits until every one is ready.
     pub async fn start_with(n: u64, extra_args: &[&str]) -> Cluster {
+        Self::start_with_env(n, extra_args, &[]).await
+    }
+
+    /// Like [`Cluster::start_with`], with environment variables set (`Some`) or removed (`None`)
+    /// for the nodes.
+    pub async fn start_with_env(n: u64, extra_args: &[&str], env: &[(&str, Option<&str>)]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let local = local_cluster(n, extra_args, dir.path());
+        let local = local_cluster(n, extra_args, env, dir.path());
         let nodes: Vec<NodeProc> = local
             .nodes
             .iter()
@@ -160,6 +169,14 @@ impl Cluster {
     pub async fn kill(&mut self, id: u64) {
         self.local.kill(id).await;
         self.paused_set().remove(&id);
+    }
+
+    /// SIGTERM to node `id`, waiting until it has exited: a clean stop.
+    pub async fn terminate(&self, id: u64) {
+        if let Some(pid) = self.local.pid(id) {
+            signal(pid, libc::SIGTERM);
+            wait_for(&format!("node {id} to exit"), || async move { exited(pid) }).await;
+        }
     }
 
     /// SIGSTOP / SIGCONT: a paused process keeps its sockets but answers nothing.

@@ -36,8 +36,8 @@ pub async fn request_span(State(state): State<Arc<AppState>>, req: Request, next
     {
         for (key, value) in &params {
             match key {
-                "group" => span.record("group", value),
-                "id" => span.record("member", value),
+                "group" => span.record("group", tracing::field::display(value)),
+                "id" => span.record("member", tracing::field::display(value)),
                 _ => &span,
             };
         }

@@ -442,9 +442,11 @@ async fn a_pod_back_at_a_new_ip_is_reached_there() {
         sim.move_pod(ordinal);
         assert_ne!(sim.ip(ordinal), old);
         sim.start_pod(ordinal);
+        let started = std::time::Instant::now();
         // Ready means a read-index round through the leader and the log applied up to it: the
         // leader reached the pod at its new IP (or the pod leads and reached the others).
         one_cluster(&mut sim, 3).await;
+        eprintln!("pod {ordinal} at a new IP: ready and reached {:?} after it started", started.elapsed());
     }
 }
 

@@ -1,5 +1,6 @@
 //! Leader duties in one place: the tasks only the leader runs (handing members of dead nodes
-//! over, expiring leases, naming the cluster) start when this node becomes leader of a term and
+//! over, expiring leases, naming the cluster; with Kubernetes discovery, reconciling the voters
+//! and holding the leader Lease) start when this node becomes leader of a term and
 //! stop when that leadership ends, instead of each polling "am I leader?". Leader changes are
 //! counted and logged here too, as this node sees them.
 

@@ -17,8 +17,8 @@ pub mod recover;
 
 use crate::discovery::identity::{self, Identity};
 use crate::discovery::kubernetes::{self, Bootstrap, Kubernetes, Settled};
-use crate::discovery::reconcile;
 use crate::discovery::static_peers::{self, DiscoveryError};
+use crate::discovery::{leader_lease, reconcile};
 use crate::membership::NodeId;
 use crate::metrics::Metrics;
 use crate::node::leadership::{self, Duty};
@@ -359,7 +359,11 @@ fn leader_duties(
     let mut duties = vec![handover, expiry, naming];
     if let Peers::Kubernetes(kube) = discovery {
         let (node, kube) = (Arc::clone(node), kube.clone());
+        let (lease_node, lease_kube) = (Arc::clone(&node), kube.clone());
         duties.push(Box::new(move |_, cancel| Box::pin(reconcile::run(Arc::clone(&node), kube.clone(), cancel))));
+        duties.push(Box::new(move |_, cancel| {
+            Box::pin(leader_lease::run(Arc::clone(&lease_node), lease_kube.clone(), cancel))
+        }));
     }
     duties
 }

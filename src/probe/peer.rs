@@ -53,3 +53,23 @@ async fn forward_heartbeat(
     lease::count_heartbeat(&peers.node, &answer);
     Json(answer)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::raft::network::rpc_label;
+
+    #[test]
+    fn every_peer_call_has_an_rpc_label_of_its_own() {
+        let paths = [
+            crate::node::peer::path::WRITES,
+            crate::node::peer::path::READ_INDEX,
+            crate::node::peer::path::HEALTH,
+            super::path::PING,
+            super::path::INDIRECT_PROBE,
+            super::path::HEARTBEAT,
+        ];
+        let labels: std::collections::BTreeSet<&str> = paths.iter().map(|p| rpc_label(p)).collect();
+        assert_eq!(labels.len(), paths.len(), "{labels:?}");
+        assert!(!labels.contains("other"), "{labels:?}");
+    }
+}

@@ -197,7 +197,7 @@ impl PeerClient {
 
 /// The `rpc` label of a call to peer `path` in `gm_peer_rpc_duration_seconds`: one per peer
 /// route (Raft's, `node::peer`'s and `probe::peer`'s), so the series stay bounded.
-fn rpc_label(path: &str) -> &'static str {
+pub fn rpc_label(path: &str) -> &'static str {
     match path {
         "/raft/append" => "append",
         "/raft/vote" => "vote",

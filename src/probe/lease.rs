@@ -129,8 +129,8 @@ impl Leases {
 }
 
 /// Renews a lease-mode member's lease at the leader, wherever it is. Counted in
-/// `gm_lease_heartbeats_total` by the node that answers it: `forwarded` here when that is the
-/// leader, which counts the outcome.
+/// `gm_lease_heartbeats_total` by its outcome where the leader answers it, and as `forwarded` on
+/// a follower that passed it on.
 pub async fn heartbeat(node: &Node, leases: &Leases, group: &GroupName, id: &MemberId) -> Result<Heartbeat, NodeError> {
     let key = (group.clone(), id.clone());
     let answered_here = AtomicBool::new(false);

@@ -22,7 +22,7 @@ use crate::discovery::{leader_lease, reconcile};
 use crate::membership::NodeId;
 use crate::metrics::Metrics;
 use crate::node::leadership::{self, Duty};
-use crate::node::{self, Node};
+use crate::node::{self, Node, NodeParts};
 use crate::probe::check::Checker;
 use crate::probe::lease::Leases;
 use crate::probe::peer::ProbePeers;
@@ -71,6 +71,7 @@ pub enum ServerError {
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let discovery = discover(&config).await?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    let metrics = Arc::new(Metrics::new(config.metrics_group_limit)?);
     let api_listener = listen(&config.api_addr).await?;
     let peer_listener = listen(&config.peer_addr).await?;
 
@@ -94,9 +95,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
             kube.settings().identity(id)
         }
     };
+    log_store.report_to(Arc::clone(&metrics));
     let sm_dir = config.data_dir.join("snapshot");
     let state_machine = StateMachineStore::open(&sm_dir)
-        .map_err(|source| ServerError::StateMachine { dir: sm_dir.display().to_string(), source })?;
+        .map_err(|source| ServerError::StateMachine { dir: sm_dir.display().to_string(), source })?
+        .with_metrics(Arc::clone(&metrics));
     let state = state_machine.handle();
     recover::apply_requested(&config.data_dir, id, &log_store, &state).await?;
     let fence = ClusterFence::default();
@@ -107,7 +110,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
             PeerClient::with_resolver(Arc::new(move |host: &str| kube.resolve(host)))?
         }
     }
-    .with_fence(fence.clone());
+    .with_fence(fence.clone())
+    .with_metrics(Arc::clone(&metrics));
     let network = PeerNetwork::new(peer_client.clone());
     let raft = Raft::new(id, raft_config(&config)?, network, log_store, state_machine)
         .await
@@ -124,15 +128,21 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
 
     let cancel = CancellationToken::new();
     let mut tasks = Tasks::default();
-    let (node, batchers) =
-        Node::start(id, raft.clone(), state.clone(), advert, peer_client, config.request_timeout, cancel.clone());
+    let parts = NodeParts {
+        raft: raft.clone(),
+        state: state.clone(),
+        advert,
+        peers: peer_client,
+        request_timeout: config.request_timeout,
+        metrics: Arc::clone(&metrics),
+    };
+    let (node, batchers) = Node::start(id, parts, cancel.clone());
     for batcher in batchers {
         tasks.spawn("batcher", async move {
             let _ = batcher.await;
         });
     }
     tasks.spawn("raft", raft_running(raft.clone()));
-    let metrics = Arc::new(Metrics::new()?);
     let leases = Arc::new(Leases::default());
     let app =
         Arc::new(AppState { node: Arc::clone(&node), metrics: Arc::clone(&metrics), leases: Arc::clone(&leases) });
@@ -152,7 +162,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     tasks.spawn("API listener", serve(api_listener, api::router(app), cancel.clone()));
     tasks.spawn("advert", Arc::clone(&node).keep_advert(cancel.clone()));
     let duties = leader_duties(&node, probe, &leases, &metrics, &discovery);
-    tasks.spawn("leadership", leadership::run(Arc::clone(&node), duties, Arc::clone(&metrics), cancel.clone()));
+    tasks.spawn("leadership", leadership::run(Arc::clone(&node), duties, cancel.clone()));
     tracing::info!(node = id, api = %config.api_addr, peer = %config.peer_addr, data_dir = %config.data_dir.display(), "gm server started");
 
     if let Peers::Kubernetes(kube) = &discovery {

@@ -2,8 +2,8 @@
 # Installs what the test suite needs on a fresh machine (idempotent): rustfmt and clippy, cargo-nextest, the
 # Python OpenAPI validator, iptables (the partition tests drop one node's packets), and for
 # tests/openapi/schemathesis.sh: schemathesis (pinned), curl, and iproute2 (it brings up loopback
-# in the network namespace the fuzzed cluster runs in); promtool (Debian's prometheus package), with
-# which tests/metrics.rs checks every node's /metrics.
+# in the network namespace the fuzzed cluster runs in); Debian's prometheus package: promtool, with
+# which tests/metrics.rs checks every node's /metrics, and prometheus for tests/prometheus/run.sh.
 set -euo pipefail
 SCHEMATHESIS_VERSION=4.32.5
 missing=()

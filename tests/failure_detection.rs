@@ -117,18 +117,12 @@ fn probed_by(set: &MemberSet, node: u64) -> Vec<(String, String)> {
     set.iter().filter(|(_, m)| m.responsible_node == Some(node)).map(|(k, _)| k.clone()).collect()
 }
 
-/// The value of one Prometheus series (`name{labels}`) on `node`, `0` if absent.
-async fn metric(c: &Cluster, node: &NodeProc, series: &str) -> f64 {
-    let text = c.http.get(node.url("/metrics")).send().await.expect("GET /metrics").text().await.expect("metrics text");
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
-}
-
-/// `gm_evictions_total{reason="failed"}` summed over the running nodes: the removals for failure
+/// `gm_members_removed_total{reason="failed"}` summed over the running nodes: the removals for failure
 /// they made.
 async fn failed_evictions(c: &Cluster) -> f64 {
     let mut sum = 0.0;
     for node in c.running() {
-        sum += metric(c, node, "gm_evictions_total{reason=\"failed\"}").await;
+        sum += c.metric(node, "gm_members_removed_total{reason=\"failed\"}").await;
     }
     sum
 }
@@ -273,7 +267,7 @@ async fn a_node_cut_off_from_members_evicts_none_of_them() {
     let its_members = probed_by(&set, cut);
     assert!(!its_members.is_empty(), "node {cut} probes some of {MEMBERS} members");
     let node = c.node(cut);
-    let suspected_before = metric(&c, node, "gm_indirect_probes_total{result=\"alive\"}").await;
+    let suspected_before = c.metric(node, "gm_suspicions_refuted_total").await;
     let isolation = &mut isolations[(cut - 1) as usize];
     for server in &servers {
         isolation.cut_off(&server.address);
@@ -283,7 +277,7 @@ async fn a_node_cut_off_from_members_evicts_none_of_them() {
     assert_kept(&c, &expected, SEVERAL_SUSPECT_PERIODS).await;
     // And the fault was real: the node's probes failed, it suspected each of its members and
     // heard from the other nodes that they are alive.
-    let suspected = metric(&c, node, "gm_indirect_probes_total{result=\"alive\"}").await - suspected_before;
+    let suspected = c.metric(node, "gm_suspicions_refuted_total").await - suspected_before;
     assert!(
         suspected >= its_members.len() as f64,
         "node {cut} cut off from its {} members, yet only {suspected} indirect probes found one alive",
@@ -299,9 +293,9 @@ async fn a_node_cut_off_from_members_evicts_none_of_them() {
 
     // Healed: its probes succeed again and everyone stays.
     isolations[(cut - 1) as usize].heal();
-    let succeeded = metric(&c, node, "gm_probes_total{result=\"success\"}").await;
+    let succeeded = c.metric(node, "gm_probes_total{result=\"ok\"}").await;
     wait_for(&format!("node {cut} reaching its members again"), || async {
-        metric(&c, node, "gm_probes_total{result=\"success\"}").await >= succeeded + 3.0 * its_members.len() as f64
+        c.metric(node, "gm_probes_total{result=\"ok\"}").await >= succeeded + 3.0 * its_members.len() as f64
     })
     .await;
     assert_kept(&c, &expected, Duration::from_secs(2)).await;

@@ -442,9 +442,11 @@ async fn a_pod_back_at_a_new_ip_is_reached_there() {
         sim.move_pod(ordinal);
         assert_ne!(sim.ip(ordinal), old);
         sim.start_pod(ordinal);
+        let started = std::time::Instant::now();
         // Ready means a read-index round through the leader and the log applied up to it: the
         // leader reached the pod at its new IP (or the pod leads and reached the others).
         one_cluster(&mut sim, 3).await;
+        eprintln!("pod {ordinal} at a new IP: ready and reached {:?} after it started", started.elapsed());
     }
 }
 
@@ -509,4 +511,89 @@ async fn two_of_three_disks_lost_no_leader_until_gm_recover() {
     let again = cluster_with_voters(&mut sim, &BTreeSet::from([1, 1002, 1003])).await;
     assert_eq!(again, id, "recovery kept the cluster");
     WriteLoad::assert_none_lost("load", &sim.client(1), &written).await;
+}
+
+/// The holder of the leader Lease once it names the pod of the leader pod `asked` sees, with a
+/// leader other than node `not`; the Lease then.
+async fn lease_on_the_leader(
+    sim: &StatefulSetSim,
+    asked: u64,
+    not: Option<u64>,
+) -> (u64, k8s_openapi::api::coordination::v1::Lease) {
+    poll("the leader Lease to name the leader's pod", || async move {
+        let leader = ids::ordinal_of(sim.cluster(asked).await?.leader_id?);
+        let lease = sim.leader_lease()?;
+        let holder = lease.spec.as_ref()?.holder_identity.clone()?;
+        (Some(leader) != not && holder == sim.pod_name(leader)).then_some((leader, lease))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_lease_names_the_leaders_pod_and_moves_with_the_leadership() {
+    let mut sim = StatefulSetSim::new(3).await;
+    sim.start_pods(0..3);
+    one_cluster(&mut sim, 3).await;
+    let (leader, lease) = lease_on_the_leader(&sim, 0, None).await;
+    let spec = lease.spec.expect("a spec");
+    let transitions = spec.lease_transitions.expect("leaseTransitions");
+    assert!(spec.lease_duration_seconds.is_some_and(|d| d > 0), "no leaseDurationSeconds: {spec:?}");
+    let acquired = spec.acquire_time.expect("acquireTime");
+    // Renewed every few seconds by replace at the resourceVersion read.
+    let renewed = poll("the leader to renew its Lease", || {
+        let sim = &sim;
+        async move { sim.leader_lease()?.spec?.renew_time.filter(|r| r.0 > acquired.0) }
+    })
+    .await;
+    assert!(renewed.0 > acquired.0);
+
+    sim.kill_pod(leader);
+    let survivor = sim.running().next().expect("a pod runs");
+    let (new_leader, lease) = lease_on_the_leader(&sim, survivor, Some(leader)).await;
+    let spec = lease.spec.expect("a spec");
+    assert_eq!(spec.holder_identity.as_deref(), Some(sim.pod_name(new_leader).as_str()));
+    assert_eq!(spec.lease_transitions, Some(transitions + 1), "one change of holder: {spec:?}");
+    assert!(spec.acquire_time.expect("acquireTime").0 > acquired.0, "the new holder's acquireTime is not new");
+    let log = sim.log_text(new_leader);
+    assert!(log.contains("taking the leader Lease over"), "the new leader did not log the take-over");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scale_up_is_reported_as_events_on_the_statefulset() {
+    let mut sim = StatefulSetSim::new(3).await;
+    sim.start_pods(0..3);
+    one_cluster(&mut sim, 3).await;
+    assert!(sim.events().is_empty(), "events before any voter change: {:?}", sim.events());
+    sim.set_replicas(4);
+    sim.start_pod(3);
+    one_cluster(&mut sim, 4).await;
+    let named = "node 4 (pod gm-cluster-3)";
+    let events = poll("events for the learner added and the voter promoted", || {
+        let sim = &sim;
+        async move {
+            let events = sim.events();
+            let reasons: Vec<&str> = events
+                .iter()
+                .filter(|e| e.message.as_deref().is_some_and(|m| m.contains(named)))
+                .filter_map(|e| e.reason.as_deref())
+                .collect();
+            (reasons == ["LearnerAdded", "VoterAdded"]).then_some(events)
+        }
+    })
+    .await;
+    let uid = sim.statefulset_uid();
+    for event in &events {
+        let object = &event.involved_object;
+        assert_eq!(object.kind.as_deref(), Some("StatefulSet"));
+        assert_eq!(object.api_version.as_deref(), Some("apps/v1"));
+        assert_eq!(object.name.as_deref(), Some(sim.name.as_str()));
+        assert_eq!(object.namespace.as_deref(), Some(sim.namespace.as_str()));
+        assert_eq!(object.uid, uid, "the event names another StatefulSet");
+        assert_eq!(event.type_.as_deref(), Some("Normal"));
+        assert_eq!(event.source.as_ref().and_then(|s| s.component.as_deref()), Some("gm"));
+        assert_eq!(event.reporting_component.as_deref(), Some("gm"));
+        let instance = event.reporting_instance.as_deref().unwrap_or_default();
+        assert!((0..3).any(|o| instance == sim.pod_name(o)), "reported by {instance:?}, not a pod of the cluster");
+        assert!(event.last_timestamp.is_some() && event.count == Some(1), "{event:?}");
+    }
 }

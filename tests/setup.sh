@@ -2,7 +2,8 @@
 # Installs what the test suite needs on a fresh machine (idempotent): rustfmt and clippy, cargo-nextest, the
 # Python OpenAPI validator, iptables (the partition tests drop one node's packets), and for
 # tests/openapi/schemathesis.sh: schemathesis (pinned), curl, and iproute2 (it brings up loopback
-# in the network namespace the fuzzed cluster runs in).
+# in the network namespace the fuzzed cluster runs in); Debian's prometheus package: promtool, with
+# which tests/metrics.rs checks every node's /metrics, and prometheus for tests/prometheus/run.sh.
 set -euo pipefail
 SCHEMATHESIS_VERSION=4.32.5
 missing=()
@@ -10,6 +11,7 @@ command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
   apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

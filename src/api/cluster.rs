@@ -11,7 +11,7 @@ use axum::Json;
 use super::error::ApiError;
 use super::extract::{Answer, Consistency, QueryParams, ReadParams};
 use super::AppState;
-use crate::metrics::StateGauges;
+use crate::metrics::ScrapeFigures;
 use crate::wire::{ClusterAnswer, HealthAnswer, NodeAnswer, Role};
 
 /// How long `/readyz` gives a read-index round before calling this node not ready.
@@ -103,16 +103,17 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<HealthAnswe
 }
 
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let gauges = {
+    let raft = app.node.raft_figures().await;
+    let figures = {
         let m = app.node.state.read();
-        StateGauges {
-            applied_index: app.node.raft_view().applied_index,
+        ScrapeFigures {
             groups: m.state.groups(),
             members: m.state.member_count(),
-            responsible_for: m.state.responsible_counts().get(&app.node.id).copied().unwrap_or(0),
+            responsible_members: m.state.responsible_counts().get(&app.node.id).copied().unwrap_or(0),
+            raft,
         }
     };
-    let text = app.metrics.render(&gauges).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let text = app.metrics.render(figures).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 

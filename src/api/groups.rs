@@ -13,7 +13,7 @@ use super::extract::{
     member_path, parse_u64, Answer, Consistency, GroupParams, JsonBody, LeaveParams, NoParams, PathParams, QueryParams,
     ReadParams,
 };
-use super::AppState;
+use super::{AppState, GaugeGuard};
 use crate::membership::{Command, GroupName, GroupView, LeaveReason, Member, MemberSpec, Outcome, Timestamp};
 use crate::node::{Node, NodeError};
 use crate::probe::lease::{self, Heartbeat};
@@ -35,14 +35,35 @@ pub async fn join(
     _: QueryParams<NoParams>,
     JsonBody(spec): JsonBody<MemberSpec>,
 ) -> Result<Answer<JoinAnswer>> {
-    let (group, id) = member_path(&group, &id)?;
-    let applied = app.node.write(Command::Join { group, id, spec, at: Timestamp::now() }).await?;
+    let joined = join_member(&app.node, &group, &id, spec).await;
+    let outcome = match &joined {
+        Ok((_, JoinOutcome { created: true, .. })) => "created",
+        Ok((_, JoinOutcome { changed: true, .. })) => "updated",
+        Ok(_) => "rejoined",
+        Err(_) => "rejected",
+    };
+    app.metrics.joins.with_label_values(&[outcome]).inc();
+    let (answer, JoinOutcome { created, .. }) = joined?;
+    Ok(Answer {
+        status: if created { StatusCode::CREATED } else { StatusCode::OK },
+        revision: answer.revision,
+        body: answer,
+    })
+}
+
+/// What a join did: added a member, or changed one (a new incarnation), or neither.
+struct JoinOutcome {
+    created: bool,
+    changed: bool,
+}
+
+async fn join_member(node: &Node, group: &str, id: &str, spec: MemberSpec) -> Result<(JoinAnswer, JoinOutcome)> {
+    let (group, id) = member_path(group, id)?;
+    let applied = node.write(Command::Join { group, id, spec, at: Timestamp::now() }).await?;
     match applied.outcome {
-        Outcome::Joined { member, created, .. } => Ok(Answer {
-            status: if created { StatusCode::CREATED } else { StatusCode::OK },
-            revision: applied.revision,
-            body: JoinAnswer { member, revision: applied.revision },
-        }),
+        Outcome::Joined { member, created, changed } => {
+            Ok((JoinAnswer { member, revision: applied.revision }, JoinOutcome { created, changed }))
+        }
         other => Err(unexpected(other)),
     }
 }
@@ -54,11 +75,19 @@ pub async fn leave(
 ) -> Result<Answer<RevisionAnswer>> {
     let (group, id) = member_path(&group, &id)?;
     let incarnation = params.incarnation.as_deref().map(|n| parse_u64("incarnation", n)).transpose()?;
-    let command = Command::Leave { group: group.clone(), id: id.clone(), incarnation, reason: LeaveReason::Left };
+    let reason = LeaveReason::Left;
+    let command = Command::Leave { group: group.clone(), id: id.clone(), incarnation, reason };
     let applied = app.node.write(command).await?;
     match applied.outcome {
-        Outcome::Left { .. } => Ok(Answer::ok(applied.revision, RevisionAnswer { revision: applied.revision })),
-        Outcome::NotMember => Err(not_a_member(&group, &id)),
+        Outcome::Left { .. } => {
+            app.metrics.leaves.with_label_values(&["left"]).inc();
+            app.metrics.member_removed(reason);
+            Ok(Answer::ok(applied.revision, RevisionAnswer { revision: applied.revision }))
+        }
+        Outcome::NotMember => {
+            app.metrics.leaves.with_label_values(&["not_found"]).inc();
+            Err(not_a_member(&group, &id))
+        }
         Outcome::IncarnationMismatch { current } => Err(ApiError::Conflict(format!(
             "member {id} of group {group} has incarnation {current}, not {}",
             incarnation.unwrap_or_default()
@@ -99,7 +128,6 @@ pub async fn heartbeat(
 ) -> Result<Answer<HeartbeatAnswer>> {
     let (group, id) = member_path(&group, &id)?;
     let outcome = lease::heartbeat(&app.node, &app.leases, &group, &id).await?;
-    app.metrics.heartbeats.with_label_values(&[outcome.label()]).inc();
     match outcome {
         Heartbeat::Renewed { revision, ttl_ms } => Ok(Answer::ok(revision, HeartbeatAnswer { revision, ttl_ms })),
         Heartbeat::NotMember => Err(not_a_member(&group, &id)),
@@ -139,9 +167,12 @@ pub async fn get_group(
         linearize_patiently(&app.node, deadline.max(now + app.node.request_timeout())).await?;
     }
     let waiting_from = Instant::now();
-    let changed = tokio::select! {
-        changed = wait_for_change(&app.node.state, &group, index, deadline) => changed,
-        _ = app.node.shutdown.cancelled() => return Err(NodeError::ShuttingDown.into()),
+    let changed = {
+        let _waiting = GaugeGuard::inc(&app.metrics.blocking_queries);
+        tokio::select! {
+            changed = wait_for_change(&app.node.state, &group, index, deadline) => changed,
+            _ = app.node.shutdown.cancelled() => return Err(NodeError::ShuttingDown.into()),
+        }
     };
     // A change seen was committed; a wait that ended without one must still find a quorum,
     // which it may have lost while it waited.

@@ -49,6 +49,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// One more on a gauge while it lives: a request counted as open until it ends, however it ends
+/// (a client that goes away drops the handler's future).
+pub(crate) struct GaugeGuard(prometheus::IntGauge);
+
+impl GaugeGuard {
+    pub(crate) fn inc(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 async fn not_found(req: Request) -> ApiError {
     ApiError::NotFound(format!("no such endpoint: {}", req.uri().path()))
 }

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::extract::{Consistency, PathParams, QueryParams, ReadParams, REVISION_HEADER};
-use super::AppState;
+use super::{AppState, GaugeGuard};
 use crate::membership::{GroupName, GroupView};
 use crate::node::Node;
 use crate::raft::state_machine::StateHandle;
@@ -45,7 +45,9 @@ pub async fn watch(
     let first = read_now.then(|| Arc::new(current(&app.node.state, &group)));
     // Without a quorum: the revision this node has applied, which the first view will not be below.
     let revision = first.as_ref().map_or_else(|| app.node.state.revision(), |view| view.revision);
-    let watcher = Watcher { node: Arc::clone(&app.node), group: group.clone(), changes, first, last: None };
+    let open = GaugeGuard::inc(&app.metrics.watch_streams);
+    let watcher =
+        Watcher { node: Arc::clone(&app.node), group: group.clone(), changes, first, last: None, _open: open };
     let views = stream::unfold(watcher, |mut w| async move { w.next().await.map(|view| (event(&view), w)) });
     let opened = Event::default().comment(format!("watching group {group}"));
     let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
@@ -70,6 +72,8 @@ struct Watcher {
     first: Option<Arc<GroupView>>,
     /// The view sent last.
     last: Option<Arc<GroupView>>,
+    /// Counts the stream in `gm_watch_streams` until it ends.
+    _open: GaugeGuard,
 }
 
 impl Watcher {

@@ -139,6 +139,8 @@ pub struct Kubernetes {
     pods: Arc<RwLock<BTreeMap<String, Option<IpAddr>>>>,
     /// The StatefulSet's `spec.replicas`, once seen.
     replicas: watch::Sender<Option<u64>>,
+    /// The StatefulSet's uid, once seen: events name it.
+    statefulset_uid: Arc<RwLock<Option<String>>>,
     /// Whether each watch (pods, StatefulSet) holds a view listed since its last failure.
     synced: Arc<[std::sync::atomic::AtomicBool; 2]>,
 }
@@ -160,12 +162,23 @@ impl Kubernetes {
             client,
             pods: Arc::default(),
             replicas: watch::Sender::new(None),
+            statefulset_uid: Arc::default(),
             synced: Arc::default(),
         })
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The client, for the other objects the leader writes ([`super::leader_lease`], [`super::events`]).
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// The StatefulSet's uid, if the watch has seen it.
+    pub fn statefulset_uid(&self) -> Option<String> {
+        self.statefulset_uid.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The pod IP the watch last reported for a stable name `{pod}.{service}.{namespace}.svc`;
@@ -228,12 +241,15 @@ impl Kubernetes {
         let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.settings.namespace);
         let selector = Selector::Fields(format!("metadata.name={}", self.settings.statefulset));
         let replicas = self.replicas.clone();
+        let uid = Arc::clone(&self.statefulset_uid);
         let apply = move |change: Change<StatefulSet>| {
-            let seen = match change {
-                Change::Reset(all) => all.first().map(spec_replicas),
-                Change::Upsert(sts) => Some(spec_replicas(&sts)),
+            let sts = match &change {
+                Change::Reset(all) => all.first(),
+                Change::Upsert(sts) => Some(sts),
                 Change::Delete(_) => None,
             };
+            let seen = sts.map(spec_replicas);
+            *uid.write().unwrap_or_else(|e| e.into_inner()) = sts.and_then(|s| s.metadata.uid.clone());
             replicas.send_if_modified(|r| {
                 let changed = *r != seen;
                 if changed {

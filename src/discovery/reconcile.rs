@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::events::Recorder;
 use super::ids::{self, Book};
 use super::kubernetes::{Kubernetes, Observed};
 use crate::membership::NodeId;
@@ -137,8 +138,34 @@ pub fn next_step(view: &View) -> Option<Step> {
     Some(retire_or(id, Step::RemoveVoter { id, voters: rest }))
 }
 
-/// The leader duty: reconciles until `cancel` (the end of this node's leadership).
+impl Step {
+    /// The Kubernetes event that reports this step once taken: its reason and message, naming
+    /// each node with its pod (`pod(id)`).
+    pub fn event(&self, pod: impl Fn(NodeId) -> String) -> (&'static str, String) {
+        let node = |id: NodeId| format!("node {id} (pod {})", pod(id));
+        let listed = |ids: &BTreeSet<NodeId>| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        match self {
+            Step::FinishJoint(voters) => (
+                "JointConfigFinished",
+                format!("finished the voter change a former leader left; voters {}", listed(voters)),
+            ),
+            Step::AddLearner { id, .. } => ("LearnerAdded", format!("{} added as a learner", node(*id))),
+            Step::Promote { id, voters } => {
+                ("VoterAdded", format!("{} caught up and became a voter; voters {}", node(*id), listed(voters)))
+            }
+            Step::Retire { id } => ("NodeRetired", format!("{} retired in the id book, to be removed", node(*id))),
+            Step::RemoveVoter { id, voters } => {
+                ("VoterRemoved", format!("{} removed from the voters; voters {}", node(*id), listed(voters)))
+            }
+            Step::RemoveLearner { id } => ("LearnerRemoved", format!("{} removed as a learner", node(*id))),
+        }
+    }
+}
+
+/// The leader duty: reconciles until `cancel` (the end of this node's leadership). Each step
+/// taken is reported as an event on the StatefulSet.
 pub async fn run(node: Arc<Node>, kube: Kubernetes, cancel: CancellationToken) {
+    let mut events = Recorder::new(&kube);
     let mut paused: Option<&str> = None;
     loop {
         let view = match observe(&node, &kube).await {
@@ -168,10 +195,16 @@ pub async fn run(node: Arc<Node>, kube: Kubernetes, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             done = take(&node, &kube, &step) => done,
         };
-        if let Err(error) = done {
-            tracing::warn!(step = ?step, %error, "a reconcile step failed; will look again");
-            if sleep_or_cancel(&cancel, PERIOD).await {
-                return;
+        match done {
+            Ok(()) => {
+                let (reason, message) = step.event(|id| kube.settings().node_info(ids::ordinal_of(id)).name);
+                events.record(reason, message).await;
+            }
+            Err(error) => {
+                tracing::warn!(step = ?step, %error, "a reconcile step failed; will look again");
+                if sleep_or_cancel(&cancel, PERIOD).await {
+                    return;
+                }
             }
         }
     }
@@ -296,6 +329,21 @@ mod tests {
         v.voters.voters.insert(1001);
         v.voters.learners.clear();
         assert_eq!(next_step(&v), Some(Step::RemoveVoter { id: 1, voters: set(&[2, 3, 1001]) }));
+    }
+
+    #[test]
+    fn each_step_is_reported_naming_its_node_and_pod() {
+        let pod = |id: NodeId| format!("gm-cluster-{}", ids::ordinal_of(id));
+        let (reason, message) = Step::AddLearner { id: 4, ordinal: 3 }.event(pod);
+        assert_eq!((reason, message.as_str()), ("LearnerAdded", "node 4 (pod gm-cluster-3) added as a learner"));
+        let (reason, message) = Step::Promote { id: 4, voters: set(&[1, 2, 3, 4]) }.event(pod);
+        assert_eq!(reason, "VoterAdded");
+        assert_eq!(message, "node 4 (pod gm-cluster-3) caught up and became a voter; voters 1, 2, 3, 4");
+        assert_eq!(Step::Retire { id: 1005 }.event(pod).0, "NodeRetired");
+        assert!(Step::Retire { id: 1005 }.event(pod).1.starts_with("node 1005 (pod gm-cluster-4)"));
+        assert_eq!(Step::RemoveVoter { id: 5, voters: set(&[1, 2, 3]) }.event(pod).0, "VoterRemoved");
+        assert_eq!(Step::RemoveLearner { id: 5 }.event(pod).0, "LearnerRemoved");
+        assert_eq!(Step::FinishJoint(set(&[1, 2])).event(pod).0, "JointConfigFinished");
     }
 
     #[test]

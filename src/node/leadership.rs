@@ -1,7 +1,9 @@
 //! Leader duties in one place: the tasks only the leader runs (handing members of dead nodes
-//! over, expiring leases, naming the cluster) start when this node becomes leader of a term and
+//! over, expiring leases, naming the cluster; with Kubernetes discovery, reconciling the voters
+//! and holding the leader Lease) start when this node becomes leader of a term and
 //! stop when that leadership ends, instead of each polling "am I leader?". Leader changes are
-//! counted and logged here too, as this node sees them.
+//! counted and logged here too, as this node sees them (the other Raft gauges are read when
+//! `/metrics` is scraped: [`Node::raft_figures`]).
 
 use std::sync::Arc;
 
@@ -12,14 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::Node;
 use crate::membership::NodeId;
-use crate::metrics::Metrics;
 
 /// A leader-only task: given the term this node leads in and a token cancelled when that
 /// leadership ends. It may finish early (a one-off duty); a panic stops the node.
 pub type Duty = Box<dyn Fn(u64, CancellationToken) -> BoxFuture<'static, ()> + Send + Sync>;
 
-/// Runs `duties` while this node leads, and feeds the leader metrics, until `cancel`.
-pub async fn run(node: Arc<Node>, duties: Vec<Duty>, metrics: Arc<Metrics>, cancel: CancellationToken) {
+/// Runs `duties` while this node leads, and counts leader changes, until `cancel`.
+pub async fn run(node: Arc<Node>, duties: Vec<Duty>, cancel: CancellationToken) {
     let mut raft = node.raft.metrics();
     let mut leader: Option<NodeId> = None;
     // The term this node leads in, the token that ends its duties, and the duties.
@@ -29,9 +30,8 @@ pub async fn run(node: Arc<Node>, duties: Vec<Duty>, metrics: Arc<Metrics>, canc
             let m = raft.borrow_and_update();
             (m.current_leader, m.current_term, m.state == ServerState::Leader && m.current_leader == Some(node.id))
         };
-        metrics.set_leadership(term, mine);
         if now_leader != leader && now_leader.is_some() {
-            metrics.leader_changes.inc();
+            node.metrics.leader_changes.inc();
             tracing::info!(node = node.id, leader = now_leader, term, "leader changed");
         }
         leader = now_leader;

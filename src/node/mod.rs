@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::membership::{Command, NodeAdvert, NodeId};
+use crate::metrics::{Metrics, RaftFigures};
 use crate::raft::network::{PeerClient, PeerError};
 use crate::raft::state_machine::StateHandle;
 use crate::raft::{Applied, Batch, NodeInfo, Raft};
@@ -163,19 +164,23 @@ pub struct Node {
     proposals: WriteBatcher,
     /// Cancelled when the node shuts down: long waits (watches, blocking queries) end with it.
     pub shutdown: CancellationToken,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What [`Node::start`] builds a node from.
+pub struct NodeParts {
+    pub raft: Raft,
+    pub state: StateHandle,
+    pub advert: NodeAdvert,
+    pub peers: PeerClient,
+    pub request_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Node {
     /// Creates the node and starts its batchers, which stop with `cancel`.
-    pub fn start(
-        id: NodeId,
-        raft: Raft,
-        state: StateHandle,
-        advert: NodeAdvert,
-        peers: PeerClient,
-        request_timeout: Duration,
-        cancel: CancellationToken,
-    ) -> (Arc<Node>, Vec<JoinHandle<()>>) {
+    pub fn start(id: NodeId, parts: NodeParts, cancel: CancellationToken) -> (Arc<Node>, Vec<JoinHandle<()>>) {
+        let NodeParts { raft, state, advert, peers, request_timeout, metrics } = parts;
         let mut tasks = Vec::new();
         let node = Arc::new_cyclic(|me: &Weak<Node>| {
             let (reads, task) = node_batcher(me, READS, &cancel, |node, waiters: Vec<()>| async move {
@@ -200,6 +205,7 @@ impl Node {
                 forwards,
                 proposals,
                 shutdown: cancel.clone(),
+                metrics,
             }
         });
         (node, tasks)
@@ -260,27 +266,40 @@ impl Node {
     /// handler runs the leader's half and answers its result; asks the new leader if leadership
     /// moves meanwhile; 503-worthy errors after the request timeout. For requests that are safe
     /// to repeat (reads, lease renewals): a call to a leader that moved on may be sent again.
-    pub async fn at_leader<Req, Resp, L, LFut>(&self, path: &str, request: &Req, local: L) -> Result<Resp, NodeError>
+    /// `kind` labels the forwarded requests in `gm_forwarded_requests_total`.
+    pub async fn at_leader<Req, Resp, L, LFut>(
+        &self,
+        path: &str,
+        kind: &'static str,
+        request: &Req,
+        local: L,
+    ) -> Result<Resp, NodeError>
     where
         Req: Serialize,
         Resp: serde::de::DeserializeOwned,
         L: Fn() -> LFut,
         LFut: std::future::Future<Output = Result<Resp, NodeError>>,
     {
-        self.on_leader(local, |leader, left| self.call(leader, path, request, left)).await
+        self.on_leader(kind, local, |leader, left| self.call(leader, path, request, left)).await
     }
 
     /// Commits `command` through the leader, wherever it is, within the request timeout.
     pub async fn write(&self, command: Command) -> Result<Applied, NodeError> {
         let span = write_span(self.id, &command);
-        self.on_leader(|| self.write_local(command.clone()), |_, _| self.forward_write(command.clone()))
+        self.on_leader("write", || self.write_local(command.clone()), |_, _| self.forward_write(command.clone()))
             .instrument(span)
             .await
     }
 
     /// Runs `local` if this node leads, else `remote` with the leader and the time left; again
-    /// if leadership moved meanwhile; 503-worthy errors after the request timeout.
-    async fn on_leader<Resp, L, LFut, R, RFut>(&self, local: L, remote: R) -> Result<Resp, NodeError>
+    /// if leadership moved meanwhile; 503-worthy errors after the request timeout. Each call of
+    /// `remote` counts as a request of `kind` forwarded to the leader.
+    async fn on_leader<Resp, L, LFut, R, RFut>(
+        &self,
+        kind: &'static str,
+        local: L,
+        remote: R,
+    ) -> Result<Resp, NodeError>
     where
         L: Fn() -> LFut,
         LFut: std::future::Future<Output = Result<Resp, NodeError>>,
@@ -294,6 +313,7 @@ impl Node {
                 let result = if leader.id == self.id {
                     local().await
                 } else {
+                    self.metrics.forwarded_requests.with_label_values(&[kind]).inc();
                     remote(leader, deadline.saturating_duration_since(Instant::now())).await
                 };
                 match result {
@@ -373,6 +393,9 @@ impl Node {
     /// Appends one batch of commands to the log as a single entry, and waits until it is applied.
     async fn propose(&self, commands: Vec<Command>) -> Vec<Result<Applied, NodeError>> {
         let n = commands.len();
+        let metrics = &self.metrics;
+        metrics.proposal_batch_size.observe(n as f64);
+        metrics.proposals_pending.add(n as i64);
         // Until the entry is applied here, the leader: its append, replication and commit.
         let span = tracing::info_span!(
             "propose",
@@ -388,12 +411,17 @@ impl Node {
         if let Ok(Ok(resp)) = &written {
             span.record("term", resp.log_id.leader_id.term).record("index", resp.log_id.index);
         }
-        match written {
+        let answers = match written {
             Ok(Ok(resp)) if resp.data.len() == n => resp.data.into_iter().map(Ok).collect(),
             Ok(Ok(_)) => vec![Err(NodeError::Unavailable("a batch applied to another number of outcomes".into())); n],
             Ok(Err(e)) => vec![Err(client_write_error(e)); n],
             Err(_) => vec![Err(NodeError::Timeout); n],
-        }
+        };
+        metrics.proposals_pending.sub(n as i64);
+        let committed = answers.iter().filter(|a| a.is_ok()).count();
+        metrics.proposals_committed.inc_by(committed as u64);
+        metrics.proposals_failed.inc_by((n - committed) as u64);
+        answers
     }
 
     /// The leader's half of forwarded writes.
@@ -445,7 +473,7 @@ impl Node {
 
     async fn read_index_round(&self) -> Result<u64, NodeError> {
         let span = tracing::info_span!("read_index", node = self.id);
-        self.at_leader(peer::path::READ_INDEX, &(), || self.local_read_index()).instrument(span).await
+        self.at_leader(peer::path::READ_INDEX, "read_index", &(), || self.local_read_index()).instrument(span).await
     }
 
     /// The current leader, waiting for an election to finish until `deadline`.
@@ -500,6 +528,42 @@ impl Node {
             return self.local_health().ok();
         }
         self.call(leader, peer::path::HEALTH, &(), HEALTH_TIMEOUT).await.ok()
+    }
+
+    /// Raft's figures for `/metrics`. Reachable voters come from the leader's health view: this
+    /// node's own when it leads, else the leader's (asked, at most a second), else none.
+    pub async fn raft_figures(&self) -> RaftFigures {
+        let mut figures = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let is_leader = m.state == ServerState::Leader && m.current_leader == Some(self.id);
+            let last = m.last_log_index.unwrap_or(0);
+            let replication_lag = match (&m.replication, is_leader) {
+                (Some(replication), true) => replication
+                    .iter()
+                    .filter(|(&id, _)| id != self.id)
+                    .map(|(&id, matched)| (id, last.saturating_sub(matched.map_or(0, |l| l.index))))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            RaftFigures {
+                has_leader: m.current_leader.is_some(),
+                is_leader,
+                term: m.current_term,
+                applied_index: m.last_applied.map_or(0, |l| l.index),
+                voters: m.membership_config.membership().voter_ids().count(),
+                voters_reachable: None,
+                replication_lag,
+            }
+        };
+        if figures.has_leader {
+            let voters: Vec<NodeId> = self.raft_view().voters().map(|(id, _)| id).collect();
+            figures.voters_reachable = self
+                .health()
+                .await
+                .map(|health| voters.iter().filter(|id| health.get(id).is_some_and(|h| h.reachable)).count());
+        }
+        figures
     }
 
     /// Keeps this node's name and API address in the replicated record of the cluster, until

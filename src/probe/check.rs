@@ -54,11 +54,9 @@ impl Checker {
         self.timeout
     }
 
-    /// `Some(true)`: a 2xx in time. `Some(false)`: another status, a refused or broken
-    /// connection, or no answer in time while this node keeps up. `None`: no answer in time
-    /// while this node is overloaded, or a probe that took far longer than its timeout (this
-    /// process was paused or starved).
-    pub async fn probe(&self, target: &ProbeTarget) -> Option<bool> {
+    /// Sends one probe: what it found, how long it took, and whether the member is alive
+    /// ([`Probed::alive`]).
+    pub async fn probe(&self, target: &ProbeTarget) -> Probed {
         let url = format!("http://{}{}", target.address, target.path);
         let start = Instant::now();
         let sent = self
@@ -70,14 +68,63 @@ impl Checker {
             .timeout(self.timeout)
             .send()
             .await;
+        let took = start.elapsed();
         match sent {
-            Ok(resp) => Some(resp.status().is_success()),
+            Ok(resp) if resp.status().is_success() => Probed { result: ProbeResult::Ok, took, alive: Some(true) },
+            Ok(_) => Probed { result: ProbeResult::BadStatus, took, alive: Some(false) },
             Err(error) => {
                 tracing::trace!(group = %target.group, member = %target.id, %error, "probe failed");
-                let stalled = start.elapsed() > self.timeout * 3;
+                let result = if error.is_timeout() {
+                    ProbeResult::Timeout
+                } else if error.is_connect() {
+                    ProbeResult::Refused
+                } else {
+                    ProbeResult::Error
+                };
+                let stalled = took > self.timeout * 3;
                 let unsure = error.is_timeout() && self.overloaded.load(Ordering::Relaxed);
-                (!stalled && !unsure).then_some(false)
+                Probed { result, took, alive: (!stalled && !unsure).then_some(false) }
             }
         }
     }
+}
+
+/// What one probe found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeResult {
+    /// A 2xx answer in time.
+    Ok,
+    /// No answer within the probe timeout.
+    Timeout,
+    /// No connection could be made (refused, or no route).
+    Refused,
+    /// An answer other than 2xx.
+    BadStatus,
+    /// Any other failure: a broken connection, a malformed answer.
+    Error,
+}
+
+impl ProbeResult {
+    /// The `result` label of `gm_probes_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeResult::Ok => "ok",
+            ProbeResult::Timeout => "timeout",
+            ProbeResult::Refused => "refused",
+            ProbeResult::BadStatus => "bad_status",
+            ProbeResult::Error => "error",
+        }
+    }
+}
+
+/// A probe's result, its duration and its verdict.
+#[derive(Clone, Copy, Debug)]
+pub struct Probed {
+    pub result: ProbeResult,
+    pub took: Duration,
+    /// `Some(true)`: a 2xx in time. `Some(false)`: another status, a refused or broken
+    /// connection, or no answer in time while this node keeps up. `None`: no answer in time
+    /// while this node is overloaded, or a probe that took far longer than its timeout (this
+    /// process was paused or starved).
+    pub alive: Option<bool>,
 }

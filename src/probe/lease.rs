@@ -4,6 +4,7 @@
 //! change never expires a lease early.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,17 +31,6 @@ pub enum Heartbeat {
     Renewed { revision: u64, ttl_ms: u64 },
     NotMember,
     ProbeMode,
-}
-
-impl Heartbeat {
-    /// The metric label of this outcome.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Heartbeat::Renewed { .. } => "renewed",
-            Heartbeat::NotMember => "not_member",
-            Heartbeat::ProbeMode => "probe_mode",
-        }
-    }
 }
 
 struct Lease {
@@ -138,10 +128,34 @@ impl Leases {
     }
 }
 
-/// Renews a lease-mode member's lease at the leader, wherever it is.
+/// Renews a lease-mode member's lease at the leader, wherever it is. Counted in
+/// `gm_lease_heartbeats_total` by its outcome where the leader answers it, and as `forwarded` on
+/// a follower that passed it on.
 pub async fn heartbeat(node: &Node, leases: &Leases, group: &GroupName, id: &MemberId) -> Result<Heartbeat, NodeError> {
     let key = (group.clone(), id.clone());
-    node.at_leader(path::HEARTBEAT, &key, || local_heartbeat(node, leases, group, id)).await
+    let answered_here = AtomicBool::new(false);
+    let answer = node
+        .at_leader(path::HEARTBEAT, "heartbeat", &key, || {
+            answered_here.store(true, Ordering::Relaxed);
+            local_heartbeat(node, leases, group, id)
+        })
+        .await;
+    match (&answer, answered_here.load(Ordering::Relaxed)) {
+        (_, true) => count_heartbeat(node, &answer),
+        (Ok(_), false) => node.metrics.lease_heartbeats.with_label_values(&["forwarded"]).inc(),
+        (Err(_), false) => node.metrics.lease_heartbeats.with_label_values(&["error"]).inc(),
+    }
+    answer
+}
+
+/// Counts a heartbeat the leader answered, by its outcome.
+pub fn count_heartbeat(node: &Node, answer: &Result<Heartbeat, NodeError>) {
+    let outcome = match answer {
+        Ok(Heartbeat::Renewed { .. }) => "ok",
+        Ok(Heartbeat::NotMember) => "not_found",
+        Ok(Heartbeat::ProbeMode) | Err(_) => "error",
+    };
+    node.metrics.lease_heartbeats.with_label_values(&[outcome]).inc();
 }
 
 /// The leader's half of a heartbeat: a linearizable look-up (sharing the batched read-index
@@ -195,7 +209,7 @@ pub async fn run_expiry(
                     Command::Leave { group: group.clone(), id: id.clone(), incarnation: Some(incarnation), reason };
                 match node.write_local(command).await {
                     Ok(Applied { outcome: Outcome::Left { .. }, .. }) => {
-                        metrics.evictions.with_label_values(&[reason.as_str()]).inc();
+                        metrics.member_removed(reason);
                         tracing::info!(%group, member = %id, incarnation, "lease expired; member removed");
                     }
                     // Re-joined or gone meanwhile: nothing was removed.

@@ -37,14 +37,39 @@ async fn ping(State(peers): State<Arc<ProbePeers>>) -> Json<u64> {
     Json(peers.node.state.revision())
 }
 
-/// Probes a member another node suspects (see [`Checker::probe`] for the answer).
+/// Probes a member another node suspects (see [`Probed::alive`](super::check::Probed) for the answer).
 async fn indirect_probe(State(peers): State<Arc<ProbePeers>>, Json(target): Json<ProbeTarget>) -> Json<Option<bool>> {
-    Json(peers.checker.probe(&target).await)
+    let alive = peers.checker.probe(&target).await.alive;
+    let result = if alive == Some(true) { "ok" } else { "failed" };
+    peers.node.metrics.indirect_probes.with_label_values(&[result]).inc();
+    Json(alive)
 }
 
 async fn forward_heartbeat(
     State(peers): State<Arc<ProbePeers>>,
     Json((group, id)): Json<(GroupName, MemberId)>,
 ) -> Json<Result<Heartbeat, NodeError>> {
-    Json(lease::local_heartbeat(&peers.node, &peers.leases, &group, &id).await)
+    let answer = lease::local_heartbeat(&peers.node, &peers.leases, &group, &id).await;
+    lease::count_heartbeat(&peers.node, &answer);
+    Json(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::raft::network::rpc_label;
+
+    #[test]
+    fn every_peer_call_has_an_rpc_label_of_its_own() {
+        let paths = [
+            crate::node::peer::path::WRITES,
+            crate::node::peer::path::READ_INDEX,
+            crate::node::peer::path::HEALTH,
+            super::path::PING,
+            super::path::INDIRECT_PROBE,
+            super::path::HEARTBEAT,
+        ];
+        let labels: std::collections::BTreeSet<&str> = paths.iter().map(|p| rpc_label(p)).collect();
+        assert_eq!(labels.len(), paths.len(), "{labels:?}");
+        assert!(!labels.contains("other"), "{labels:?}");
+    }
 }

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::check::{Checker, ProbeTarget};
+use super::check::{Checker, ProbeTarget, Probed};
 use super::path;
 use super::ProbeConfig;
 use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, MemberId, NodeId, Outcome};
@@ -37,10 +37,17 @@ struct Tracked {
 }
 
 enum Done {
-    /// `alive` is `None` when the probe says nothing either way.
-    Probed { key: Key, incarnation: u64, alive: Option<bool> },
+    Probed {
+        key: Key,
+        incarnation: u64,
+        probed: Probed,
+    },
     /// A suspect's fate is settled (removed or found alive elsewhere) or left for later.
-    Judged { key: Key, incarnation: u64, removed: bool },
+    Judged {
+        key: Key,
+        incarnation: u64,
+        removed: bool,
+    },
 }
 
 /// Probes and evicts until `cancel`.
@@ -85,8 +92,8 @@ pub async fn run(
             t.next_due = if overloaded { now + config.interval } else { (t.next_due + config.interval).max(now) };
             let (checker, target, key) = (checker.clone(), t.target.clone(), key.clone());
             tasks.spawn(async move {
-                let alive = checker.probe(&target).await;
-                Done::Probed { key, incarnation: target.incarnation, alive }
+                let probed = checker.probe(&target).await;
+                Done::Probed { key, incarnation: target.incarnation, probed }
             });
         }
         // Probes starting half an interval late: this node cannot keep up with its members.
@@ -135,13 +142,9 @@ fn settle(
     done: Done,
 ) {
     match done {
-        Done::Probed { key, incarnation, alive } => {
-            let label = match alive {
-                Some(true) => "success",
-                Some(false) => "failure",
-                None => "stalled",
-            };
-            metrics.probes.with_label_values(&[label]).inc();
+        Done::Probed { key, incarnation, probed } => {
+            metrics.observe_probe(probed.result.as_str(), probed.took);
+            let alive = probed.alive;
             let Some(t) = tracked.get_mut(&key).filter(|t| t.target.incarnation == incarnation) else { return };
             match alive {
                 Some(false) => {}
@@ -160,6 +163,7 @@ fn settle(
                 t.busy = false;
                 return;
             }
+            metrics.suspicions.inc();
             let (node, checker, metrics, target) =
                 (Arc::clone(node), checker.clone(), Arc::clone(metrics), t.target.clone());
             tasks.spawn(async move {
@@ -193,19 +197,13 @@ async fn judge(node: &Node, checker: &Checker, metrics: &Metrics, target: &Probe
     for (peer, answer) in futures::future::join_all(asks).await {
         match answer {
             Ok(Some(true)) => {
-                metrics.indirect_probes.with_label_values(&["alive"]).inc();
+                metrics.suspicions_refuted.inc();
                 tracing::info!(group = %target.group, member = %target.id, via = peer, "suspect answered an indirect probe; kept");
                 return false;
             }
-            Ok(Some(false)) => {
-                metrics.indirect_probes.with_label_values(&["failed"]).inc();
-                answered += 1;
-            }
-            Ok(None) => metrics.indirect_probes.with_label_values(&["inconclusive"]).inc(),
-            Err(error) => {
-                metrics.indirect_probes.with_label_values(&["unreachable"]).inc();
-                tracing::debug!(via = peer, %error, "indirect probe could not be asked");
-            }
+            Ok(Some(false)) => answered += 1,
+            Ok(None) => {}
+            Err(error) => tracing::debug!(via = peer, %error, "indirect probe could not be asked"),
         }
     }
     if answered == 0 {
@@ -220,7 +218,7 @@ async fn judge(node: &Node, checker: &Checker, metrics: &Metrics, target: &Probe
     };
     match node.write(command).await {
         Ok(Applied { outcome: Outcome::Left { .. }, .. }) => {
-            metrics.evictions.with_label_values(&[reason.as_str()]).inc();
+            metrics.member_removed(reason);
             tracing::info!(group = %target.group, member = %target.id, incarnation = target.incarnation, "member failed; removed");
             true
         }

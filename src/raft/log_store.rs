@@ -36,14 +36,20 @@ use std::io::{self, BufWriter, Write};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use serde::{Deserialize, Serialize};
 
 use super::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::metrics::Metrics;
+
+/// Where the store reports fsync durations, its size on disk and the commit index, once
+/// [`LogStore::report_to`] is called (`gm recover` and tests open stores that report nothing).
+type Reporter = Arc<OnceLock<Arc<Metrics>>>;
 
 /// The size past which the writer starts a new segment.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -188,6 +194,7 @@ pub struct LogStore {
 struct Inner {
     state: Mutex<State>,
     fsyncs: Arc<AtomicU64>,
+    reporter: Reporter,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -228,7 +235,9 @@ impl LogStore {
             segments = segments.len(),
             "opened raft log"
         );
+        let reporter = Reporter::default();
         let writer = Writer {
+            reporter: reporter.clone(),
             dir: dir.to_path_buf(),
             segments,
             file: BufWriter::new(file),
@@ -244,7 +253,14 @@ impl LogStore {
             .spawn(move || writer.run(jobs))
             .map_err(|e| io_error(dir, e))?;
         let state = Mutex::new(State { mem, queue: Some(queue) });
-        Ok(LogStore { inner: Arc::new(Inner { state, fsyncs, writer: Some(writer) }) })
+        Ok(LogStore { inner: Arc::new(Inner { state, fsyncs, reporter, writer: Some(writer) }) })
+    }
+
+    /// Reports fsync durations, the log's size on disk and the commit index to `metrics` from
+    /// now on (the size from the next write).
+    pub fn report_to(&self, metrics: Arc<Metrics>) {
+        metrics.commit_index.set(self.lock().mem.pointers.committed.map_or(0, |c| c.index) as i64);
+        let _ = self.inner.reporter.set(metrics);
     }
 
     /// Whether the log holds nothing at all: no vote, no entry, nothing purged (a new data dir).
@@ -363,6 +379,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not awaited: it rides on the next fsync, and a lost commit point only means a
         // restarted node re-applies less at once.
+        if let Some(metrics) = self.inner.reporter.get() {
+            metrics.commit_index.set(committed.map_or(0, |c| c.index) as i64);
+        }
         self.submit(Record::Committed(committed), None).map_err(log_write_error)
     }
 
@@ -395,6 +414,8 @@ struct SegmentMeta {
     seq: u64,
     path: PathBuf,
     first: Checkpoint,
+    /// Its length once sealed; the active segment's is the writer's `len`.
+    bytes: u64,
 }
 
 /// The only code that writes segments; runs on its own thread, owned by the store.
@@ -408,6 +429,7 @@ struct Writer {
     /// The state after the last record written.
     state: Checkpoint,
     fsyncs: Arc<AtomicU64>,
+    reporter: Reporter,
     /// After a failed write the file's tail is unknown; appending more could put good records
     /// after a torn one, so every later write fails too.
     failed: Option<(io::ErrorKind, String)>,
@@ -453,14 +475,22 @@ impl Writer {
         if wrote {
             self.sync()?;
             self.delete_purged_segments();
+            if let Some(metrics) = self.reporter.get() {
+                let sealed: u64 = self.segments.iter().rev().skip(1).map(|s| s.bytes).sum();
+                metrics.log_size.set((sealed + self.len) as i64);
+            }
         }
         Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        let start = Instant::now();
         self.file.flush()?;
         self.file.get_ref().sync_data()?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = self.reporter.get() {
+            metrics.log_fsync_duration.observe(start.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 
@@ -470,6 +500,9 @@ impl Writer {
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let (segment, file, len) = create_segment(&self.dir, seq, self.state, &self.fsyncs)?;
         tracing::debug!(segment = seq, "started raft log segment");
+        if let Some(sealed) = self.segments.last_mut() {
+            sealed.bytes = self.len;
+        }
         self.segments.push(segment);
         self.file = BufWriter::new(file);
         self.len = len;
@@ -522,7 +555,8 @@ fn create_segment(dir: &Path, seq: u64, first: Checkpoint, fsyncs: &AtomicU64) -
     file.sync_data()?;
     fsyncs.fetch_add(1, Ordering::Relaxed);
     sync_dir(dir, fsyncs)?;
-    Ok((SegmentMeta { seq, path, first }, file, frame.len() as u64))
+    let len = frame.len() as u64;
+    Ok((SegmentMeta { seq, path, first, bytes: len }, file, len))
 }
 
 fn encode(record: &Record) -> io::Result<Vec<u8>> {
@@ -647,7 +681,7 @@ fn replay(found: Vec<(u64, PathBuf)>) -> Result<Replayed, LogStoreError> {
         for (offset, record) in records {
             mem.apply(record).map_err(|e| corrupt(&path, offset, e.to_string()))?;
         }
-        segments.push(SegmentMeta { seq, path, first });
+        segments.push(SegmentMeta { seq, path, first, bytes: len });
         active_len = len;
     }
     // Entries older than the oldest segment are gone from disk, so a purge must cover them.

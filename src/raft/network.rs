@@ -17,6 +17,7 @@ use super::contact::Contacts;
 use super::fence::{self, ClusterFence, Refusal};
 use super::{NodeInfo, RaftError, Snapshot, TypeConfig, Vote};
 use crate::membership::NodeId;
+use crate::metrics::Metrics;
 
 /// The largest body a peer route takes, snapshots aside: a few AppendEntries payloads' worth.
 pub const PEER_BODY_LIMIT: usize = 64 << 20;
@@ -52,6 +53,7 @@ pub struct PeerClient {
     http: reqwest::Client,
     contacts: Contacts,
     fence: ClusterFence,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl PeerClient {
@@ -74,7 +76,17 @@ impl PeerClient {
         if let Some(resolve) = resolve {
             builder = builder.dns_resolver(Arc::new(PreferredResolver(resolve)));
         }
-        Ok(PeerClient { http: builder.build()?, contacts: Contacts::default(), fence: ClusterFence::default() })
+        Ok(PeerClient {
+            http: builder.build()?,
+            contacts: Contacts::default(),
+            fence: ClusterFence::default(),
+            metrics: None,
+        })
+    }
+
+    /// The client, timing its calls and counting their failures in `metrics`.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        PeerClient { metrics: Some(metrics), ..self }
     }
 
     /// The client with `fence` as the holder of this node's cluster id, which its requests carry.
@@ -102,7 +114,7 @@ impl PeerClient {
             .headers(crate::telemetry::trace_headers())
             .json(body)
             .timeout(timeout);
-        self.send(addr, req).await
+        self.send(addr, path, req).await
     }
 
     /// Like [`PeerClient::call`], for node `target` only (see [`TARGET_NODE_HEADER`]).
@@ -120,7 +132,7 @@ impl PeerClient {
             .header(TARGET_NODE_HEADER, target)
             .json(body)
             .timeout(timeout);
-        self.send(addr, req).await
+        self.send(addr, path, req).await
     }
 
     /// POSTs a raw body to node `target` (see [`TARGET_NODE_HEADER`]); the snapshot transfer
@@ -140,10 +152,24 @@ impl PeerClient {
             .header(TARGET_NODE_HEADER, target)
             .body(body)
             .timeout(timeout);
-        self.send(addr, req).await
+        self.send(addr, path, req).await
     }
 
     async fn send<Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Resp, PeerError> {
+        let start = tokio::time::Instant::now();
+        let answer = self.exchange(addr, req).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_peer_rpc(rpc_label(path), start.elapsed(), answer.is_err());
+        }
+        answer
+    }
+
+    async fn exchange<Resp: DeserializeOwned>(
         &self,
         addr: &str,
         mut req: reqwest::RequestBuilder,
@@ -172,6 +198,23 @@ impl PeerClient {
             return Err(PeerError::Status { addr: addr.to_owned(), status, body });
         }
         resp.json().await.map_err(transport)
+    }
+}
+
+/// The `rpc` label of a call to peer `path` in `gm_peer_rpc_duration_seconds`: one per peer
+/// route (Raft's, `node::peer`'s and `probe::peer`'s), so the series stay bounded.
+pub fn rpc_label(path: &str) -> &'static str {
+    match path {
+        "/raft/append" => "append",
+        "/raft/vote" => "vote",
+        "/raft/snapshot" => "snapshot",
+        "/forward/writes" => "forward_writes",
+        "/forward/read-index" => "read_index",
+        "/cluster/health" => "health",
+        "/peer/ping" => "ping",
+        "/probe/indirect" => "indirect_probe",
+        "/forward/heartbeat" => "heartbeat",
+        _ => "other",
     }
 }
 

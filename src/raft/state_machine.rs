@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::{Applied, Batch, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::membership::{Command, GroupName, GroupView, MembershipState, Outcome};
+use crate::metrics::Metrics;
 
 const SNAPSHOT_FILE: &str = "snapshot.json";
 /// Views a slow watcher may fall behind by before it skips ahead to the current one.
@@ -123,6 +124,7 @@ impl StateHandle {
 pub struct StateMachineStore {
     handle: StateHandle,
     dir: PathBuf,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl StateMachineStore {
@@ -137,7 +139,15 @@ impl StateMachineStore {
             },
             None => Machine::default(),
         };
-        Ok(StateMachineStore { handle: StateHandle::new(machine), dir: dir.to_owned() })
+        Ok(StateMachineStore { handle: StateHandle::new(machine), dir: dir.to_owned(), metrics: None })
+    }
+
+    /// The store, counting, sizing and timing the snapshots it builds or installs in `metrics`.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        if let Ok(found) = std::fs::metadata(self.dir.join(SNAPSHOT_FILE)) {
+            metrics.snapshot_size.set(found.len() as i64);
+        }
+        StateMachineStore { metrics: Some(metrics), ..self }
     }
 
     pub fn handle(&self) -> StateHandle {
@@ -179,10 +189,12 @@ fn write_snapshot(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()
 pub struct SnapshotBuilder {
     handle: StateHandle,
     dir: PathBuf,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let start = Instant::now();
         let (meta, state) = {
             // Clone under the lock, serialize outside it: apply and reads wait only for the copy.
             let m = self.handle.read();
@@ -200,6 +212,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(|e| snapshot_error(ErrorVerb::Write, e))?
             .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_snapshot(data.len(), start.elapsed());
+        }
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
         Ok(Snapshot { meta, snapshot: Box::new(data) })
     }
@@ -246,7 +261,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder { handle: self.handle.clone(), dir: self.dir.clone() }
+        SnapshotBuilder { handle: self.handle.clone(), dir: self.dir.clone(), metrics: self.metrics.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Vec<u8>>, StorageError> {
@@ -254,6 +269,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Vec<u8>>) -> Result<(), StorageError> {
+        let start = Instant::now();
+        let bytes = snapshot.len();
         let state: MembershipState =
             serde_json::from_slice(&snapshot).map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
         let (dir, meta2) = (self.dir.clone(), meta.clone());
@@ -268,6 +285,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.handle.inner.revision.store(m.state.revision(), Ordering::Release);
         }
         self.handle.inner.applied.send_replace(meta.last_log_id.map_or(0, |id| id.index));
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_snapshot(bytes, start.elapsed());
+        }
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
         Ok(())
     }

@@ -84,6 +84,10 @@ pub struct ServerConfig {
     /// Log entries between snapshots; older entries are then purged.
     #[arg(long, env = "GM_SNAPSHOT_EVERY", default_value_t = 20_000)]
     pub snapshot_every: u64,
+    /// Groups that get a `gm_group_members` series of their own on `/metrics`: the largest ones;
+    /// the members of the rest are summed in `group="_other"`. Bounds the series a scrape holds.
+    #[arg(long, env = "GM_METRICS_GROUP_LIMIT", default_value_t = 100)]
+    pub metrics_group_limit: usize,
 }
 
 impl ServerConfig {

@@ -17,12 +17,12 @@ pub mod recover;
 
 use crate::discovery::identity::{self, Identity};
 use crate::discovery::kubernetes::{self, Bootstrap, Kubernetes, Settled};
-use crate::discovery::reconcile;
 use crate::discovery::static_peers::{self, DiscoveryError};
+use crate::discovery::{leader_lease, reconcile};
 use crate::membership::NodeId;
 use crate::metrics::Metrics;
 use crate::node::leadership::{self, Duty};
-use crate::node::{self, Node};
+use crate::node::{self, Node, NodeParts};
 use crate::probe::check::Checker;
 use crate::probe::lease::Leases;
 use crate::probe::peer::ProbePeers;
@@ -72,6 +72,7 @@ pub enum ServerError {
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let discovery = discover(&config).await?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    let metrics = Arc::new(Metrics::new(config.metrics_group_limit)?);
     let api_listener = listen(&config.api_addr).await?;
     let peer_listener = listen(&config.peer_addr).await?;
 
@@ -95,9 +96,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
             kube.settings().identity(id)
         }
     };
+    log_store.report_to(Arc::clone(&metrics));
     let sm_dir = config.data_dir.join("snapshot");
     let state_machine = StateMachineStore::open(&sm_dir)
-        .map_err(|source| ServerError::StateMachine { dir: sm_dir.display().to_string(), source })?;
+        .map_err(|source| ServerError::StateMachine { dir: sm_dir.display().to_string(), source })?
+        .with_metrics(Arc::clone(&metrics));
     let state = state_machine.handle();
     recover::apply_requested(&config.data_dir, id, &log_store, &state).await?;
     let fence = ClusterFence::default();
@@ -108,7 +111,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
             PeerClient::with_resolver(Arc::new(move |host: &str| kube.resolve(host)))?
         }
     }
-    .with_fence(fence.clone());
+    .with_fence(fence.clone())
+    .with_metrics(Arc::clone(&metrics));
     let network = PeerNetwork::new(peer_client.clone());
     let raft = Raft::new(id, raft_config(&config)?, network, log_store, state_machine)
         .await
@@ -125,15 +129,21 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
 
     let cancel = CancellationToken::new();
     let mut tasks = Tasks::default();
-    let (node, batchers) =
-        Node::start(id, raft.clone(), state.clone(), advert, peer_client, config.request_timeout, cancel.clone());
+    let parts = NodeParts {
+        raft: raft.clone(),
+        state: state.clone(),
+        advert,
+        peers: peer_client,
+        request_timeout: config.request_timeout,
+        metrics: Arc::clone(&metrics),
+    };
+    let (node, batchers) = Node::start(id, parts, cancel.clone());
     for batcher in batchers {
         tasks.spawn("batcher", async move {
             let _ = batcher.await;
         });
     }
     tasks.spawn("raft", raft_running(raft.clone()));
-    let metrics = Arc::new(Metrics::new()?);
     let leases = Arc::new(Leases::default());
     let app =
         Arc::new(AppState { node: Arc::clone(&node), metrics: Arc::clone(&metrics), leases: Arc::clone(&leases) });
@@ -154,7 +164,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     tasks.spawn("API listener", serve(api_listener, api::router(app), cancel.clone()));
     tasks.spawn("advert", Arc::clone(&node).keep_advert(cancel.clone()));
     let duties = leader_duties(&node, probe, &leases, &metrics, &discovery);
-    tasks.spawn("leadership", leadership::run(Arc::clone(&node), duties, Arc::clone(&metrics), cancel.clone()));
+    tasks.spawn("leadership", leadership::run(Arc::clone(&node), duties, cancel.clone()));
     tracing::info!(node = id, api = %config.api_addr, peer = %config.peer_addr, data_dir = %config.data_dir.display(), "gm server started");
 
     if let Peers::Kubernetes(kube) = &discovery {
@@ -361,7 +371,11 @@ fn leader_duties(
     let mut duties = vec![handover, expiry, naming];
     if let Peers::Kubernetes(kube) = discovery {
         let (node, kube) = (Arc::clone(node), kube.clone());
+        let (lease_node, lease_kube) = (Arc::clone(&node), kube.clone());
         duties.push(Box::new(move |_, cancel| Box::pin(reconcile::run(Arc::clone(&node), kube.clone(), cancel))));
+        duties.push(Box::new(move |_, cancel| {
+            Box::pin(leader_lease::run(Arc::clone(&lease_node), lease_kube.clone(), cancel))
+        }));
     }
     duties
 }

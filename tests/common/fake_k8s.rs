@@ -1,9 +1,10 @@
 //! A fake Kubernetes API server for the tests of `--discovery kubernetes`: the real API over HTTP
-//! on 127.0.0.1 (k8s-openapi's Pod, StatefulSet, ConfigMap and Status, lists with a
-//! `resourceVersion`, watches as newline-delimited JSON events from a `resourceVersion`, label and
-//! `metadata.name` field selectors, 404 and 409 with a `Status`, an `ERROR` event with 410 for a
-//! watch older than the kept history, and the discovery documents), reached by `gm server`
-//! through a kubeconfig exactly as a real cluster would be.
+//! on 127.0.0.1 (k8s-openapi's Pod, StatefulSet, ConfigMap, Lease, Event and Status; get, list,
+//! create, and replace with optimistic concurrency on `metadata.resourceVersion`, for every kind of
+//! [`KINDS`]; lists with a `resourceVersion`, watches as newline-delimited JSON events from a
+//! `resourceVersion`, label and `metadata.name` field selectors, 404, 409 and 422 with a `Status`,
+//! an `ERROR` event with 410 for a watch older than the kept history, and the discovery
+//! documents), reached by `gm server` through a kubeconfig exactly as a real cluster would be.
 //!
 //! [`StatefulSetSim`] plays the StatefulSet controller and the kubelet: its pods are real
 //! `gm server` processes, each on its own loopback IP (`127.X.Y.{ordinal + 1}`) with the same
@@ -28,7 +29,8 @@ use futures::StreamExt;
 use gm::client::{Client, RetryPolicy};
 use gm::wire::{ClusterAnswer, Consistency, Role};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta, Status, StatusDetails};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
@@ -47,10 +49,12 @@ const GRACE_PERIOD: Duration = Duration::from_secs(30);
 const HISTORY: usize = 10_000;
 
 /// The kinds the fake serves: (URL prefix, resource, kind, apiVersion).
-const KINDS: [(&str, &str, &str, &str); 3] = [
+const KINDS: [(&str, &str, &str, &str); 5] = [
     ("/api/v1", "pods", "Pod", "v1"),
     ("/api/v1", "configmaps", "ConfigMap", "v1"),
+    ("/api/v1", "events", "Event", "v1"),
     ("/apis/apps/v1", "statefulsets", "StatefulSet", "apps/v1"),
+    ("/apis/coordination.k8s.io/v1", "leases", "Lease", "coordination.k8s.io/v1"),
 ];
 
 /// One change, as a watch sends it.
@@ -74,7 +78,8 @@ struct Store {
     failing: bool,
     /// Cancelled to end every open watch.
     watches: CancellationToken,
-    creates: BTreeMap<String, u32>,
+    /// (resource, name) -> how many creates succeeded.
+    creates: BTreeMap<(&'static str, String), u32>,
 }
 
 #[derive(Clone)]
@@ -111,14 +116,15 @@ impl Shared {
         let version = store.version;
         let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
         let key = (resource, namespace.to_owned(), name.clone());
-        let existed = store.objects.contains_key(&key);
+        let existed = store.objects.get(&key).map(|o| o["metadata"]["uid"].clone());
         let meta = &mut object["metadata"];
         meta["resourceVersion"] = json!(version.to_string());
         meta["namespace"] = json!(namespace);
         if meta.get("uid").is_none() {
-            meta["uid"] = json!(format!("uid-{resource}-{name}-{version}"));
+            // An object keeps its uid through updates (a `kubectl scale`, an `apply`).
+            meta["uid"] = existed.clone().unwrap_or_else(|| json!(format!("uid-{resource}-{name}-{version}")));
         }
-        let event = match (deleted, existed) {
+        let event = match (deleted, existed.is_some()) {
             (true, _) => {
                 store.objects.remove(&key);
                 "DELETED"
@@ -160,10 +166,12 @@ impl FakeK8s {
             .route("/version", get(version))
             .route("/api", get(core_versions))
             .route("/apis", get(api_groups))
-            .route("/api/v1/namespaces/{ns}/{resource}", get(list_core).post(create_core))
-            .route("/api/v1/namespaces/{ns}/{resource}/{name}", get(get_core).put(replace_core))
-            .route("/apis/apps/v1/namespaces/{ns}/{resource}", get(list_apps))
-            .route("/apis/apps/v1/namespaces/{ns}/{resource}/{name}", get(get_apps))
+            .route("/api/v1", get(api_resources))
+            .route("/apis/{group}/{version}", get(api_resources))
+            .route("/api/v1/namespaces/{ns}/{resource}", get(list).post(create))
+            .route("/api/v1/namespaces/{ns}/{resource}/{name}", get(get_one).put(replace))
+            .route("/apis/{group}/{version}/namespaces/{ns}/{resource}", get(list).post(create))
+            .route("/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}", get(get_one).put(replace))
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -242,14 +250,34 @@ impl FakeK8s {
     }
 
     pub fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap> {
-        let key = ("configmaps", namespace.to_owned(), name.to_owned());
-        let found = self.shared.lock().objects.get(&key).cloned();
-        found.map(|v| serde_json::from_value(v).expect("a ConfigMap"))
+        self.object("configmaps", namespace, name)
     }
 
     /// How many creates of ConfigMap `name` succeeded.
     pub fn config_map_creates(&self, name: &str) -> u32 {
-        self.shared.lock().creates.get(name).copied().unwrap_or(0)
+        self.shared.lock().creates.get(&("configmaps", name.to_owned())).copied().unwrap_or(0)
+    }
+
+    pub fn statefulset(&self, namespace: &str, name: &str) -> Option<StatefulSet> {
+        self.object("statefulsets", namespace, name)
+    }
+
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Lease> {
+        self.object("leases", namespace, name)
+    }
+
+    /// The core v1 events of `namespace`, oldest first.
+    pub fn events(&self, namespace: &str) -> Vec<Event> {
+        let store = self.shared.lock();
+        let mut events: Vec<&Value> =
+            store.objects.iter().filter(|((r, n, _), _)| *r == "events" && n == namespace).map(|(_, o)| o).collect();
+        events.sort_by_key(|o| o["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()));
+        events.into_iter().map(|o| serde_json::from_value(o.clone()).expect("an Event")).collect()
+    }
+
+    fn object<T: serde::de::DeserializeOwned>(&self, resource: &'static str, namespace: &str, name: &str) -> Option<T> {
+        let found = self.shared.lock().objects.get(&(resource, namespace.to_owned(), name.to_owned())).cloned();
+        found.map(|v| serde_json::from_value(v).expect("an object of its kind"))
     }
 }
 
@@ -284,8 +312,20 @@ fn failing(shared: &Shared) -> Option<Response> {
     shared.lock().failing.then(|| status(500, "InternalError", "an internal error injected by the test".into(), None))
 }
 
-fn kind_of(prefix: &str, resource: &str) -> Option<(&'static str, &'static str, &'static str)> {
-    KINDS.iter().find(|k| k.0 == prefix && k.1 == resource).map(|k| (k.1, k.2, k.3))
+/// A kind the fake serves: its resource (the URL's plural), kind and apiVersion.
+#[derive(Clone, Copy)]
+struct Kind {
+    resource: &'static str,
+    kind: &'static str,
+    api_version: &'static str,
+}
+
+fn kind_of(prefix: &str, resource: &str) -> Option<Kind> {
+    KINDS.iter().find(|k| k.0 == prefix && k.1 == resource).map(|k| Kind { resource: k.1, kind: k.2, api_version: k.3 })
+}
+
+fn no_such_resource(resource: &str) -> Response {
+    status(404, "NotFound", format!("the server could not find the requested resource {resource}"), None)
 }
 
 async fn version() -> Json<Value> {
@@ -296,130 +336,213 @@ async fn core_versions() -> Json<Value> {
     Json(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}))
 }
 
+/// The API groups of [`KINDS`], each with its one version.
 async fn api_groups() -> Json<Value> {
-    let apps = json!({"name": "apps", "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
-        "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}});
-    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [apps]}))
+    let groups: BTreeSet<&str> = KINDS.iter().filter_map(|k| k.3.split_once('/')).map(|(group, _)| group).collect();
+    let groups: Vec<Value> = groups
+        .into_iter()
+        .map(|name| {
+            let version = json!({"groupVersion": format!("{name}/v1"), "version": "v1"});
+            json!({"name": name, "versions": [version], "preferredVersion": version})
+        })
+        .collect();
+    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
 }
 
-async fn list_core(
+/// The resources of one API group version (`/api/v1`, `/apis/{group}/{version}`).
+async fn api_resources(UrlPath(p): UrlPath<HashMap<String, String>>) -> Response {
+    let prefix = prefix_of(&p);
+    let resources: Vec<Value> = KINDS
+        .iter()
+        .filter(|k| k.0 == prefix)
+        .map(|k| {
+            json!({"name": k.1, "singularName": k.2.to_lowercase(), "namespaced": true, "kind": k.2,
+                "verbs": ["create", "get", "list", "update", "watch"]})
+        })
+        .collect();
+    if resources.is_empty() {
+        return no_such_resource(&prefix);
+    }
+    let group_version = prefix.trim_start_matches("/api/").trim_start_matches("/apis/");
+    Json(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
+        .into_response()
+}
+
+/// `/api/v1` for the core group, else `/apis/{group}/{version}`, from a route's parameters.
+fn prefix_of(p: &HashMap<String, String>) -> String {
+    match (p.get("group"), p.get("version")) {
+        (Some(group), Some(version)) => format!("/apis/{group}/{version}"),
+        _ => "/api/v1".to_owned(),
+    }
+}
+
+/// What a namespaced request names: its kind (`None`: the fake does not serve it), namespace,
+/// and object name (empty for a collection).
+struct Target {
+    kind: Option<Kind>,
+    resource: String,
+    ns: String,
+    name: String,
+}
+
+impl Target {
+    fn of(p: &HashMap<String, String>) -> Target {
+        let resource = p.get("resource").cloned().unwrap_or_default();
+        Target {
+            kind: kind_of(&prefix_of(p), &resource),
+            resource,
+            ns: p.get("ns").cloned().unwrap_or_default(),
+            name: p.get("name").cloned().unwrap_or_default(),
+        }
+    }
+}
+
+async fn list(
     State(s): State<Shared>,
-    UrlPath((ns, resource)): UrlPath<(String, String)>,
+    UrlPath(p): UrlPath<HashMap<String, String>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    list_or_watch(&s, "/api/v1", &ns, &resource, &q)
+    list_or_watch(&s, &Target::of(&p), &q)
 }
 
-async fn list_apps(
-    State(s): State<Shared>,
-    UrlPath((ns, resource)): UrlPath<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    list_or_watch(&s, "/apis/apps/v1", &ns, &resource, &q)
-}
-
-async fn get_core(
-    State(s): State<Shared>,
-    UrlPath((ns, resource, name)): UrlPath<(String, String, String)>,
-) -> Response {
-    get_one(&s, "/api/v1", &ns, &resource, &name)
-}
-
-async fn get_apps(
-    State(s): State<Shared>,
-    UrlPath((ns, resource, name)): UrlPath<(String, String, String)>,
-) -> Response {
-    get_one(&s, "/apis/apps/v1", &ns, &resource, &name)
-}
-
-fn get_one(s: &Shared, prefix: &str, ns: &str, resource: &str, name: &str) -> Response {
-    if let Some(fail) = failing(s) {
+async fn get_one(State(s): State<Shared>, UrlPath(p): UrlPath<HashMap<String, String>>) -> Response {
+    if let Some(fail) = failing(&s) {
         return fail;
     }
-    let Some((resource, _, _)) = kind_of(prefix, resource) else {
-        return status(404, "NotFound", format!("the server could not find the requested resource {resource}"), None);
+    let Target { kind, resource, ns, name } = Target::of(&p);
+    let Some(Kind { resource, .. }) = kind else {
+        return no_such_resource(&resource);
     };
-    let found = s.lock().objects.get(&(resource, ns.to_owned(), name.to_owned())).cloned();
+    let found = s.lock().objects.get(&(resource, ns, name.clone())).cloned();
     match found {
         Some(object) => Json(object).into_response(),
-        None => status(404, "NotFound", format!("{resource} \"{name}\" not found"), Some((resource, name))),
+        None => status(404, "NotFound", format!("{resource} \"{name}\" not found"), Some((resource, &name))),
     }
 }
 
-async fn create_core(
+/// `body` as the API server would store it: read as its kind's type (so its shape is the API's),
+/// in the request's namespace, and valid as [`invalid`] checks. A refusal is (status, reason,
+/// message).
+fn admitted(kind: Kind, ns: &str, body: Value) -> Result<Value, (u16, &'static str, String)> {
+    fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(body: Value) -> Result<Value, serde_json::Error> {
+        serde_json::from_value::<T>(body).map(|object| to_value(&object))
+    }
+    let bad = |message: String| (400, "BadRequest", message);
+    if body["kind"].as_str().is_some_and(|k| k != kind.kind) {
+        return Err(bad(format!("the body's kind is not {}", kind.kind)));
+    }
+    if body["metadata"]["namespace"].as_str().is_some_and(|n| n != ns) {
+        return Err(
+            bad("the namespace of the provided object does not match the namespace sent on the request".into()),
+        );
+    }
+    let object = match kind.kind {
+        "Pod" => typed::<Pod>(body),
+        "ConfigMap" => typed::<ConfigMap>(body),
+        "StatefulSet" => typed::<StatefulSet>(body),
+        "Lease" => typed::<Lease>(body),
+        "Event" => typed::<Event>(body),
+        other => unreachable!("a kind of KINDS without a type: {other}"),
+    }
+    .map_err(|e| bad(format!("not a {}: {e}", kind.kind)))?;
+    if object["metadata"]["name"].as_str().is_none_or(str::is_empty) {
+        return Err((422, "Invalid", "metadata.name: Required value".into()));
+    }
+    match invalid(kind, ns, &object) {
+        Some(message) => Err((422, "Invalid", message)),
+        None => Ok(object),
+    }
+}
+
+/// What the API server's validation refuses in the kinds gm writes, as far as the fake checks it.
+fn invalid(kind: Kind, ns: &str, object: &Value) -> Option<String> {
+    match kind.kind {
+        "Event" if object["involvedObject"]["namespace"].as_str() != Some(ns) => {
+            Some("involvedObject.namespace: Invalid value: does not match event.namespace".into())
+        }
+        "Event" if object["reason"].as_str().is_none_or(str::is_empty) => Some("reason: Required value".into()),
+        "Lease" if object["spec"]["leaseDurationSeconds"].as_i64().is_some_and(|d| d <= 0) => {
+            Some("spec.leaseDurationSeconds: Invalid value: must be greater than 0".into())
+        }
+        "Lease" if object["spec"]["leaseTransitions"].as_i64().is_some_and(|t| t < 0) => {
+            Some("spec.leaseTransitions: Invalid value: must be greater than or equal to 0".into())
+        }
+        _ => None,
+    }
+}
+
+/// POST of an object: 409 AlreadyExists if one of that name exists.
+async fn create(
     State(s): State<Shared>,
-    UrlPath((ns, resource)): UrlPath<(String, String)>,
+    UrlPath(p): UrlPath<HashMap<String, String>>,
     Json(body): Json<Value>,
 ) -> Response {
     if let Some(fail) = failing(&s) {
         return fail;
     }
-    if resource != "configmaps" {
-        return status(405, "MethodNotAllowed", format!("the fake creates configmaps only, not {resource}"), None);
-    }
-    let Ok(cm) = serde_json::from_value::<ConfigMap>(body) else {
-        return status(400, "BadRequest", "not a ConfigMap".into(), None);
+    let Target { kind, resource, ns, .. } = Target::of(&p);
+    let Some(kind) = kind else {
+        return no_such_resource(&resource);
     };
-    let Some(name) = cm.metadata.name.clone() else {
-        return status(422, "Invalid", "metadata.name is required".into(), None);
+    let mut object = match admitted(kind, &ns, body) {
+        Ok(object) => object,
+        Err((code, reason, message)) => return status(code, reason, message, None),
     };
-    let mut object = to_value(&cm);
+    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
     object["metadata"]["creationTimestamp"] =
         json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     // Checked and stored under one lock, so of two concurrent creates exactly one wins.
     let mut store = s.lock();
-    if store.objects.contains_key(&("configmaps", ns.clone(), name.clone())) {
-        return status(
-            409,
-            "AlreadyExists",
-            format!("configmaps \"{name}\" already exists"),
-            Some(("configmaps", &name)),
-        );
+    let resource = kind.resource;
+    if store.objects.contains_key(&(resource, ns.clone(), name.clone())) {
+        return status(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"), Some((resource, &name)));
     }
-    *store.creates.entry(name).or_default() += 1;
-    let stored = s.record(&mut store, "configmaps", &ns, object, false);
+    *store.creates.entry((resource, name)).or_default() += 1;
+    let stored = s.record(&mut store, resource, &ns, object, false);
     (StatusCode::CREATED, Json(stored)).into_response()
 }
 
-/// PUT of a ConfigMap: replaces it only if the body's `metadata.resourceVersion` is the stored
+/// PUT of an object: replaces it only if the body's `metadata.resourceVersion` is the stored
 /// one (optimistic concurrency, as the API server does), else 409 Conflict; 404 if none exists.
-async fn replace_core(
+async fn replace(
     State(s): State<Shared>,
-    UrlPath((ns, resource, name)): UrlPath<(String, String, String)>,
+    UrlPath(p): UrlPath<HashMap<String, String>>,
     Json(body): Json<Value>,
 ) -> Response {
     if let Some(fail) = failing(&s) {
         return fail;
     }
-    if resource != "configmaps" {
-        return status(405, "MethodNotAllowed", format!("the fake replaces configmaps only, not {resource}"), None);
-    }
-    let Ok(cm) = serde_json::from_value::<ConfigMap>(body) else {
-        return status(400, "BadRequest", "not a ConfigMap".into(), None);
+    let Target { kind, resource, ns, name } = Target::of(&p);
+    let Some(kind) = kind else {
+        return no_such_resource(&resource);
     };
-    if cm.metadata.name.as_deref() != Some(name.as_str()) {
+    let mut object = match admitted(kind, &ns, body) {
+        Ok(object) => object,
+        Err((code, reason, message)) => return status(code, reason, message, None),
+    };
+    if object["metadata"]["name"].as_str() != Some(name.as_str()) {
         return status(400, "BadRequest", "the name in the body does not match the URL".into(), None);
     }
+    let resource = kind.resource;
     let mut store = s.lock();
-    let Some(stored) = store.objects.get(&("configmaps", ns.clone(), name.clone())) else {
-        return status(404, "NotFound", format!("configmaps \"{name}\" not found"), Some(("configmaps", &name)));
+    let Some(stored) = store.objects.get(&(resource, ns.clone(), name.clone())) else {
+        return status(404, "NotFound", format!("{resource} \"{name}\" not found"), Some((resource, &name)));
     };
-    let current = stored["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_owned();
-    if cm.metadata.resource_version.as_deref() != Some(current.as_str()) {
+    let current = stored["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+    if object["metadata"]["resourceVersion"].as_str() != Some(current) {
         return status(
             409,
             "Conflict",
             format!(
-                "Operation cannot be fulfilled on configmaps \"{name}\": the object has been modified; please apply \
+                "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply \
                  your changes to the latest version and try again"
             ),
-            Some(("configmaps", &name)),
+            Some((resource, &name)),
         );
     }
-    let mut object = to_value(&cm);
     object["metadata"]["uid"] = stored["metadata"]["uid"].clone();
     object["metadata"]["creationTimestamp"] = stored["metadata"]["creationTimestamp"].clone();
-    let stored = s.record(&mut store, "configmaps", &ns, object, false);
+    let stored = s.record(&mut store, resource, &ns, object, false);
     Json(stored).into_response()
 }
 
@@ -448,13 +571,14 @@ fn selected(object: &Value, q: &HashMap<String, String>) -> bool {
     label_ok && field_ok
 }
 
-fn list_or_watch(s: &Shared, prefix: &str, ns: &str, resource: &str, q: &HashMap<String, String>) -> Response {
+fn list_or_watch(s: &Shared, target: &Target, q: &HashMap<String, String>) -> Response {
     if let Some(fail) = failing(s) {
         return fail;
     }
-    let Some((resource, kind, api_version)) = kind_of(prefix, resource) else {
-        return status(404, "NotFound", format!("the server could not find the requested resource {resource}"), None);
+    let Some(Kind { resource, kind, api_version }) = target.kind else {
+        return no_such_resource(&target.resource);
     };
+    let ns = target.ns.as_str();
     if q.get("watch").is_some_and(|w| w == "1" || w == "true") {
         return watch(s, ns, resource, q);
     }
@@ -597,6 +721,22 @@ impl StatefulSetSim {
 
     pub fn marker_creates(&self) -> u32 {
         self.fake.config_map_creates(&format!("{}-bootstrap", self.name))
+    }
+
+    /// The Lease the leader holds, `{statefulset}-leader`.
+    pub fn leader_lease(&self) -> Option<Lease> {
+        self.fake.lease(&self.namespace, &format!("{}-leader", self.name))
+    }
+
+    /// The events on the StatefulSet, oldest first.
+    pub fn events(&self) -> Vec<Event> {
+        let mut events = self.fake.events(&self.namespace);
+        events.retain(|e| e.involved_object.name.as_deref() == Some(self.name.as_str()));
+        events
+    }
+
+    pub fn statefulset_uid(&self) -> Option<String> {
+        self.fake.statefulset(&self.namespace, &self.name)?.metadata.uid
     }
 
     pub fn set_replicas(&self, replicas: i32) {

@@ -272,6 +272,26 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// `node`'s `/metrics`, as text.
+    pub async fn scrape(&self, node: &NodeProc) -> String {
+        let resp = self.http.get(node.url("/metrics")).send().await;
+        let resp = resp.unwrap_or_else(|e| panic!("GET /metrics of node {}: {e}", node.id));
+        resp.text().await.expect("metrics text")
+    }
+
+    /// The value of one series on `node`, `0` if absent.
+    pub async fn metric(&self, node: &NodeProc, series: &str) -> f64 {
+        series_value(&self.scrape(node).await, series)
+    }
+}
+
+/// The value of one series (`name{labels}`, labels as the node writes them) in a scrape, `0` if
+/// absent.
+pub fn series_value(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
+
 /// Validated names for a test's group and member.
 pub fn names(group: &str, id: &str) -> (GroupName, MemberId) {
     (GroupName::parse(group).expect("a group name"), MemberId::parse(id).expect("a member id"))

@@ -3,7 +3,8 @@
 # helm lint --strict with each values file; the chart rendered for 1, 3 and 5 replicas and with
 # every option set, each validated against the Kubernetes OpenAPI schemas (kubernetes-validate
 # --strict) and yamllint; tests/helm/invariants.py on the renders; values.schema.json rejecting
-# misspelt keys and bad values; deploy/gm-cluster.yaml equal to the chart rendered now.
+# misspelt keys and bad values; the chart's copies of the Grafana dashboard and the alert rules
+# equal deploy/'s; deploy/gm-cluster.yaml equal to the chart rendered now.
 # Installs nothing: tests/helm/install-tools.sh does (tests/setup.sh runs it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -47,6 +48,8 @@ render() { # render FILE HELM-TEMPLATE-ARGS...
 all_options=(
   --values "$chart/values-5.yaml"
   --set metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.labels.release=prometheus
+  --set metrics.grafanaDashboard.enabled=true,metrics.grafanaDashboard.annotations.grafana_folder=gm
+  --set metrics.prometheusRule.enabled=true,metrics.prometheusRule.labels.release=prometheus
   --set podAntiAffinity=hard,preStopSleepSeconds=0,updatePartition=2,logFormat=json,log=debug
   --set 'extraEnv[0].name=GM_PROBE_INTERVAL,extraEnv[0].value=500ms'
   --set persistence.storageClassName=fast,persistence.size=5Gi,persistence.retention.whenScaled=Retain
@@ -74,11 +77,13 @@ renders() {
 step "helm template: 1, 3 and 5 replicas, every option" renders
 
 # kubernetes-validate only warns about kinds it has no schema for: any warning but the
-# ServiceMonitor's (a CRD) fails, so a misspelt apiVersion cannot pass unchecked.
+# ServiceMonitor's and the PrometheusRule's (CRDs) fails, so a misspelt apiVersion cannot pass
+# unchecked.
 validate() {
   local status=0
   python3 -m kubernetes_validate --strict --quiet --kubernetes-version "$KUBERNETES_VERSION" "$@" >"$out/validate.log" 2>&1 || status=$?
-  if grep -v "Couldn't find schema for kind ServiceMonitor with api version monitoring.coreos.com/v1 " "$out/validate.log"; then
+  if grep -Ev "Couldn't find schema for kind (ServiceMonitor|PrometheusRule) with api version monitoring.coreos.com/v1 " \
+    "$out/validate.log"; then
     status=1
   fi
   return "$status"
@@ -86,12 +91,13 @@ validate() {
 step "kubernetes-validate --strict, Kubernetes $KUBERNETES_VERSION" \
   validate "$out"/replicas-{1,3,5}.yaml "$out/all-options.yaml" deploy/gm-cluster.yaml
 
-step "yamllint: renders, deploy/, values files, Chart.yaml" \
-  python3 -m yamllint --strict -c tests/helm/yamllint.yaml "$out"/*.yaml deploy/gm-cluster.yaml "$chart"/values*.yaml "$chart/Chart.yaml"
+step "yamllint: renders, deploy/ (manifests, alert rules and their tests), values files, Chart.yaml" \
+  python3 -m yamllint --strict -c tests/helm/yamllint.yaml "$out"/*.yaml deploy/gm-cluster.yaml deploy/prometheus/*.yaml \
+  "$chart"/values*.yaml "$chart/Chart.yaml"
 
-step "invariants: StatefulSet, environment, probes, security, Services, Role, PDB, test pod" \
+step "invariants: StatefulSet, environment, probes, security, Services, Role, PDB, test pod, monitoring" \
   python3 tests/helm/invariants.py "$chart" 1="$out/replicas-1.yaml" 3="$out/replicas-3.yaml" \
-  5="$out/replicas-5.yaml" --service-monitor "$out/all-options.yaml"
+  5="$out/replicas-5.yaml" --service-monitor "$out/all-options.yaml" --monitoring "$out/all-options.yaml"
 
 # rejects PATTERN HELM-ARGS...: rendering must fail, with PATTERN in the message.
 rejects() {
@@ -109,6 +115,8 @@ schema() {
   rejects "Additional property tg is not allowed" --set image.tg=1.0 || status=1
   rejects "Additional property periodSecond is not allowed" --set probes.startup.periodSecond=1 || status=1
   rejects "Additional property enable is not allowed" --set metrics.serviceMonitor.enable=true || status=1
+  rejects "Additional property enable is not allowed" --set metrics.prometheusRule.enable=true || status=1
+  rejects "Additional property label is not allowed" --set metrics.grafanaDashboard.label.a=b || status=1
   rejects "replicas must be one of the following: 1, 3, 5, 7, 9" --set replicas=4 || status=1
   rejects "replicas must be one of the following" --set replicas=0 || status=1
   rejects "replicas must be one of" --set replicas=three || status=1
@@ -140,6 +148,16 @@ notes() {
     && grep -qF "curl -fsS -w '\n' localhost:8080/v1/groups/orders" "$out/notes.txt"
 }
 step "NOTES.txt: the port-forward and the curl lines" notes
+
+# The chart ships copies (Helm reads files inside the chart only): they must be deploy/'s.
+copies() {
+  cmp deploy/grafana/gm.json "$chart/files/gm.json" \
+    && cmp deploy/prometheus/gm-rules.yaml "$chart/files/gm-rules.yaml" || {
+    echo "copy them: cp deploy/grafana/gm.json deploy/prometheus/gm-rules.yaml $chart/files/"
+    return 1
+  }
+}
+step "the chart's dashboard and rules equal deploy/grafana/gm.json and deploy/prometheus/gm-rules.yaml" copies
 
 deploy_current() {
   deploy/render.sh "$out/deploy.yaml" || return 1

@@ -5,13 +5,17 @@ settings Raft depends on, the restricted security context, and labels and select
 take a foreign pod for a GM node.
 
 Usage: invariants.py CHART REPLICAS=RENDERED.yaml... [--service-monitor RENDERED.yaml]
-(renders of release `gm-cluster`). Prints every failed assertion; exits 1 if there is one.
+[--monitoring RENDERED.yaml] (renders of release `gm-cluster`; --monitoring: one with the Grafana
+dashboard and the PrometheusRule on). Prints every failed assertion; exits 1 if there is one.
 """
 
+import json
 import sys
+from pathlib import Path
 
 import yaml
 
+ROOT = Path(__file__).resolve().parents[2]
 RELEASE = "gm-cluster"
 NAME = "gm-cluster"  # the StatefulSet and everything else, for release gm-cluster
 HEADLESS = "gm-cluster-headless"
@@ -95,6 +99,8 @@ def check_render(path, replicas, app_version):
     test_pod = one(objects, "Pod", where)
     pdbs = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
     check(not any(o["kind"] == "ServiceMonitor" for o in objects), f"{where}: a ServiceMonitor by default")
+    check(not any(o["kind"] in ("PrometheusRule", "ConfigMap") for o in objects),
+          f"{where}: a PrometheusRule or a dashboard ConfigMap by default")
     if not all((sts, headless, client, role, binding, account, test_pod)):
         return
 
@@ -223,6 +229,23 @@ def check_service_monitor(path):
     check([(e["port"], e["path"]) for e in sm["spec"]["endpoints"]] == [("http", "/metrics")], f"{where}: endpoints")
 
 
+def check_monitoring(path):
+    """The dashboard and the rules, as the chart ships them, are deploy/'s."""
+    where = f"{path} (dashboard and PrometheusRule on)"
+    objects = load(path)
+    dashboard = one(objects, "ConfigMap", where, f"{NAME}-dashboard")
+    rule = one(objects, "PrometheusRule", where, NAME)
+    if dashboard:
+        check(dashboard["metadata"]["labels"].get("grafana_dashboard") == "1", f"{where}: no grafana_dashboard label")
+        with open(ROOT / "deploy/grafana/gm.json") as f:
+            check(json.loads(dashboard["data"]["gm.json"]) == json.load(f),
+                  f"{where}: the ConfigMap's gm.json is not deploy/grafana/gm.json")
+    if rule:
+        check(rule["apiVersion"] == "monitoring.coreos.com/v1", f"{where}: apiVersion {rule['apiVersion']}")
+        with open(ROOT / "deploy/prometheus/gm-rules.yaml") as f:
+            check(rule["spec"] == yaml.safe_load(f), f"{where}: the PrometheusRule is not deploy/prometheus/gm-rules.yaml")
+
+
 def main(argv):
     chart, args = argv[0], argv[1:]
     with open(f"{chart}/Chart.yaml") as f:
@@ -232,6 +255,8 @@ def main(argv):
         arg = args.pop(0)
         if arg == "--service-monitor":
             check_service_monitor(args.pop(0))
+        elif arg == "--monitoring":
+            check_monitoring(args.pop(0))
         else:
             replicas, path = arg.split("=", 1)
             check_render(path, int(replicas), app_version)

@@ -153,3 +153,23 @@ fn with_revision(revision: u64, body: impl IntoResponse) -> Response {
     response.headers_mut().insert(REVISION_HEADER, HeaderValue::from(revision));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn blocking_queries_read_as_gm_reads_them() {
+        assert_eq!(blocking(&params(&[])), Ok(None));
+        assert_eq!(blocking(&params(&[("consistency", "stale")])), Ok(None));
+        assert_eq!(blocking(&params(&[("index", "7")])), Ok(Some((7, DEFAULT_WAIT))));
+        assert_eq!(blocking(&params(&[("index", "7"), ("wait", "2s")])), Ok(Some((7, Duration::from_secs(2)))));
+        assert!(blocking(&params(&[("index", "-1")])).is_err());
+        assert!(blocking(&params(&[("index", "1"), ("wait", "10m")])).is_err());
+        assert!(blocking(&params(&[("indx", "1")])).is_err());
+    }
+}

@@ -210,7 +210,7 @@ impl Membership {
                         std::future::pending::<()>().await;
                     }
                     let observed = self.views.borrow_and_update().clone();
-                    let seen = observed.as_ref().map_or(Seen::Unknown, |o| self.seen(o, joined));
+                    let seen = observed.as_ref().map_or(Seen::Unknown, |o| seen(o, &self.identity, joined));
                     match seen {
                         Seen::Absent => return Lost::Removed,
                         Seen::Other => return Lost::Superseded,
@@ -231,21 +231,6 @@ impl Membership {
                     }
                 }
             }
-        }
-    }
-
-    /// What `observed` says of the membership `joined`.
-    fn seen(&self, observed: &Observed, joined: Joined) -> Seen {
-        let view = &observed.view;
-        // A view at the join's revision or later shows it; so does any view of a stream asked
-        // for after the join was acknowledged (its first view is linearizable).
-        if view.revision < joined.revision && observed.stream_asked < joined.acknowledged {
-            return Seen::Unknown;
-        }
-        match view.members.iter().find(|m| m.id == self.identity.id) {
-            None => Seen::Absent,
-            Some(m) if m.instance == self.identity.spec.instance => Seen::Present,
-            Some(_) => Seen::Other,
         }
     }
 
@@ -292,9 +277,77 @@ impl Membership {
     }
 }
 
+/// What `observed` says of the membership `joined` of `identity`.
+fn seen(observed: &Observed, identity: &Identity, joined: Joined) -> Seen {
+    let view = &observed.view;
+    // A view at the join's revision or later shows it; so does any view of a stream asked for
+    // after the join was acknowledged (its first view is linearizable), whatever its revision:
+    // a GM cluster started over from empty counts revisions from the start again.
+    if view.revision < joined.revision && observed.stream_asked < joined.acknowledged {
+        return Seen::Unknown;
+    }
+    match view.members.iter().find(|m| m.id == identity.id) {
+        None => Seen::Absent,
+        Some(m) if m.instance == identity.spec.instance => Seen::Present,
+        Some(_) => Seen::Other,
+    }
+}
+
 /// Waits until the app's health is `healthy`; forever if the check stopped (the agent stops).
 async fn until_health(app_healthy: &mut watch::Receiver<bool>, healthy: bool) {
     if app_healthy.wait_for(|h| *h == healthy).await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::membership::{Member, MemberId};
+    use crate::wire::GroupView;
+
+    fn identity(instance: &str) -> Identity {
+        let spec = json!({"address": "10.0.0.1:9021", "instance": instance});
+        Identity { id: MemberId::parse("w1").unwrap(), spec: serde_json::from_value(spec).unwrap() }
+    }
+
+    fn observed(revision: u64, members: &[(&str, &str)], stream_asked: Instant) -> Observed {
+        let members = members
+            .iter()
+            .map(|(id, instance)| {
+                serde_json::from_value::<Member>(json!({
+                    "id": id, "group": "g", "address": "10.0.0.1:9021", "metadata": {}, "instance": instance,
+                    "incarnation": 1, "joined_at": "2026-01-01T00:00:00.000Z", "responsible_node": 1,
+                    "failure_detection": {"mode": "probe", "path": "/gm/heartbeat"}
+                }))
+                .unwrap()
+            })
+            .collect();
+        Observed { view: GroupView { group: GroupName::parse("g").unwrap(), revision, members }, stream_asked }
+    }
+
+    #[test]
+    fn a_view_tells_present_absent_or_superseded_only_once_it_shows_the_join() {
+        let me = identity("mine");
+        let before = Instant::now();
+        let joined = Joined { incarnation: 4, revision: 10, acknowledged: before + Duration::from_millis(5) };
+        let old_stream = before;
+        let new_stream = before + Duration::from_millis(10);
+        assert_eq!(seen(&observed(9, &[], old_stream), &me, joined), Seen::Unknown, "older than the join");
+        assert_eq!(seen(&observed(10, &[("w1", "mine")], old_stream), &me, joined), Seen::Present);
+        assert_eq!(seen(&observed(12, &[("a", "x")], old_stream), &me, joined), Seen::Absent);
+        assert_eq!(seen(&observed(12, &[("w1", "theirs")], old_stream), &me, joined), Seen::Other);
+        // A stream asked for after the join: trusted whatever its revision (a cluster started over).
+        assert_eq!(seen(&observed(3, &[], new_stream), &me, joined), Seen::Absent);
+    }
+
+    #[test]
+    fn only_a_status_that_never_joined_is_unready() {
+        assert!(!Status::Waiting { joined_once: false }.joined_once());
+        assert!(Status::Waiting { joined_once: true }.joined_once());
+        assert!(Status::Member { incarnation: 1 }.joined_once());
+        assert!(Status::Superseded.joined_once());
     }
 }

@@ -128,21 +128,25 @@ impl Membership {
                 lost = self.keep(joined, &state) => lost,
             };
             metrics.lost.with_label_values(&[self.group.as_str(), lost.as_str()]).inc();
+            tracing::warn!(
+                group = %self.group,
+                member = %self.identity.id,
+                incarnation = joined.incarnation,
+                why = lost.as_str(),
+                "membership lost"
+            );
             metrics.member.with_label_values(&label).set(0);
             metrics.incarnation.with_label_values(&label).set(0);
             match lost {
                 Lost::Removed => {
-                    tracing::warn!(group = %self.group, member = %self.identity.id, incarnation = joined.incarnation, "removed from the group; joining again");
                     self.status.send_replace(Status::Waiting { joined_once: true });
                 }
                 Lost::Unhealthy => {
-                    tracing::warn!(group = %self.group, member = %self.identity.id, incarnation = joined.incarnation, "the app is unhealthy; leaving the group");
                     self.status.send_replace(Status::Waiting { joined_once: true });
                     self.leave(joined.incarnation).await;
                     held = None;
                 }
                 Lost::Superseded => {
-                    tracing::warn!(group = %self.group, member = %self.identity.id, incarnation = joined.incarnation, "another instance joined with this id; waiting until it is free");
                     self.status.send_replace(Status::Superseded);
                     tokio::select! {
                         biased;
@@ -167,7 +171,13 @@ impl Membership {
             match self.client.starting_at(attempt).join(&self.group, &self.identity.id, &self.identity.spec).await {
                 Ok(joined) => {
                     let member = &joined.answer.member;
-                    tracing::info!(group = %self.group, member = %self.identity.id, incarnation = member.incarnation, revision = joined.answer.revision, "joined");
+                    tracing::info!(
+                        group = %self.group,
+                        member = %self.identity.id,
+                        incarnation = member.incarnation,
+                        revision = joined.answer.revision,
+                        "joined"
+                    );
                     return Joined {
                         incarnation: member.incarnation,
                         revision: joined.answer.revision,
@@ -269,7 +279,12 @@ impl Membership {
                 tracing::info!(group = %group, member = %member, incarnation, "left already: not a member")
             }
             Ok(Err(error)) if error.kind() == ErrorKind::Conflict => {
-                tracing::info!(group = %group, member = %member, incarnation, "not left: a newer incarnation holds the id")
+                tracing::info!(
+                    group = %group,
+                    member = %member,
+                    incarnation,
+                    "not left: a newer incarnation holds the id"
+                )
             }
             Ok(Err(error)) => tracing::warn!(group = %group, member = %member, incarnation, %error, "leave failed"),
             Err(_) => tracing::warn!(group = %group, member = %member, incarnation, "leave timed out"),

@@ -81,7 +81,12 @@ pub struct AgentConfig {
     #[arg(long, env = "GM_APP_HEALTH_TIMEOUT", default_value = "1s", value_parser = crate::config::duration)]
     pub app_health_timeout: Duration,
     /// Failed app checks in a row before the app counts as unhealthy (one success heals it).
-    #[arg(long, env = "GM_APP_UNHEALTHY_AFTER", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(
+        long,
+        env = "GM_APP_UNHEALTHY_AFTER",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
     pub app_unhealthy_after: u32,
     /// Metadata `KEY=VALUE`; repeat it. Wins over a pod label of the same key.
     #[arg(long = "metadata", env = "GM_METADATA", value_delimiter = ',', value_parser = key_value)]

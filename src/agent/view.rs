@@ -104,7 +104,8 @@ pub async fn follow(
                             if stream.bytes_read() != heard.0 {
                                 heard = (stream.bytes_read(), Instant::now());
                             } else if heard.1.elapsed() >= SILENCE {
-                                tracing::warn!(group = %group, endpoint = stream.endpoint(), "the watch stream went silent");
+                                let endpoint = stream.endpoint();
+                                tracing::warn!(group = %group, endpoint, "the watch stream went silent");
                                 break;
                             }
                         }
@@ -127,7 +128,8 @@ pub async fn follow(
                                     match write_atomically(path, &view).await {
                                         Ok(()) => written = Some(view.revision),
                                         Err(error) => {
-                                            tracing::warn!(group = %group, path = %path.display(), %error, "cannot write the view file")
+                                            let path = path.display();
+                                            tracing::warn!(group = %group, %path, %error, "cannot write the view file")
                                         }
                                     }
                                 }

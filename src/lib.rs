@@ -5,6 +5,7 @@
 //! declared once in [`wire`]: [`api`] writes them and [`client`], the Rust client of the API,
 //! reads them.
 
+pub mod agent;
 pub mod api;
 pub mod bench;
 pub mod client;

@@ -35,6 +35,8 @@ enum CliCommand {
     /// After a majority of the voters is lost for good: ask the node that survived, at its next
     /// start, to become the only voter of its cluster (entries only the lost nodes held are lost).
     Recover(RecoverConfig),
+    /// Run the sidecar that makes a pod a member of its groups while it lives.
+    Agent(gm::agent::AgentConfig),
 }
 
 #[tokio::main]
@@ -68,6 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         CliCommand::Bench(config) => gm::bench::run(config).await?,
         CliCommand::Recover(config) => gm::server::recover::run(config).await?,
+        CliCommand::Agent(config) => gm::agent::run(config, gm::server::shutdown_signal()).await?,
     }
     Ok(())
 }

@@ -2,9 +2,10 @@
 # Checks the Helm chart helm/gm-cluster and deploy/, in a few seconds and without a cluster:
 # helm lint --strict with each values file; the chart rendered for 1, 3 and 5 replicas and with
 # every option set, each validated against the Kubernetes OpenAPI schemas (kubernetes-validate
-# --strict) and yamllint; tests/helm/invariants.py on the renders; values.schema.json rejecting
-# misspelt keys and bad values; the chart's copies of the Grafana dashboard and the alert rules
-# equal deploy/'s; deploy/gm-cluster.yaml equal to the chart rendered now.
+# --strict) and yamllint, as are deploy/'s manifests and examples; tests/helm/invariants.py on the
+# renders; values.schema.json rejecting misspelt keys and bad values; the chart's copies of the
+# Grafana dashboard and the alert rules equal deploy/'s; deploy/gm-cluster.yaml equal to the chart
+# rendered now.
 # Installs nothing: tests/helm/install-tools.sh does (tests/setup.sh runs it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -88,11 +89,12 @@ validate() {
   fi
   return "$status"
 }
-step "kubernetes-validate --strict, Kubernetes $KUBERNETES_VERSION" \
-  validate "$out"/replicas-{1,3,5}.yaml "$out/all-options.yaml" deploy/gm-cluster.yaml
+step "kubernetes-validate --strict, Kubernetes $KUBERNETES_VERSION (renders, deploy/, deploy/examples/)" \
+  validate "$out"/replicas-{1,3,5}.yaml "$out/all-options.yaml" deploy/gm-cluster.yaml deploy/examples/*.yaml
 
-step "yamllint: renders, deploy/ (manifests, alert rules and their tests), values files, Chart.yaml" \
-  python3 -m yamllint --strict -c tests/helm/yamllint.yaml "$out"/*.yaml deploy/gm-cluster.yaml deploy/prometheus/*.yaml \
+step "yamllint: renders, deploy/ (manifests, examples, alert rules and their tests), values files, Chart.yaml" \
+  python3 -m yamllint --strict -c tests/helm/yamllint.yaml "$out"/*.yaml deploy/gm-cluster.yaml deploy/examples/*.yaml \
+  deploy/prometheus/*.yaml \
   "$chart"/values*.yaml "$chart/Chart.yaml"
 
 step "invariants: StatefulSet, environment, probes, security, Services, Role, PDB, test pod, monitoring" \

@@ -35,6 +35,9 @@ enum CliCommand {
     /// After a majority of the voters is lost for good: ask the node that survived, at its next
     /// start, to become the only voter of its cluster (entries only the lost nodes held are lost).
     Recover(RecoverConfig),
+    /// The client commands: `gm join`, `leave`, `members`, `groups`, `watch`, `cluster`.
+    #[command(flatten)]
+    Client(gm::cli::ClientCommand),
 }
 
 #[tokio::main]
@@ -44,10 +47,10 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         // One line, whatever RUST_BACKTRACE says: these are a user's errors, not gm's bugs. Each
-        // error's message already names its cause.
+        // error's message already names its cause; a client command's error also its exit status.
         Err(error) => {
             eprintln!("gm: error: {error}");
-            ExitCode::FAILURE
+            ExitCode::from(error.downcast_ref::<gm::cli::CliError>().map_or(1, gm::cli::CliError::exit_code))
         }
     }
 }
@@ -61,6 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         CliCommand::Bench(config) => gm::bench::run(config).await?,
         CliCommand::Recover(config) => gm::server::recover::run(config).await?,
+        CliCommand::Client(command) => gm::cli::run(command).await?,
     }
     Ok(())
 }

@@ -118,7 +118,7 @@ async fn commands_print_tables_and_the_apis_json_and_exit_with_what_happened() {
     assert_eq!(rows[0], ["MEMBER", "ADDRESS", "INCARNATION", "DETECTION", "NODE", "JOINED", "METADATA"]);
     assert_eq!(rows.len(), 3, "{}", run.stdout);
     let incarnation_cell = incarnation.to_string();
-    assert_eq!(&rows[1][..6], ["w-1", "10.1.2.3:9021", &incarnation_cell, "lease", "300s", "-"]);
+    assert_eq!(&rows[1][..6], ["w-1", "10.1.2.3:9021", &incarnation_cell, "lease", "5m", "-"]);
     assert_eq!(rows[1][7], "zone=a");
     assert_eq!(rows[2][7], "rack=3,zone=b");
     let record = gm(&all, &["members", "orders", "w-1", "-o", "json"]).await.assert_ok().json();

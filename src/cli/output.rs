@@ -165,12 +165,15 @@ fn figure(value: Option<u64>, unit: &str) -> String {
     value.map_or_else(|| NONE.to_owned(), |v| format!("{v}{unit}"))
 }
 
-/// `probe /gm/heartbeat`, `lease 10s`.
+/// `probe /gm/heartbeat`, `lease 10s`, `lease 5m`, `lease 1500ms`.
 fn detection(fd: &FailureDetection) -> String {
     match fd {
         FailureDetection::Probe { path } => format!("probe {path}"),
-        FailureDetection::Lease { ttl_ms } if ttl_ms % 1000 == 0 => format!("lease {}s", ttl_ms / 1000),
-        FailureDetection::Lease { ttl_ms } => format!("lease {ttl_ms}ms"),
+        FailureDetection::Lease { ttl_ms } => {
+            let units = [(3_600_000, "h"), (60_000, "m"), (1000, "s"), (1, "ms")];
+            let (size, unit) = units.into_iter().find(|(size, _)| ttl_ms % size == 0).unwrap_or((1, "ms"));
+            format!("lease {}{unit}", ttl_ms / size)
+        }
     }
 }
 
@@ -204,6 +207,9 @@ mod tests {
                 {"id": "w8", "group": "orders", "address": "db:1", "metadata": {},
                  "instance": "i1", "incarnation": 1, "joined_at": "2026-11-24T10:00:01.000Z", "responsible_node": null,
                  "failure_detection": {"mode": "lease", "ttl_ms": 1500}},
+                {"id": "w9", "group": "orders", "address": "db:2", "metadata": {},
+                 "instance": null, "incarnation": 3, "joined_at": "2026-11-24T10:00:02.000Z", "responsible_node": null,
+                 "failure_detection": {"mode": "lease", "ttl_ms": 300000}},
             ]
         }))
         .expect("a view")
@@ -216,6 +222,7 @@ mod tests {
 MEMBER    ADDRESS        INCARNATION  DETECTION            NODE  JOINED                    METADATA
 worker-7  10.1.2.3:9021  2            probe /gm/heartbeat  1     2026-11-24T10:00:00.123Z  rack=3,zone=a
 w8        db:1           1            lease 1500ms         -     2026-11-24T10:00:01.000Z  -
+w9        db:2           3            lease 5m             -     2026-11-24T10:00:02.000Z  -
 ";
         assert_eq!(text, expected);
     }
@@ -223,7 +230,7 @@ w8        db:1           1            lease 1500ms         -     2026-11-24T10:0
     #[test]
     fn a_view_block_names_group_and_revision() {
         let mut v = view();
-        assert!(view_block(&v).starts_with("orders at revision 7: 2 members\nMEMBER "));
+        assert!(view_block(&v).starts_with("orders at revision 7: 3 members\nMEMBER "));
         v.members.clear();
         assert_eq!(view_block(&v), "orders at revision 7: no members\n");
     }

@@ -37,6 +37,9 @@ enum CliCommand {
     Recover(RecoverConfig),
     /// Run the sidecar that makes a pod a member of its groups while it lives.
     Agent(gm::agent::AgentConfig),
+    /// The client commands: `gm join`, `leave`, `members`, `groups`, `watch`, `cluster`.
+    #[command(flatten)]
+    Client(gm::cli::ClientCommand),
 }
 
 #[tokio::main]
@@ -53,10 +56,10 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // One line, whatever RUST_BACKTRACE says: these are a user's errors, not gm's bugs. Each
-        // error's message already names its cause.
+        // error's message already names its cause; a client command's error also its exit status.
         Err(error) => {
             eprintln!("gm: error: {error}");
-            ExitCode::FAILURE
+            ExitCode::from(error.downcast_ref::<gm::cli::CliError>().map_or(1, gm::cli::CliError::exit_code))
         }
     }
 }
@@ -71,6 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         CliCommand::Bench(config) => gm::bench::run(config).await?,
         CliCommand::Recover(config) => gm::server::recover::run(config).await?,
         CliCommand::Agent(config) => gm::agent::run(config, gm::server::shutdown_signal()).await?,
+        CliCommand::Client(command) => gm::cli::run(command).await?,
     }
     Ok(())
 }

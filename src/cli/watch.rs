@@ -1,0 +1,114 @@
+//! `gm watch GROUP`: the group's view, then each new view, until Ctrl-C, SIGTERM or `--count`.
+//!
+//! A [`Watch`] stream is not opened again by itself: when it breaks, ends, or goes silent (not
+//! even a keep-alive, which a node sends every 15 s, for [`SILENT_FOR`]), the command opens a new
+//! one, starting at the endpoint after the one that failed. The new stream's first view is the
+//! whole current view, so no change is lost; a view no newer than the last one printed, or with
+//! the same members (an empty group, read again at a later revision), is not printed twice.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::exit::CliError;
+use super::output::{self, Output, Printer};
+use crate::client::{Client, Watch};
+use crate::membership::{GroupName, GroupView};
+use crate::wire::Consistency;
+
+/// How long a stream may send nothing before it is given up for a new one: two keep-alives.
+const SILENT_FOR: Duration = Duration::from_secs(35);
+
+/// What came of waiting on a stream.
+enum Next {
+    View(GroupView),
+    /// The stream is of no more use, for this reason.
+    Lost(String),
+}
+
+pub async fn run(
+    client: &Client,
+    group: &GroupName,
+    consistency: Consistency,
+    count: Option<u64>,
+    output: Output,
+) -> Result<(), CliError> {
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    // The first opening's error is the command's, as for any request.
+    let mut watch = tokio::select! {
+        opened = client.watch(group, consistency) => opened?,
+        () = &mut stop => return Ok(()),
+    };
+    let mut printer = Printer::stdout();
+    let mut last: Option<GroupView> = None;
+    let mut printed = 0;
+    loop {
+        let next = tokio::select! {
+            next = next_view(&mut watch) => next,
+            () = &mut stop => return Ok(()),
+        };
+        match next {
+            Next::View(view) => {
+                if last.as_ref().is_some_and(|l| view.revision <= l.revision || view.members == l.members) {
+                    continue;
+                }
+                let text = match output {
+                    Output::Json => output::json_line(&view)?,
+                    Output::Table if printed == 0 => output::view_block(&view),
+                    Output::Table => format!("\n{}", output::view_block(&view)),
+                };
+                if !printer.print(&text)? {
+                    return Ok(());
+                }
+                printed += 1;
+                if count == Some(printed) {
+                    return Ok(());
+                }
+                last = Some(view);
+            }
+            Next::Lost(reason) => {
+                tracing::warn!(group = %group, endpoint = watch.endpoint(), reason, "watch stream lost; opening a new one");
+                let after = client.endpoints().iter().position(|e| e == watch.endpoint()).map_or(0, |i| i + 1);
+                let next_first = client.starting_at(after);
+                watch = tokio::select! {
+                    opened = next_first.watch(group, consistency) => {
+                        opened.map_err(|source| CliError::WatchLost { group: group.to_string(), source })?
+                    }
+                    () = &mut stop => return Ok(()),
+                };
+            }
+        }
+    }
+}
+
+/// The stream's next view, or why there will be none.
+async fn next_view(watch: &mut Watch) -> Next {
+    loop {
+        let heard = watch.bytes_read();
+        match tokio::time::timeout(SILENT_FOR, watch.next()).await {
+            Ok(Some(Ok(view))) => return Next::View(view),
+            Ok(Some(Err(error))) => return Next::Lost(error.to_string()),
+            Ok(None) => return Next::Lost("the node ended the stream".to_owned()),
+            // Keep-alives came meanwhile: the node is there, the group has not changed.
+            Err(_) if watch.bytes_read() > heard => continue,
+            Err(_) => return Next::Lost(format!("nothing came for {} s", SILENT_FOR.as_secs())),
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM: the normal end of a watch, exit status 0.
+async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -225,7 +225,7 @@ async fn scale_down_removes_one_voter_at_a_time_and_the_leader_last() {
     let other = 7 - leader;
     let load = WriteLoad::start(&apis(&sim, 0..3), "load", 4);
     sim.set_replicas(3);
-    // The removed pods keep running until the voters are reconciled, as preStop holds them.
+    // The removed pods keep running until the voters are reconciled, as they do on SIGTERM.
     poll("the voters 1..=3 on pod 0", || {
         let sim = &sim;
         async move { (voters_of(sim, 0).await? == BTreeSet::from([1, 2, 3])).then_some(()) }
@@ -254,6 +254,23 @@ async fn scale_down_with_the_removed_pods_stopped_at_once() {
     sim.kill_pods(3..5);
     sim.set_replicas(3);
     cluster_with_voters(&mut sim, &(1..=3).collect()).await;
+    let written = load.stop().await;
+    assert!(!written.acknowledged.is_empty());
+    WriteLoad::assert_none_lost("load", &sim.client(0), &written).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scale_down_of_a_majority_with_the_pods_stopped_at_once() {
+    let mut sim = StatefulSetSim::new(3).await;
+    sim.start_pods(0..3);
+    one_cluster(&mut sim, 3).await;
+    let load = WriteLoad::start(&apis(&sim, 0..1), "load", 2);
+    // 3 -> 1: the StatefulSet sends SIGTERM to both pods at once, before any voter changed.
+    // Each keeps serving until the leader has removed it, so a quorum remains for each change.
+    sim.set_replicas(1);
+    let took = sim.stop_pods(1..3).await;
+    eprintln!("scale 3 -> 1: the removed pods stopped {took:?} after SIGTERM");
+    cluster_with_voters(&mut sim, &BTreeSet::from([1])).await;
     let written = load.stop().await;
     assert!(!written.acknowledged.is_empty());
     WriteLoad::assert_none_lost("load", &sim.client(0), &written).await;

@@ -189,6 +189,16 @@ impl Kubernetes {
         *self.pods.read().unwrap_or_else(|e| e.into_inner()).get(pod)?
     }
 
+    /// The StatefulSet's `spec.replicas`, asked of the API server now (at most 2 s), else as the
+    /// watch last saw it.
+    pub async fn current_replicas(&self) -> Option<u64> {
+        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        match tokio::time::timeout(Duration::from_secs(2), api.get(&self.settings.statefulset)).await {
+            Ok(Ok(sts)) => Some(spec_replicas(&sts)),
+            _ => *self.replicas.borrow(),
+        }
+    }
+
     /// The pods and replicas the watches hold, or `None` while either is not in sync with the
     /// API server (a list or watch failed and no list has succeeded since): a decision taken
     /// on it would act on a stale view.
@@ -438,10 +448,45 @@ impl Kubernetes {
                     tracing::info!(node = id, ordinal, generation = ids::generation_of(id), "claimed a node id");
                     return Ok(Settled::Fresh(id));
                 }
-                Err(error) => {
-                    tracing::info!(%error, "the id book changed meanwhile; claiming again");
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    tracing::info!("the id book changed meanwhile; claiming again");
                     backoff.wait().await;
                 }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot write the id book; claiming again");
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+
+    /// While this node is in no cluster's membership, says so every minute (first after 30 s),
+    /// with the likely cause: a node is added by the leader as soon as it runs, so a long wait
+    /// means there is no leader to add it, e.g. the volumes were deleted to start over but the
+    /// marker and the id book were kept. Quiet once the node is a member; returns on `cancel`.
+    pub async fn hint_while_outside(self, node: Arc<crate::node::Node>, cancel: CancellationToken) {
+        let mut waited = Duration::ZERO;
+        let mut next = Duration::from_secs(30);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => waited += Duration::from_secs(1),
+            }
+            if node.raft_view().nodes.iter().any(|(id, _, _)| *id == node.id) {
+                // A supervised task that ends stops the node: this one idles until the end.
+                return cancel.cancelled().await;
+            }
+            if waited >= next {
+                next += Duration::from_secs(60);
+                tracing::warn!(
+                    node = node.id,
+                    waited_s = waited.as_secs(),
+                    "no cluster has added this node yet. If the cluster runs, its leader adds a node once the \
+                     watch reports the pod's IP. If every pod waits like this, no pod has the cluster's state: \
+                     to start over after deleting the volumes, delete the ConfigMaps {0}-bootstrap and {0}-ids \
+                     too; to restart from one surviving volume, see `gm recover`",
+                    self.settings.statefulset
+                );
             }
         }
     }

@@ -24,8 +24,9 @@ fn request_timeout(s: &str) -> Result<Duration, String> {
 
 #[derive(Clone, Debug, Args)]
 pub struct ServerConfig {
-    /// The Raft node id, a positive integer. Default: the pod's ordinal in its StatefulSet plus one,
-    /// read from the host name (`gm-cluster-2` is node 3).
+    /// Static discovery: the Raft node id, a positive integer. Default: the ordinal at the end of
+    /// the host name plus one (`gm-cluster-2` is node 3). Refused with kubernetes discovery,
+    /// which decides the id from the pod's ordinal and the generation of its disk.
     #[arg(long, env = "GM_NODE_ID", value_parser = clap::value_parser!(u64).range(1..))]
     pub node_id: Option<NodeId>,
     /// REST API, `/metrics` and health.
@@ -111,8 +112,9 @@ impl ServerConfig {
 /// The flags of `--discovery kubernetes`, as the chart sets them from the downward API.
 #[derive(Clone, Debug, Default, Args)]
 pub struct KubernetesFlags {
-    /// Kubernetes discovery: this pod's name (downward API `metadata.name`). The node id is the
-    /// StatefulSet ordinal at its end plus one (`gm-cluster-2` is node 3); it is also the node's name.
+    /// Kubernetes discovery: this pod's name (downward API `metadata.name`), `{statefulset}-{ordinal}`;
+    /// it is also the node's name. The node id is the ordinal and the generation of the pod's
+    /// disk: `generation × 1000 + ordinal + 1` (`gm-cluster-2` on its first disk is node 3).
     #[arg(long, env = "GM_POD_NAME")]
     pub pod_name: Option<String>,
     /// Kubernetes discovery: this pod's namespace (downward API `metadata.namespace`).
@@ -134,4 +136,10 @@ pub struct KubernetesFlags {
     /// e.g. `app.kubernetes.io/name=gm,app.kubernetes.io/instance=gm-cluster`.
     #[arg(long, env = "GM_POD_SELECTOR")]
     pub pod_selector: Option<String>,
+    /// Kubernetes discovery: on SIGTERM of a pod being scaled away (its ordinal at or above
+    /// `spec.replicas`) that is still in the cluster, how long it keeps serving while the leader
+    /// removes it, so that a scale-down of a majority at once still leaves a quorum to remove the
+    /// voters one at a time. Keep it below the pod's termination grace period.
+    #[arg(long, env = "GM_SCALE_DOWN_WAIT", default_value = "20s", value_parser = duration)]
+    pub scale_down_wait: Duration,
 }

@@ -170,6 +170,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     if let Peers::Kubernetes(kube) = &discovery {
         tasks.spawn("pod watch", kube.clone().watch_pods(cancel.clone()));
         tasks.spawn("statefulset watch", kube.clone().watch_statefulset(cancel.clone()));
+        tasks.spawn("membership hint", kube.clone().hint_while_outside(Arc::clone(&node), cancel.clone()));
     }
 
     let mut shutdown = std::pin::pin!(shutdown);
@@ -211,7 +212,49 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
             failed = tasks.first_end() => Some(failed),
         }
     };
+    if let (None, Peers::Kubernetes(kube)) = (&failed, &discovery) {
+        tokio::select! {
+            () = hold_while_scaled_away(&node, kube, config.kubernetes.scale_down_wait) => {}
+            _ = tasks.first_end() => {}
+        }
+    }
     stop(id, cancel, raft, tasks, failed).await
+}
+
+/// On SIGTERM of a pod being scaled away (its ordinal at or above `spec.replicas`, which is not
+/// 0) that is still in the Raft membership: keeps serving until the leader has removed it, at
+/// most `wait`. The StatefulSet stops every pod it scales away at once; were they all to stop at
+/// once, a scale-down of a majority (3 to 1, 5 to 2) would leave no quorum to remove them. SIGTERM
+/// stays a clean stop, never a leave: the leader decides, one voter at a time.
+async fn hold_while_scaled_away(node: &Node, kube: &Kubernetes, wait: std::time::Duration) {
+    let ordinal = crate::discovery::ids::ordinal_of(node.id);
+    let deadline = tokio::time::Instant::now() + wait;
+    // Asked now, not as watched: the StatefulSet's SIGTERM may come before the watch's news.
+    let replicas = kube.current_replicas().await;
+    let scaled_away = replicas.is_some_and(|replicas| replicas > 0 && ordinal >= replicas);
+    let mut said = false;
+    loop {
+        // A node removed may never see the final configuration (the leader stops replicating to
+        // it), so the leader's membership says it too.
+        let members = node.voter_set();
+        let listed = members.voters.contains(&node.id) || members.learners.contains(&node.id);
+        let removed = !listed || node.health().await.is_some_and(|nodes| !nodes.contains_key(&node.id));
+        if !scaled_away || removed {
+            if said {
+                tracing::info!(node = node.id, "removed from the cluster; stopping");
+            }
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(node = node.id, waited = ?wait, "scaled away but still in the cluster; stopping anyway");
+            return;
+        }
+        if !said {
+            tracing::info!(node = node.id, "scaled away: serving until the leader removes this node");
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Stops every task and Raft; the node's result is `failed`, if a task ended on its own.

@@ -812,33 +812,47 @@ impl StatefulSetSim {
     /// object keeps its IP while it terminates and is gone once the process is. Returns how long
     /// the process took to exit.
     pub async fn stop_pod(&mut self, ordinal: u64) -> Duration {
-        let mut child = self.pods.remove(&ordinal).unwrap_or_else(|| panic!("pod {ordinal} is not running"));
-        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
-        // SAFETY: kill(2) of a child of this process that is not reaped yet, so its pid is not reused.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.stop_pods(ordinal..ordinal + 1).await[0]
+    }
+
+    /// [`StatefulSetSim::stop_pod`] of every pod of `ordinals` at once, as the StatefulSet
+    /// controller stops the pods it scales away: SIGTERM to all, then a wait for each. Returns
+    /// how long each took to exit.
+    pub async fn stop_pods(&mut self, ordinals: std::ops::Range<u64>) -> Vec<Duration> {
+        let mut stopping = Vec::new();
+        for ordinal in ordinals {
+            let child = self.pods.remove(&ordinal).unwrap_or_else(|| panic!("pod {ordinal} is not running"));
+            let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+            // SAFETY: kill(2) of a child of this process that is not reaped yet, so its pid is not reused.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            stopping.push((ordinal, child));
+        }
         let start = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("waiting for a pod's process") {
-                break status;
-            }
-            if start.elapsed() > GRACE_PERIOD {
-                let _ = child.kill();
-                let _ = child.wait();
-                self.fake.delete_pod(&self.namespace, &self.pod_name(ordinal));
-                panic!(
-                    "pod {ordinal} did not exit within {GRACE_PERIOD:?} of SIGTERM and was killed; its log ends:\n{}",
-                    self.log_tail(ordinal, 40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let took = start.elapsed();
-        self.fake.delete_pod(&self.namespace, &self.pod_name(ordinal));
-        assert!(
-            status.success(),
-            "pod {ordinal} exited with {status} after SIGTERM; its log ends:\n{}",
-            self.log_tail(ordinal, 40)
-        );
+        let mut took = Vec::new();
+        for (ordinal, mut child) in stopping {
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("waiting for a pod's process") {
+                    break status;
+                }
+                if start.elapsed() > GRACE_PERIOD {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    self.fake.delete_pod(&self.namespace, &self.pod_name(ordinal));
+                    panic!(
+                        "pod {ordinal} did not exit within {GRACE_PERIOD:?} of SIGTERM and was killed; its log ends:\n{}",
+                        self.log_tail(ordinal, 40)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            took.push(start.elapsed());
+            self.fake.delete_pod(&self.namespace, &self.pod_name(ordinal));
+            assert!(
+                status.success(),
+                "pod {ordinal} exited with {status} after SIGTERM; its log ends:\n{}",
+                self.log_tail(ordinal, 40)
+            );
+        }
         took
     }
 

@@ -1035,6 +1035,11 @@ pub async fn run(config: DevConfig, node_args: &[String], shutdown: impl Future<
     }
     let logs = config.data_dir.join("node-*.log");
     say(format_args!("node logs: {} (follow them with `tail -f {}`)", logs.display(), logs.display()));
+    // The client commands default to the default ports; anywhere else they need telling.
+    if cluster.nodes.first().is_some_and(|n| !n.api.ends_with(":8081")) {
+        let endpoints: Vec<String> = cluster.nodes.iter().map(|n| format!("http://{}", n.api)).collect();
+        say(format_args!("client commands (gm join, gm members, ...): export GM_ENDPOINTS={}", endpoints.join(",")));
+    }
 
     let mut supervisor = Supervisor::new(cluster, config.data_dir.clone());
     let result = supervisor.run(shutdown).await;

@@ -19,6 +19,15 @@ pub enum AppCheck {
     Tcp(String),
 }
 
+impl std::fmt::Display for AppCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppCheck::Http(url) => write!(f, "GET {url}"),
+            AppCheck::Tcp(address) => write!(f, "TCP {address}"),
+        }
+    }
+}
+
 /// How often, how patiently, and how many failures make the app unhealthy.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
@@ -64,7 +73,7 @@ pub async fn run(
         let was = *healthy.borrow();
         let now = judge(was, ok, failures, settings.unhealthy_after);
         if now != was {
-            tracing::info!(healthy = now, check = ?check, "the app's health changed");
+            tracing::info!(healthy = now, check = %check, "the app's health changed");
             healthy.send_replace(now);
             state.metrics.app_healthy.set(i64::from(now));
         }

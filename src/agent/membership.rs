@@ -202,8 +202,9 @@ impl Membership {
         };
         // A heartbeat every third of the TTL; each one gives up before the next is due.
         let period = ttl.map_or(Duration::from_secs(3600), |ttl| ttl / 3);
+        // A third of the period an attempt, so a node that hangs leaves time to try another.
         let heartbeats = self.client.with_policy(RetryPolicy {
-            attempt_timeout: period,
+            attempt_timeout: period / 3,
             deadline: period,
             first_pause: Duration::from_millis(50),
             max_pause: Duration::from_millis(500),
@@ -265,7 +266,7 @@ impl Membership {
     /// Leaves with `incarnation`, within the leave timeout: only that incarnation can be removed.
     async fn leave(&self, incarnation: u64) {
         let client = self.client.with_policy(RetryPolicy {
-            attempt_timeout: self.leave_timeout,
+            attempt_timeout: self.leave_timeout / 3,
             deadline: self.leave_timeout,
             ..RetryPolicy::default()
         });

@@ -248,7 +248,10 @@ fn print<T: serde::Serialize>(output: Output, answer: &T, table: impl FnOnce() -
 impl Connection {
     /// A client of the endpoints that retries, on the next endpoint, until `--timeout`.
     fn client(&self) -> Result<Client, CliError> {
-        let policy = RetryPolicy { attempt_timeout: self.timeout, deadline: self.timeout, ..RetryPolicy::default() };
+        // A third of the timeout an attempt (at least 1 s): a node that hangs leaves time to try
+        // the others.
+        let attempt_timeout = (self.timeout / 3).max(Duration::from_secs(1)).min(self.timeout);
+        let policy = RetryPolicy { attempt_timeout, deadline: self.timeout, ..RetryPolicy::default() };
         Ok(Client::builder(&self.endpoints)
             .policy(policy)
             .connect_timeout(self.timeout.min(CONNECT_TIMEOUT))

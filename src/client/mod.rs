@@ -3,8 +3,9 @@
 //! meant to be thin users of it.
 //!
 //! A [`Client`] knows one or more endpoints (`http://HOST:PORT`, any GM node: every node serves
-//! every endpoint). A request goes to the first; one that gets no answer, or `503`, is tried again
-//! on the next after a short pause, until its [`RetryPolicy`] gives up (see [`retry`] for why
+//! every endpoint). A request goes to the endpoint that answered last (at first, the first); one
+//! that gets no answer, or `503`, is tried again on the next after a short pause, and the next
+//! request starts there, until its [`RetryPolicy`] gives up (see [`retry`] for why
 //! that is safe for every request of the contract, and what a retried leave may answer).
 //! Clones, and the clients [`Client::at`] and [`Client::with_policy`] make, share one connection
 //! pool.
@@ -32,6 +33,7 @@ pub mod retry;
 pub mod sse;
 mod watch;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,8 +64,12 @@ pub struct Client {
     http: reqwest::Client,
     /// Base URLs, `http://HOST:PORT`, without a trailing slash.
     endpoints: Arc<[String]>,
-    /// The endpoint a request tries first.
+    /// The endpoint `healthz` and `readyz` ask, and where requests start until one fails.
     first: usize,
+    /// The endpoint the next request tries first, shared by this client's clones: the last one
+    /// that answered, or the one after an endpoint that did not, so a node that hangs (which
+    /// costs a whole attempt timeout) is not asked first again and again.
+    next: Arc<AtomicUsize>,
     policy: RetryPolicy,
 }
 
@@ -105,7 +111,7 @@ impl ClientBuilder {
             .tcp_nodelay(true)
             .build()
             .map_err(ClientError::Build)?;
-        Ok(Client { http, endpoints, first: 0, policy: self.policy })
+        Ok(Client { http, endpoints, first: 0, next: Arc::default(), policy: self.policy })
     }
 }
 
@@ -150,19 +156,20 @@ impl Client {
     /// A client of endpoint `index` alone (counted modulo their number): to ask one node.
     pub fn at(&self, index: usize) -> Client {
         let endpoint = self.endpoints[index % self.endpoints.len()].clone();
-        Client { endpoints: Arc::from([endpoint]), first: 0, ..self.clone() }
+        Client { endpoints: Arc::from([endpoint]), first: 0, next: Arc::default(), ..self.clone() }
     }
 
     /// This client, trying endpoint `index` (counted modulo their number) first and the others
     /// after it: to spread requests over the nodes.
     pub fn starting_at(&self, index: usize) -> Client {
-        Client { first: index % self.endpoints.len(), ..self.clone() }
+        let first = index % self.endpoints.len();
+        Client { first, next: Arc::new(AtomicUsize::new(first)), ..self.clone() }
     }
 
     /// A client of other `endpoints`, with this one's settings and connection pool.
     pub fn with_endpoints<S: AsRef<str>>(&self, endpoints: impl IntoIterator<Item = S>) -> Result<Client, ClientError> {
         let endpoints: Vec<String> = endpoints.into_iter().map(|e| e.as_ref().to_owned()).collect();
-        Ok(Client { endpoints: endpoint_urls(&endpoints)?, first: 0, ..self.clone() })
+        Ok(Client { endpoints: endpoint_urls(&endpoints)?, first: 0, next: Arc::default(), ..self.clone() })
     }
 
     /// `PUT /v1/groups/{group}/members/{id}`: joins `id` to `group` as `spec` says, or re-joins
@@ -261,10 +268,10 @@ impl Client {
     pub async fn watch(&self, group: &GroupName, consistency: Consistency) -> Result<Watch, ClientError> {
         let request = Request::new(Method::GET, format!("{}/watch", group_path(group))).consistency(consistency);
         self.policy
-            .run(self.endpoints.len(), self.first, Duration::ZERO, |i| {
+            .run(self.endpoints.len(), self.next(), Duration::ZERO, |i| {
                 let endpoint = &self.endpoints[i];
                 let send = self.request(endpoint, &request).header(ACCEPT, "text/event-stream").send();
-                async move {
+                self.noting(i, async move {
                     let response = within(self.policy.attempt_timeout, endpoint, send)
                         .await?
                         .map_err(|source| ClientError::Transport { endpoint: endpoint.clone(), source })?;
@@ -275,7 +282,7 @@ impl Client {
                         return Err(api_error(endpoint, status, retry_after, &body));
                     }
                     Ok(Watch::new(endpoint.clone(), response))
-                }
+                })
             })
             .await
     }
@@ -283,8 +290,33 @@ impl Client {
     /// `request`, retried as the policy says; the status and the decoded answer.
     async fn call<T: DeserializeOwned>(&self, request: &Request) -> Result<(StatusCode, T), ClientError> {
         self.policy
-            .run(self.endpoints.len(), self.first, request.longer_by, |i| self.attempt(&self.endpoints[i], request))
+            .run(self.endpoints.len(), self.next(), request.longer_by, |i| {
+                self.noting(i, self.attempt(&self.endpoints[i], request))
+            })
             .await
+    }
+
+    fn next(&self) -> usize {
+        self.next.load(Ordering::Relaxed) % self.endpoints.len()
+    }
+
+    /// Runs an attempt at endpoint `i` and notes where the next request should start: here if
+    /// it answered, at the following endpoint if it got no answer or `503`.
+    async fn noting<T>(
+        &self,
+        i: usize,
+        attempt: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let result = attempt.await;
+        match &result {
+            Ok(_) => self.next.store(i, Ordering::Relaxed),
+            Err(error) if error.is_retryable() => {
+                let following = (i + 1) % self.endpoints.len();
+                let _ = self.next.compare_exchange(i, following, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+        result
     }
 
     /// `request` to the first endpoint, once.

@@ -246,3 +246,26 @@ fn endpoints_are_normalised() {
     assert_eq!(client.at(4).endpoints(), ["http://gm:8080"]);
     assert_eq!(client.starting_at(2).first, 2);
 }
+
+#[tokio::test]
+async fn after_a_node_hangs_requests_start_where_an_answer_came_from() {
+    let hung = Arc::new(Seen::default());
+    let hanging = Router::new()
+        .fallback(|State(seen): State<Arc<Seen>>| async move {
+            seen.push("asked".into());
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            "late"
+        })
+        .with_state(Arc::clone(&hung));
+    let answering =
+        Router::new().route("/v1/groups", get(|| async { axum::Json(json!({"revision": 1, "groups": []})) }));
+    let policy = RetryPolicy { attempt_timeout: Duration::from_millis(200), ..quick() };
+    let client =
+        Client::builder([serve(hanging).await, serve(answering).await]).policy(policy).build().expect("client");
+    client.groups(Consistency::Stale).await.expect("the second answers");
+    // The hung node cost one attempt; neither this client nor its clones ask it first again.
+    for _ in 0..3 {
+        client.clone().groups(Consistency::Stale).await.expect("the second answers");
+    }
+    assert_eq!(hung.all().len(), 1, "the hung node was asked again");
+}

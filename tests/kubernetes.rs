@@ -169,6 +169,14 @@ async fn leader_ordinal(sim: &StatefulSetSim) -> u64 {
     ids::ordinal_of(leader)
 }
 
+/// Waits until pod 0 sees the voters `expected` (whatever the other pods do meanwhile).
+async fn pod_0_sees_voters(sim: &StatefulSetSim, expected: &BTreeSet<u64>) {
+    poll(&format!("the voters {expected:?} on pod 0"), || async move {
+        (voters_of(sim, 0).await.as_ref() == Some(expected)).then_some(())
+    })
+    .await;
+}
+
 /// The voters as pod `ordinal` sees them.
 async fn voters_of(sim: &StatefulSetSim, ordinal: u64) -> Option<BTreeSet<u64>> {
     Some(voters(&sim.cluster(ordinal).await?))
@@ -189,11 +197,7 @@ async fn scale_up_adds_a_voter_only_once_its_pod_is_there_and_caught_up() {
     sim.start_pod_published(3, false);
     sim.start_pod(4);
     let started = std::time::Instant::now();
-    poll("the voters 1, 2, 3 and 5", || {
-        let sim = &sim;
-        async move { (voters_of(sim, 0).await? == BTreeSet::from([1, 2, 3, 5])).then_some(()) }
-    })
-    .await;
+    pod_0_sees_voters(&sim, &BTreeSet::from([1, 2, 3, 5])).await;
     eprintln!("scale 3 -> 5: pod 4 a voter {:?} after it started", started.elapsed());
     let acknowledged = load.acknowledged();
     for _ in 0..20 {
@@ -226,11 +230,7 @@ async fn scale_down_removes_one_voter_at_a_time_and_the_leader_last() {
     let load = WriteLoad::start(&apis(&sim, 0..3), "load", 4);
     sim.set_replicas(3);
     // The removed pods keep running until the voters are reconciled, as they do on SIGTERM.
-    poll("the voters 1..=3 on pod 0", || {
-        let sim = &sim;
-        async move { (voters_of(sim, 0).await? == BTreeSet::from([1, 2, 3])).then_some(()) }
-    })
-    .await;
+    pod_0_sees_voters(&sim, &BTreeSet::from([1, 2, 3])).await;
     let log = sim.log_text(leader);
     let other_removed = log.find(&format!("RemoveVoter {{ id: {}", other + 1)).expect("the other pod removed first");
     let leader_removed = log.find(&format!("RemoveVoter {{ id: {}", leader + 1)).expect("the leader removed itself");
@@ -285,11 +285,7 @@ async fn scaled_down_and_up_again_with_volumes_kept_the_pods_rejoin_under_new_id
     sim.start_pods(3..5);
     cluster_with_voters(&mut sim, &(1..=5).collect()).await;
     sim.set_replicas(3);
-    poll("the voters 1..=3", || {
-        let sim = &sim;
-        async move { (voters_of(sim, 0).await? == BTreeSet::from([1, 2, 3])).then_some(()) }
-    })
-    .await;
+    pod_0_sees_voters(&sim, &BTreeSet::from([1, 2, 3])).await;
     sim.kill_pods(3..5);
     // Their volumes stay (no `whenScaled: Delete`): state of ids 4 and 5, which left the cluster.
     sim.set_replicas(5);
@@ -301,11 +297,7 @@ async fn scaled_down_and_up_again_with_volumes_kept_the_pods_rejoin_under_new_id
     }
     // And once more down and up: generation 2.
     sim.set_replicas(3);
-    poll("the voters 1..=3 again", || {
-        let sim = &sim;
-        async move { (voters_of(sim, 0).await? == BTreeSet::from([1, 2, 3])).then_some(()) }
-    })
-    .await;
+    pod_0_sees_voters(&sim, &BTreeSet::from([1, 2, 3])).await;
     sim.kill_pods(3..5);
     sim.set_replicas(5);
     sim.start_pods(3..5);

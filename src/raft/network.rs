@@ -126,13 +126,8 @@ impl PeerClient {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
-        let req = self
-            .http
-            .post(format!("http://{addr}{path}"))
-            .header(TARGET_NODE_HEADER, target)
-            .json(body)
-            .timeout(timeout);
-        self.send(addr, path, req).await
+        let req = self.http.post(format!("http://{addr}{path}")).header(TARGET_NODE_HEADER, target).json(body);
+        self.send(addr, path, req.timeout(timeout)).await
     }
 
     /// POSTs a raw body to node `target` (see [`TARGET_NODE_HEADER`]); the snapshot transfer

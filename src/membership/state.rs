@@ -1,6 +1,7 @@
 //! The replicated state: every group and its members, changed only by `apply`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,14 +15,16 @@ struct Group {
     members: BTreeMap<MemberId, Member>,
 }
 
-/// All groups at `revision`: the number of changes applied so far.
+/// All groups at `revision`: the number of changes applied so far. Each group sits behind an
+/// `Arc`, copied on write: a clone of the whole state (a snapshot's) costs one pointer per
+/// group, and a change after it copies only the group it touches.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MembershipState {
     revision: u64,
     cluster_id: Option<String>,
     probers: Vec<NodeId>,
     adverts: BTreeMap<NodeId, NodeAdvert>,
-    groups: BTreeMap<GroupName, Group>,
+    groups: BTreeMap<GroupName, Arc<Group>>,
 }
 
 impl MembershipState {
@@ -38,14 +41,14 @@ impl MembershipState {
             Command::Join { group, id, spec, at } => {
                 let responsible_node =
                     if spec.failure_detection.is_probe() { responsible(&self.probers, group, id) } else { None };
-                let g = self.groups.entry(group.clone()).or_default();
-                let incarnation = match g.members.get(id) {
+                let incarnation = match self.groups.get(group).and_then(|g| g.members.get(id)) {
                     Some(current) if current.matches(spec) => {
                         return Outcome::Joined { member: current.clone(), created: false, changed: false };
                     }
                     Some(current) => current.incarnation + 1,
                     None => next,
                 };
+                let g = Arc::make_mut(self.groups.entry(group.clone()).or_default());
                 let member = Member {
                     id: id.clone(),
                     group: group.clone(),
@@ -72,6 +75,7 @@ impl MembershipState {
                     }
                     Some(_) => {}
                 }
+                let g = Arc::make_mut(g);
                 let Some(member) = g.members.remove(id) else {
                     return Outcome::NotMember;
                 };
@@ -112,15 +116,17 @@ impl MembershipState {
     /// Hands every probe-mode member to its node under the current probers.
     fn reassign(&mut self, revision: u64) {
         for (name, g) in &mut self.groups {
-            let mut changed = false;
+            let moves = |m: &Member| {
+                m.failure_detection.is_probe() && m.responsible_node != responsible(&self.probers, name, &m.id)
+            };
+            if !g.members.values().any(moves) {
+                continue;
+            }
+            let g = Arc::make_mut(g);
             for m in g.members.values_mut().filter(|m| m.failure_detection.is_probe()) {
-                let node = responsible(&self.probers, name, &m.id);
-                changed |= m.responsible_node != node;
-                m.responsible_node = node;
+                m.responsible_node = responsible(&self.probers, name, &m.id);
             }
-            if changed {
-                g.revision = revision;
-            }
+            g.revision = revision;
         }
     }
 

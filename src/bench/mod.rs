@@ -140,6 +140,18 @@ mod tests {
     }
 
     #[test]
+    fn bench_scale_has_its_own_flags_and_passes_server_flags_on() {
+        let config =
+            bench(&["scale", "--members", "9000", "--server-arg=--snapshot-every-commands=50", "--nodes", "1"])
+                .expect("parses");
+        let Some(BenchCommand::Scale(scale)) = config.command else { panic!("not scale") };
+        assert_eq!(scale.members, 9000);
+        assert_eq!(scale.server_args, ["--snapshot-every-commands=50"]);
+        assert_eq!(scale.cluster.nodes, 1);
+        assert_eq!(scale.idle_for, Duration::from_secs(5));
+    }
+
+    #[test]
     fn load_flags_before_fd_are_refused() {
         assert!(bench(&["--groups", "4", "fd"]).is_err());
     }

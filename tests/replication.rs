@@ -260,6 +260,27 @@ async fn snapshot_install_catches_up_a_restarted_follower() {
     }
 }
 
+/// The members in node `node`'s snapshot file (the meta line, then the state), 0 if none yet.
+fn members_in_snapshot(node: &common::NodeProc) -> usize {
+    let Ok(text) = std::fs::read_to_string(node.data_dir.join("snapshot").join("snapshot.json")) else { return 0 };
+    let Some((_, state)) = text.split_once('\n') else { return 0 };
+    let state: serde_json::Value = serde_json::from_str(state).expect("the snapshot's state is JSON");
+    let groups = state["groups"].as_object().into_iter().flatten();
+    groups.map(|(_, g)| g["members"].as_object().map_or(0, |m| m.len())).sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_follow_the_commands_applied_however_many_an_entry_batches() {
+    // By entries alone there would be no snapshot at all: concurrent joins share entries.
+    let c = Cluster::start_with(1, &["--snapshot-every", "1000000", "--snapshot-every-commands", "200"]).await;
+    let node = c.node(1);
+    c.join_many(lease_joins("batched", 0..1500, 10), 64).await;
+    // Fewer than 200 commands may follow the last snapshot.
+    common::wait_for("a snapshot of nearly every member", || async { members_in_snapshot(node) > 1300 }).await;
+    let snapshots = c.metric(node, "gm_raft_snapshots_total").await;
+    assert!(snapshots >= 1.0, "snapshots counted by commands, not entries: {snapshots}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn blocking_query_without_quorum_answers_503_when_its_wait_ends() {
     let mut c = Cluster::start(3).await;

@@ -12,7 +12,7 @@ use super::figures::latency;
 use super::BenchError;
 use crate::client::{Client, RetryPolicy};
 use crate::dev::DevConfig;
-use crate::dev::LocalCluster;
+use crate::dev::{LocalCluster, NodeOutput};
 use crate::wire::Consistency;
 
 /// Pause between polls of `/readyz` and `/v1/cluster`.
@@ -38,6 +38,10 @@ pub struct ClusterArgs {
     /// about a node the bench killed or paused are expected, so they are off by default.
     #[arg(long, env = "GM_BENCH_SERVER_LOG", default_value = "error,openraft=off")]
     pub server_log: String,
+    /// Own cluster: the `gm` executable the nodes run, to measure another build (default: this
+    /// bench's own executable).
+    #[arg(long, env = "GM_BENCH_SERVER_EXE")]
+    pub server_exe: Option<PathBuf>,
 }
 
 /// The bench's own local cluster and the data dir it removes when stopped.
@@ -63,7 +67,13 @@ impl OwnCluster {
         ports_free(&dev)?;
         let mut all_args = vec!["--log".to_owned(), args.server_log.clone()];
         all_args.extend_from_slice(server_args);
-        let cluster = LocalCluster::start(&dev, &all_args)?;
+        let mut cluster = LocalCluster::prepare(&dev, &all_args, NodeOutput::Inherit)?;
+        if let Some(exe) = &args.server_exe {
+            cluster.set_executable(exe.clone());
+        }
+        for id in 1..=dev.nodes {
+            cluster.spawn(id)?;
+        }
         let endpoints: Vec<String> = cluster.nodes.iter().map(|n| format!("http://{}", n.api)).collect();
         println!(
             "cluster: {} local nodes on {}, data in {}",

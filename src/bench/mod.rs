@@ -4,14 +4,17 @@
 //!   read throughput, and how long writes stop when the leader is killed.
 //! - `gm bench fd` ([`fd`]): failure detection of probe-mode members: how long the cluster takes to
 //!   remove crashed members, whether it removes live ones, and what probing costs.
+//! - `gm bench scale` ([`scale`]): what an idle cluster costs as its members grow: join rate,
+//!   memory, idle CPU, disk and restart-to-ready time at 0, N/3, 2N/3 and N lease members.
 //!
-//! Both start their own local cluster of real `gm server` processes on a fresh data dir
+//! All start their own local cluster of real `gm server` processes on a fresh data dir
 //! ([`cluster`]) unless `gm bench` is given `--endpoints`; [`figures`] tallies and formats results.
 
 mod cluster;
 mod fd;
 mod figures;
 mod load;
+mod scale;
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,6 +27,7 @@ use crate::dev::DevError;
 pub use cluster::ClusterArgs;
 pub use fd::FdConfig;
 pub use load::{LoadConfig, Workload};
+pub use scale::ScaleConfig;
 
 /// `gm bench [FLAGS]` runs the load bench; `gm bench fd [FLAGS]` the failure-detection bench.
 #[derive(Clone, Debug, Args)]
@@ -40,6 +44,9 @@ pub enum BenchCommand {
     /// Failure detection: crash probe-mode members and measure how fast every node removes them,
     /// count live members removed by mistake, and measure what probing costs.
     Fd(FdConfig),
+    /// Scale: load lease members into the bench's own cluster and, at 0, 1/3, 2/3 and all of
+    /// them, measure the join rate, memory, idle CPU, disk and restart-to-ready time.
+    Scale(ScaleConfig),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +90,7 @@ pub async fn run(config: BenchConfig) -> Result<(), BenchError> {
     match config.command {
         None => load::run(config.load).await,
         Some(BenchCommand::Fd(fd)) => fd::run(fd).await,
+        Some(BenchCommand::Scale(scale)) => scale::run(scale).await,
     }
 }
 
@@ -129,6 +137,18 @@ mod tests {
         assert_eq!(fd.pause_node, Some(2));
         assert_eq!(fd.groups, 10);
         assert_eq!(fd.cluster.nodes, 3);
+    }
+
+    #[test]
+    fn bench_scale_has_its_own_flags_and_passes_server_flags_on() {
+        let config =
+            bench(&["scale", "--members", "9000", "--server-arg=--snapshot-every-commands=50", "--nodes", "1"])
+                .expect("parses");
+        let Some(BenchCommand::Scale(scale)) = config.command else { panic!("not scale") };
+        assert_eq!(scale.members, 9000);
+        assert_eq!(scale.server_args, ["--snapshot-every-commands=50"]);
+        assert_eq!(scale.cluster.nodes, 1);
+        assert_eq!(scale.idle_for, Duration::from_secs(5));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The replicated state: every group and its members, changed only by `apply`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,14 +15,75 @@ struct Group {
     members: BTreeMap<MemberId, Member>,
 }
 
-/// All groups at `revision`: the number of changes applied so far.
+/// All groups at `revision`: the number of changes applied so far. Each group sits behind an
+/// `Arc`, copied on write: a clone of the whole state (a snapshot's) costs one pointer per
+/// group, and a change after it copies only the group it touches.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Stored")]
 pub struct MembershipState {
     revision: u64,
     cluster_id: Option<String>,
     probers: Vec<NodeId>,
     adverts: BTreeMap<NodeId, NodeAdvert>,
-    groups: BTreeMap<GroupName, Group>,
+    groups: BTreeMap<GroupName, Arc<Group>>,
+    /// Kept as members come and go, so the gauges read them without a walk over every member;
+    /// derived, so not stored.
+    #[serde(skip)]
+    counts: Counts,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    members: usize,
+    /// Probe-mode members by their responsible node.
+    responsible: BTreeMap<NodeId, usize>,
+}
+
+impl Counts {
+    fn of(groups: &BTreeMap<GroupName, Arc<Group>>) -> Counts {
+        let mut counts = Counts::default();
+        for m in groups.values().flat_map(|g| g.members.values()) {
+            counts.add(m);
+        }
+        counts
+    }
+
+    fn add(&mut self, m: &Member) {
+        self.members += 1;
+        if let Some(node) = m.responsible_node {
+            *self.responsible.entry(node).or_insert(0) += 1;
+        }
+    }
+
+    fn remove(&mut self, m: &Member) {
+        self.members -= 1;
+        if let Some(node) = m.responsible_node {
+            if let Some(n) = self.responsible.get_mut(&node) {
+                *n -= 1;
+                if *n == 0 {
+                    self.responsible.remove(&node);
+                }
+            }
+        }
+    }
+}
+
+/// The state as a snapshot stores it: without what is derived.
+#[derive(Deserialize)]
+struct Stored {
+    revision: u64,
+    cluster_id: Option<String>,
+    probers: Vec<NodeId>,
+    adverts: BTreeMap<NodeId, NodeAdvert>,
+    groups: BTreeMap<GroupName, Arc<Group>>,
+}
+
+impl From<Stored> for MembershipState {
+    fn from(s: Stored) -> Self {
+        let counts = Counts::of(&s.groups);
+        let Stored { revision, cluster_id, probers, adverts, groups } = s;
+        MembershipState { revision, cluster_id, probers, adverts, groups, counts }
+    }
 }
 
 impl MembershipState {
@@ -38,14 +100,14 @@ impl MembershipState {
             Command::Join { group, id, spec, at } => {
                 let responsible_node =
                     if spec.failure_detection.is_probe() { responsible(&self.probers, group, id) } else { None };
-                let g = self.groups.entry(group.clone()).or_default();
-                let incarnation = match g.members.get(id) {
+                let incarnation = match self.groups.get(group).and_then(|g| g.members.get(id)) {
                     Some(current) if current.matches(spec) => {
                         return Outcome::Joined { member: current.clone(), created: false, changed: false };
                     }
                     Some(current) => current.incarnation + 1,
                     None => next,
                 };
+                let g = Arc::make_mut(self.groups.entry(group.clone()).or_default());
                 let member = Member {
                     id: id.clone(),
                     group: group.clone(),
@@ -57,7 +119,12 @@ impl MembershipState {
                     responsible_node,
                     failure_detection: spec.failure_detection.clone(),
                 };
-                let created = g.members.insert(id.clone(), member.clone()).is_none();
+                let replaced = g.members.insert(id.clone(), member.clone());
+                if let Some(old) = &replaced {
+                    self.counts.remove(old);
+                }
+                self.counts.add(&member);
+                let created = replaced.is_none();
                 g.revision = next;
                 (Outcome::Joined { member, created, changed: true }, true)
             }
@@ -72,9 +139,11 @@ impl MembershipState {
                     }
                     Some(_) => {}
                 }
+                let g = Arc::make_mut(g);
                 let Some(member) = g.members.remove(id) else {
                     return Outcome::NotMember;
                 };
+                self.counts.remove(&member);
                 g.revision = next;
                 if g.members.is_empty() {
                     self.groups.remove(group);
@@ -94,6 +163,7 @@ impl MembershipState {
                 if changed {
                     self.probers = nodes;
                     self.reassign(next);
+                    self.counts = Counts::of(&self.groups);
                 }
                 (Outcome::Done, changed)
             }
@@ -112,15 +182,17 @@ impl MembershipState {
     /// Hands every probe-mode member to its node under the current probers.
     fn reassign(&mut self, revision: u64) {
         for (name, g) in &mut self.groups {
-            let mut changed = false;
+            let moves = |m: &Member| {
+                m.failure_detection.is_probe() && m.responsible_node != responsible(&self.probers, name, &m.id)
+            };
+            if !g.members.values().any(moves) {
+                continue;
+            }
+            let g = Arc::make_mut(g);
             for m in g.members.values_mut().filter(|m| m.failure_detection.is_probe()) {
-                let node = responsible(&self.probers, name, &m.id);
-                changed |= m.responsible_node != node;
-                m.responsible_node = node;
+                m.responsible_node = responsible(&self.probers, name, &m.id);
             }
-            if changed {
-                g.revision = revision;
-            }
+            g.revision = revision;
         }
     }
 
@@ -165,14 +237,8 @@ impl MembershipState {
     }
 
     /// How many probe-mode members each node is responsible for.
-    pub fn responsible_counts(&self) -> BTreeMap<NodeId, usize> {
-        let mut counts = BTreeMap::new();
-        for m in self.members() {
-            if let Some(node) = m.responsible_node {
-                *counts.entry(node).or_insert(0) += 1;
-            }
-        }
-        counts
+    pub fn responsible_counts(&self) -> &BTreeMap<NodeId, usize> {
+        &self.counts.responsible
     }
 
     /// Every member, group by group.
@@ -186,7 +252,7 @@ impl MembershipState {
     }
 
     pub fn member_count(&self) -> usize {
-        self.groups.values().map(|g| g.members.len()).sum()
+        self.counts.members
     }
 }
 
@@ -398,6 +464,30 @@ mod tests {
     }
 
     #[test]
+    fn kept_counts_equal_a_recount_through_joins_leaves_and_handovers() {
+        let mut s = MembershipState::default();
+        s.apply(&Command::SetProbers { nodes: vec![1, 2, 3] });
+        let lease = serde_json::json!({"address": "h:1", "failure_detection": {"mode": "lease"}});
+        for i in 0..60 {
+            let body = if i % 3 == 0 { lease.clone() } else { addr("h:1") };
+            joined(s.apply(&join(&format!("g{}", i % 4), &format!("m{i}"), body, 0)));
+        }
+        let check = |s: &MembershipState| {
+            assert_eq!(s.counts, Counts::of(&s.groups));
+            assert_eq!(s.member_count(), s.members().count());
+        };
+        check(&s);
+        // A re-join that turns a probe member into a lease member, leaves, a handover.
+        joined(s.apply(&join("g1", "m1", lease, 0)));
+        s.apply(&leave("g2", "m2", None));
+        s.apply(&leave("g0", "m0", None));
+        check(&s);
+        s.apply(&Command::SetProbers { nodes: vec![1, 2] });
+        check(&s);
+        assert_eq!(s.responsible_counts().get(&3), None);
+    }
+
+    #[test]
     fn rendezvous_spreads_evenly() {
         let (g1, mut counts) = (g("orders"), [0usize; 5]);
         for i in 0..10_000 {
@@ -438,7 +528,8 @@ mod tests {
             "instance": "x", "failure_detection": {"mode": "lease", "ttl_ms": 700}});
         joined(s.apply(&join("g", "w", lease, 42)));
         let back: MembershipState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
-        assert_eq!(back, s);
+        assert_eq!(back, s, "the counts are derived again on the way back");
+        assert_eq!(back.member_count(), 1);
         let rec = serde_json::to_value(s.member(&g("g"), &m("w")).unwrap()).unwrap();
         assert_eq!(rec["failure_detection"], serde_json::json!({"mode": "lease", "ttl_ms": 700}));
         assert_eq!(rec["joined_at"], "1970-01-01T00:00:00.042Z");

@@ -3,7 +3,6 @@
 //! new term) knows no deadlines, so it gives every lease a full TTL, as etcd does: a leader
 //! change never expires a lease early.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,11 +11,13 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::deadlines::Deadlines;
 use super::path;
 use crate::membership::Outcome;
 use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, MemberId, MembershipState};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeError};
+use crate::raft::state_machine::Change;
 use crate::raft::Applied;
 
 /// How often the leader looks for expired leases; expiry is at most this late.
@@ -24,6 +25,8 @@ const EXPIRY_TICK: Duration = Duration::from_millis(100);
 /// A gap between ticks this long means this process was stalled (paused, starved): heartbeats
 /// sent meanwhile may still be queued, so no deadline seen across the stall is trusted.
 const STALL: Duration = Duration::from_millis(500);
+/// When an expired member is looked at again if its removal did not go through.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// What a heartbeat found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,23 +36,55 @@ pub enum Heartbeat {
     ProbeMode,
 }
 
+type Key = (GroupName, MemberId);
+
 struct Lease {
     incarnation: u64,
-    deadline: Instant,
-    /// The scan that last saw this member; leases of members gone from the state are dropped.
-    seen: u64,
+    ttl: Duration,
 }
 
 #[derive(Default)]
 struct Book {
     /// The term these deadlines were granted in.
     term: u64,
-    scans: u64,
-    /// By group, then member: looked up by reference, so a scan allocates only for new leases.
-    leases: HashMap<GroupName, HashMap<MemberId, Lease>>,
+    /// Every lease member's deadline, ordered by time: a tick looks only at the due ones.
+    leases: Deadlines<Key, Lease>,
 }
 
-/// The leader's lease deadlines.
+impl Book {
+    /// Gives `key` a full TTL from `now` unless it already has a deadline for this incarnation.
+    fn track(&mut self, state: &MembershipState, key: Key, now: Instant) {
+        let Some(member) = state.member(&key.0, &key.1) else {
+            self.leases.remove(&key);
+            return;
+        };
+        let FailureDetection::Lease { ttl_ms } = member.failure_detection else {
+            self.leases.remove(&key);
+            return;
+        };
+        if self.leases.get(&key).is_some_and(|(lease, _)| lease.incarnation == member.incarnation) {
+            return;
+        }
+        let ttl = Duration::from_millis(ttl_ms);
+        self.leases.insert(key, Lease { incarnation: member.incarnation, ttl }, now + ttl);
+    }
+
+    /// Looks at every member of `state`: once per term (and after a snapshot is installed).
+    fn track_all(&mut self, state: &MembershipState, now: Instant) {
+        for m in state.members() {
+            let FailureDetection::Lease { ttl_ms } = m.failure_detection else { continue };
+            if self.leases.get(&(m.group.clone(), m.id.clone())).is_some_and(|(l, _)| l.incarnation == m.incarnation) {
+                continue;
+            }
+            let ttl = Duration::from_millis(ttl_ms);
+            self.leases.insert((m.group.clone(), m.id.clone()), Lease { incarnation: m.incarnation, ttl }, now + ttl);
+        }
+    }
+}
+
+/// The leader's lease deadlines. The leader learns of lease members once per term (a scan of
+/// the state when its expiry duty starts) and then from the changes it applies, so its idle
+/// ticks cost nothing per member.
 #[derive(Default)]
 pub struct Leases {
     book: Mutex<Book>,
@@ -63,6 +98,25 @@ impl Leases {
             book.leases.clear();
         }
         book
+    }
+
+    /// Starts the book of `term`: every lease member of `state` not yet renewed in this term
+    /// gets a full TTL from `now`, as a new leader knows no deadlines.
+    pub fn begin(&self, term: u64, state: &MembershipState, now: Instant) {
+        self.book(term).track_all(state, now);
+    }
+
+    /// Follows `changes` applied to `state`: a member that joined (or re-joined under a new
+    /// incarnation) gets a full TTL from `now`; one that left is forgotten.
+    pub fn follow(&self, term: u64, state: &MembershipState, changes: Vec<Change>, now: Instant) {
+        let mut book = self.book(term);
+        for change in changes {
+            match change {
+                Change::Member(group, id) => book.track(state, (group, id), now),
+                Change::Everything => book.track_all(state, now),
+                Change::Probers => {}
+            }
+        }
     }
 
     /// Renews the lease of `id` as the leader of `term` sees it in `state` at `now`.
@@ -80,50 +134,43 @@ impl Leases {
         let FailureDetection::Lease { ttl_ms } = member.failure_detection else {
             return Heartbeat::ProbeMode;
         };
-        let deadline = now + Duration::from_millis(ttl_ms);
-        let mut book = self.book(term);
-        let seen = book.scans;
-        let lease = Lease { incarnation: member.incarnation, deadline, seen };
-        book.leases.entry(group.clone()).or_default().insert(id.clone(), lease);
+        let ttl = Duration::from_millis(ttl_ms);
+        let lease = Lease { incarnation: member.incarnation, ttl };
+        self.book(term).leases.insert((group.clone(), id.clone()), lease, now + ttl);
         Heartbeat::Renewed { revision: state.revision(), ttl_ms }
     }
 
-    /// Forgets every deadline: each lease gets a full TTL from the next scan.
-    pub fn reset(&self) {
-        self.book.lock().unwrap_or_else(|e| e.into_inner()).leases.clear();
+    /// Gives every lease a full TTL from `now` (after a stall of this process). Touches every
+    /// lease, but only then.
+    pub fn reset(&self, now: Instant) {
+        let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        book.leases.reschedule_all(|lease| now + lease.ttl);
     }
 
-    /// The lease members of `state` whose deadline passed; members seen for the first time in
-    /// this term (or under a new incarnation) get a full TTL from `now`.
+    /// The lease members whose deadline passed by `now`, still members of `state` under the
+    /// incarnation the deadline was for. Only due deadlines are looked at. Each one returned is
+    /// looked at again after [`RETRY`], in case its removal does not go through.
     pub fn expired(&self, term: u64, state: &MembershipState, now: Instant) -> Vec<(GroupName, MemberId, u64)> {
         let mut book = self.book(term);
-        book.scans += 1;
-        let scan = book.scans;
         let mut expired = Vec::new();
-        for m in state.members() {
-            let FailureDetection::Lease { ttl_ms } = m.failure_detection else { continue };
-            let fresh = Lease { incarnation: m.incarnation, deadline: now + Duration::from_millis(ttl_ms), seen: scan };
-            let group = match book.leases.get_mut(&m.group) {
-                Some(group) => group,
-                None => book.leases.entry(m.group.clone()).or_default(),
-            };
-            let lease = match group.get_mut(&m.id) {
-                Some(lease) if lease.incarnation == m.incarnation => lease,
-                Some(lease) => {
-                    *lease = fresh;
-                    lease
+        let (mut retry, mut renew) = (Vec::new(), Vec::new());
+        while let Some((key, lease, _)) = book.leases.pop_due(now) {
+            match state.member(&key.0, &key.1).filter(|m| !m.failure_detection.is_probe()) {
+                Some(m) if m.incarnation == lease.incarnation => {
+                    expired.push((key.0.clone(), key.1.clone(), lease.incarnation));
+                    retry.push((key, lease));
                 }
-                None => group.entry(m.id.clone()).or_insert(fresh),
-            };
-            lease.seen = scan;
-            if lease.deadline <= now {
-                expired.push((m.group.clone(), m.id.clone(), m.incarnation));
+                // Re-joined under a new incarnation, a change not followed yet: a full TTL.
+                Some(_) => renew.push(key),
+                None => {}
             }
         }
-        book.leases.retain(|_, group| {
-            group.retain(|_, lease| lease.seen == scan);
-            !group.is_empty()
-        });
+        for (key, lease) in retry {
+            book.leases.insert(key, lease, now + RETRY);
+        }
+        for key in renew {
+            book.track(state, key, now);
+        }
         expired
     }
 }
@@ -181,6 +228,12 @@ pub async fn run_expiry(
     term: u64,
     cancel: CancellationToken,
 ) {
+    // Follow the changes before the one scan of this term, so none falls between the two.
+    let mut changes = node.state.changes();
+    {
+        let m = node.state.read();
+        leases.begin(term, &m.state, Instant::now());
+    }
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = Instant::now();
@@ -195,10 +248,15 @@ pub async fn run_expiry(
                 stalled_ms = (now - last).as_millis() as u64,
                 "lease keeper was stalled; renewing every lease"
             );
-            leases.reset();
+            leases.reset(now);
+        }
+        let mut followed = Vec::new();
+        while let Ok(change) = changes.try_recv() {
+            followed.push(change);
         }
         let expired = {
             let m = node.state.read();
+            leases.follow(term, &m.state, followed, now);
             leases.expired(term, &m.state, now)
         };
         let removals = expired.into_iter().map(|(group, id, incarnation)| {
@@ -249,25 +307,33 @@ mod tests {
         serde_json::json!({"address": "h:1", "failure_detection": {"mode": "lease", "ttl_ms": ttl_ms}})
     }
 
+    fn key(id: &str) -> (GroupName, MemberId) {
+        (GroupName::parse("g").unwrap(), MemberId::parse(id).unwrap())
+    }
+
+    fn ids(expired: Vec<(GroupName, MemberId, u64)>) -> Vec<String> {
+        expired.into_iter().map(|(_, id, _)| id.to_string()).collect()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_lease_expires_after_its_ttl_without_heartbeats() {
         let s = state_with(&[("a", lease(1000)), ("p", serde_json::json!({"address": "h:1"}))]);
         let leases = Leases::default();
         let t0 = Instant::now();
-        assert!(leases.expired(1, &s, t0).is_empty(), "first sight grants a full TTL");
+        leases.begin(1, &s, t0);
+        assert!(leases.expired(1, &s, t0).is_empty(), "the first sight in a term grants a full TTL");
         assert!(leases.expired(1, &s, t0 + Duration::from_millis(999)).is_empty());
         let expired = leases.expired(1, &s, t0 + Duration::from_millis(1000));
-        assert_eq!(expired.len(), 1, "only the lease member, never the probe member");
-        assert_eq!(expired[0].1.as_str(), "a");
+        assert_eq!(ids(expired), ["a"], "only the lease member, never the probe member");
     }
 
     #[tokio::test(start_paused = true)]
     async fn heartbeats_push_the_deadline() {
         let s = state_with(&[("a", lease(1000))]);
-        let (g, a) = (GroupName::parse("g").unwrap(), MemberId::parse("a").unwrap());
+        let (g, a) = key("a");
         let leases = Leases::default();
         let t0 = Instant::now();
-        leases.expired(1, &s, t0);
+        leases.begin(1, &s, t0);
         assert!(matches!(
             leases.heartbeat(1, &s, &g, &a, t0 + Duration::from_millis(900)),
             Heartbeat::Renewed { ttl_ms: 1000, .. }
@@ -281,8 +347,9 @@ mod tests {
         let s = state_with(&[("a", lease(1000))]);
         let leases = Leases::default();
         let t0 = Instant::now();
-        leases.expired(1, &s, t0);
+        leases.begin(1, &s, t0);
         // Term 2 starts late: the lease is not expired by the old deadline.
+        leases.begin(2, &s, t0 + Duration::from_millis(1500));
         assert!(leases.expired(2, &s, t0 + Duration::from_millis(1500)).is_empty());
         assert!(leases.expired(2, &s, t0 + Duration::from_millis(2499)).is_empty());
         assert_eq!(leases.expired(2, &s, t0 + Duration::from_millis(2500)).len(), 1);
@@ -293,10 +360,45 @@ mod tests {
         let s = state_with(&[("a", lease(1000))]);
         let leases = Leases::default();
         let t0 = Instant::now();
-        leases.expired(1, &s, t0);
-        leases.reset();
+        leases.begin(1, &s, t0);
+        leases.reset(t0 + Duration::from_millis(1500));
         assert!(leases.expired(1, &s, t0 + Duration::from_millis(1500)).is_empty());
         assert_eq!(leases.expired(1, &s, t0 + Duration::from_millis(2500)).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn joins_and_leaves_are_followed_without_a_scan() {
+        let mut s = state_with(&[("a", lease(1000))]);
+        let leases = Leases::default();
+        let t0 = Instant::now();
+        leases.begin(1, &s, t0);
+        // Joined after the scan: known from the change alone.
+        let spec = serde_json::from_value(lease(500)).unwrap();
+        let (g, b) = key("b");
+        s.apply(&Command::Join { group: g.clone(), id: b.clone(), spec, at: Timestamp::from_millis(0) });
+        let t1 = t0 + Duration::from_millis(200);
+        leases.follow(1, &s, vec![Change::Member(g.clone(), b.clone())], t1);
+        assert_eq!(ids(leases.expired(1, &s, t1 + Duration::from_millis(500))), ["b"]);
+        // A member that left is forgotten; a due deadline of a member gone is dropped too.
+        let (_, a) = key("a");
+        s.apply(&Command::Leave { group: g.clone(), id: a.clone(), incarnation: None, reason: LeaveReason::Left });
+        leases.follow(1, &s, vec![Change::Member(g, a)], t1);
+        assert!(ids(leases.expired(1, &s, t0 + Duration::from_millis(5000))).iter().all(|id| id != "a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_member_is_retried_until_it_is_gone() {
+        let mut s = state_with(&[("a", lease(1000))]);
+        let leases = Leases::default();
+        let t0 = Instant::now();
+        leases.begin(1, &s, t0);
+        let t1 = t0 + Duration::from_millis(1000);
+        assert_eq!(leases.expired(1, &s, t1).len(), 1);
+        assert!(leases.expired(1, &s, t1 + RETRY / 2).is_empty(), "not again while its removal is on the way");
+        assert_eq!(leases.expired(1, &s, t1 + RETRY).len(), 1, "the removal failed: expired again");
+        let (g, a) = key("a");
+        s.apply(&Command::Leave { group: g, id: a, incarnation: None, reason: LeaveReason::Expired });
+        assert!(leases.expired(1, &s, t1 + RETRY * 3).is_empty());
     }
 
     #[tokio::test(start_paused = true)]

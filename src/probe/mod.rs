@@ -3,6 +3,7 @@
 //! the members of dead GM nodes to live ones (`handover`) and expires leases (`lease`).
 
 pub mod check;
+pub mod deadlines;
 pub mod handover;
 pub mod lease;
 pub mod peer;

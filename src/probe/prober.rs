@@ -14,11 +14,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::check::{Checker, ProbeTarget, Probed};
+use super::deadlines::Deadlines;
 use super::path;
 use super::ProbeConfig;
-use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, MemberId, NodeId, Outcome};
+use crate::membership::{
+    Command, FailureDetection, GroupName, LeaveReason, MemberId, MembershipState, NodeId, Outcome,
+};
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::raft::state_machine::Change;
 use crate::raft::Applied;
 
 /// Probes on the way at once: past this, due probes wait (and count as late), so a node with
@@ -33,7 +37,31 @@ struct Tracked {
     target: ProbeTarget,
     failures: u32,
     next_due: Instant,
+    /// A probe or a judgement is on the way; the member is out of the schedule until it ends.
     busy: bool,
+}
+
+/// The members this node probes, and when each is due next (those not busy): a tick takes out
+/// only the due ones, so its cost follows the probes made, not the members tracked.
+#[derive(Default)]
+struct Book {
+    tracked: HashMap<Key, Tracked>,
+    due: Deadlines<Key, ()>,
+}
+
+impl Book {
+    /// Back in the schedule at its next due time, once its probe or judgement ended.
+    fn idle(&mut self, key: &Key) {
+        if let Some(t) = self.tracked.get_mut(key) {
+            t.busy = false;
+            self.due.insert(key.clone(), (), t.next_due);
+        }
+    }
+
+    fn remove(&mut self, key: &Key) {
+        self.tracked.remove(key);
+        self.due.remove(key);
+    }
 }
 
 enum Done {
@@ -61,8 +89,10 @@ pub async fn run(
     let tick = (config.interval / 10).clamp(Duration::from_millis(10), Duration::from_millis(100));
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut tracked: HashMap<Key, Tracked> = HashMap::new();
-    let mut synced_at = u64::MAX;
+    // Follow the changes before the first sync, so none falls between the two.
+    let mut changes = node.state.changes();
+    let mut book = Book::default();
+    sync(&node, &config, &mut book);
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut overloaded = false;
     loop {
@@ -70,31 +100,30 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
             Some(Ok(done)) = tasks.join_next(), if !tasks.is_empty() => {
-                settle(&node, &config, &checker, &metrics, &mut tracked, &mut tasks, done);
+                settle(&node, &config, &checker, &metrics, &mut book, &mut tasks, done);
                 continue;
             }
         }
-        let revision = node.state.revision();
-        if revision != synced_at {
-            sync(&node, &config, &mut tracked);
-            synced_at = revision;
-        }
+        follow(&node, &config, &mut book, &mut changes);
         let now = Instant::now();
         let mut lateness = Duration::ZERO;
-        for (key, t) in tracked.iter_mut().filter(|(_, t)| !t.busy && t.next_due <= now) {
-            lateness = lateness.max(now - t.next_due);
-            if tasks.len() >= MAX_PROBES_IN_FLIGHT {
-                continue;
-            }
+        while tasks.len() < MAX_PROBES_IN_FLIGHT {
+            let Some((key, (), due)) = book.due.pop_due(now) else { break };
+            let Some(t) = book.tracked.get_mut(&key) else { continue };
+            lateness = lateness.max(now - due);
             t.busy = true;
             // From the due time, not from now: probes keep their period instead of slipping by a
             // tick each round. Behind schedule, from now: no catching up, the period stretches.
-            t.next_due = if overloaded { now + config.interval } else { (t.next_due + config.interval).max(now) };
-            let (checker, target, key) = (checker.clone(), t.target.clone(), key.clone());
+            t.next_due = if overloaded { now + config.interval } else { (due + config.interval).max(now) };
+            let (checker, target) = (checker.clone(), t.target.clone());
             tasks.spawn(async move {
                 let probed = checker.probe(&target).await;
                 Done::Probed { key, incarnation: target.incarnation, probed }
             });
+        }
+        // Probes left waiting for a free slot are late too.
+        if let Some(next) = book.due.next().filter(|&next| next <= now) {
+            lateness = lateness.max(now - next);
         }
         // Probes starting half an interval late: this node cannot keep up with its members.
         overloaded = lateness > config.interval / 2;
@@ -102,34 +131,80 @@ pub async fn run(
     }
 }
 
-/// Brings the tracked set in line with the members this node is responsible for now, keeping
-/// the failure count of a member whose incarnation did not change.
-fn sync(node: &Node, config: &ProbeConfig, tracked: &mut HashMap<Key, Tracked>) {
-    let m = node.state.read();
-    let mut next = HashMap::with_capacity(tracked.len());
-    let now = Instant::now();
-    for member in m.state.probed_by(node.id) {
-        let FailureDetection::Probe { path } = &member.failure_detection else { continue };
-        let key = (member.group.clone(), member.id.clone());
-        let entry = match tracked.remove(&key) {
-            Some(t) if t.target.incarnation == member.incarnation => t,
-            _ => Tracked {
-                target: ProbeTarget {
-                    group: member.group.clone(),
-                    id: member.id.clone(),
-                    incarnation: member.incarnation,
-                    address: member.address.clone(),
-                    path: path.clone(),
-                },
-                failures: 0,
-                // Spread first probes over an interval so a handover does not probe in a burst.
-                next_due: now + config.interval.mul_f64(rand::random::<f64>()),
-                busy: false,
-            },
-        };
-        next.insert(key, entry);
+/// Applies the changes since the last tick: a member that joined, re-joined or left is looked
+/// up alone; new probers (or a snapshot installed) bring the whole tracked set in line.
+fn follow(
+    node: &Node,
+    config: &ProbeConfig,
+    book: &mut Book,
+    changes: &mut tokio::sync::mpsc::UnboundedReceiver<Change>,
+) {
+    let mut members = Vec::new();
+    let mut everything = false;
+    while let Ok(change) = changes.try_recv() {
+        match change {
+            Change::Member(group, id) => members.push((group, id)),
+            Change::Probers | Change::Everything => everything = true,
+        }
     }
-    *tracked = next;
+    if everything {
+        sync(node, config, book);
+    } else if !members.is_empty() {
+        let m = node.state.read();
+        let now = Instant::now();
+        for key in members {
+            track(node.id, config, &m.state, book, key, now);
+        }
+    }
+}
+
+/// Tracks `key` if this node is responsible for it in `state`, keeping its failure count if its
+/// incarnation did not change; forgets it otherwise.
+fn track(me: NodeId, config: &ProbeConfig, state: &MembershipState, book: &mut Book, key: Key, now: Instant) {
+    let member = state.member(&key.0, &key.1).filter(|m| m.responsible_node == Some(me));
+    let Some((member, path)) = member.and_then(|m| match &m.failure_detection {
+        FailureDetection::Probe { path } => Some((m, path)),
+        FailureDetection::Lease { .. } => None,
+    }) else {
+        book.remove(&key);
+        return;
+    };
+    if book.tracked.get(&key).is_some_and(|t| t.target.incarnation == member.incarnation) {
+        return;
+    }
+    // Spread first probes over an interval so a handover does not probe in a burst.
+    let next_due = now + config.interval.mul_f64(rand::random::<f64>());
+    let target = ProbeTarget {
+        group: member.group.clone(),
+        id: member.id.clone(),
+        incarnation: member.incarnation,
+        address: member.address.clone(),
+        path: path.clone(),
+    };
+    book.tracked.insert(key.clone(), Tracked { target, failures: 0, next_due, busy: false });
+    book.due.insert(key, (), next_due);
+}
+
+/// Brings the tracked set in line with the members this node is responsible for now, keeping
+/// the failure count of a member whose incarnation did not change. Looks at every member: at
+/// start, and when the probers change.
+fn sync(node: &Node, config: &ProbeConfig, book: &mut Book) {
+    let m = node.state.read();
+    let now = Instant::now();
+    let mut old = std::mem::take(&mut book.tracked);
+    book.due.clear();
+    for member in m.state.probed_by(node.id) {
+        let key = (member.group.clone(), member.id.clone());
+        match old.remove(&key) {
+            Some(t) if t.target.incarnation == member.incarnation => {
+                if !t.busy {
+                    book.due.insert(key.clone(), (), t.next_due);
+                }
+                book.tracked.insert(key, t);
+            }
+            _ => track(node.id, config, &m.state, book, key, now),
+        }
+    }
 }
 
 fn settle(
@@ -137,7 +212,7 @@ fn settle(
     config: &ProbeConfig,
     checker: &Checker,
     metrics: &Arc<Metrics>,
-    tracked: &mut HashMap<Key, Tracked>,
+    book: &mut Book,
     tasks: &mut JoinSet<Done>,
     done: Done,
 ) {
@@ -145,22 +220,22 @@ fn settle(
         Done::Probed { key, incarnation, probed } => {
             metrics.observe_probe(probed.result.as_str(), probed.took);
             let alive = probed.alive;
-            let Some(t) = tracked.get_mut(&key).filter(|t| t.target.incarnation == incarnation) else { return };
+            let Some(t) = book.tracked.get_mut(&key).filter(|t| t.target.incarnation == incarnation) else { return };
             match alive {
                 Some(false) => {}
                 Some(true) => {
                     t.failures = 0;
-                    t.busy = false;
+                    book.idle(&key);
                     return;
                 }
                 None => {
-                    t.busy = false;
+                    book.idle(&key);
                     return;
                 }
             }
             t.failures += 1;
             if t.failures < config.suspect_after {
-                t.busy = false;
+                book.idle(&key);
                 return;
             }
             metrics.suspicions.inc();
@@ -173,11 +248,11 @@ fn settle(
         }
         Done::Judged { key, incarnation, removed } => {
             // The entry may already track a newer incarnation, which the judgement is not about.
-            if tracked.get(&key).is_some_and(|t| t.target.incarnation == incarnation) {
+            if book.tracked.get(&key).is_some_and(|t| t.target.incarnation == incarnation) {
                 if removed {
-                    tracked.remove(&key);
-                } else if let Some(t) = tracked.get_mut(&key) {
-                    t.busy = false;
+                    book.remove(&key);
+                } else {
+                    book.idle(&key);
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Replication of the membership state with openraft: the type configuration, the durable log,
 //! the state machine, and the peer network.
 
+pub mod compaction;
 pub mod contact;
 pub mod fence;
 pub mod log_store;

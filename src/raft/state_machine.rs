@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{Applied, Batch, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::membership::{Command, GroupName, GroupView, MembershipState, Outcome};
+use crate::membership::{Command, GroupName, GroupView, MemberId, MembershipState, Outcome};
 use crate::metrics::Metrics;
 
 const SNAPSHOT_FILE: &str = "snapshot.json";
@@ -27,6 +27,18 @@ pub struct Machine {
     pub state: MembershipState,
     pub last_applied: Option<LogId>,
     pub last_membership: StoredMembership,
+}
+
+/// What an applied change touched, for the tasks that keep books of their own about members
+/// (the lease keeper, the prober): they follow the changes instead of scanning every member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// This member joined, re-joined or left.
+    Member(GroupName, MemberId),
+    /// The probers changed: any probe-mode member's responsible node may have moved.
+    Probers,
+    /// The whole state was replaced by an installed snapshot.
+    Everything,
 }
 
 /// The state shared by the state machine (writer) and every reader on this node.
@@ -43,13 +55,27 @@ struct Shared {
     revision: AtomicU64,
     /// Per-group streams of views, only for groups someone watches.
     watchers: Mutex<HashMap<GroupName, broadcast::Sender<Arc<GroupView>>>>,
+    /// The followers of [`Change`]s; one whose receiver is gone is dropped at the next change.
+    changes: Mutex<Vec<mpsc::UnboundedSender<Change>>>,
+    /// Commands applied since this process started, and that count when the latest snapshot
+    /// was taken: what the snapshot trigger watches, whatever the number of commands per entry.
+    commands: AtomicU64,
+    snapshot_commands: AtomicU64,
 }
 
 impl StateHandle {
     fn new(machine: Machine) -> Self {
         let (applied, _) = watch::channel(machine.last_applied.map_or(0, |id| id.index));
         let revision = AtomicU64::new(machine.state.revision());
-        let inner = Shared { machine: RwLock::new(machine), applied, revision, watchers: Mutex::default() };
+        let inner = Shared {
+            machine: RwLock::new(machine),
+            applied,
+            revision,
+            watchers: Mutex::default(),
+            changes: Mutex::default(),
+            commands: AtomicU64::new(0),
+            snapshot_commands: AtomicU64::new(0),
+        };
         StateHandle { inner: Arc::new(inner) }
     }
 
@@ -74,6 +100,28 @@ impl StateHandle {
         self.inner.applied.subscribe()
     }
 
+    /// Follows the changes applied from now on. Subscribe before reading the state, so that no
+    /// change falls between the read and the first one received.
+    pub fn changes(&self) -> mpsc::UnboundedReceiver<Change> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inner.changes.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        rx
+    }
+
+    /// Commands applied since the latest snapshot this process built (or since it started).
+    pub fn commands_since_snapshot(&self) -> u64 {
+        let now = self.inner.commands.load(Ordering::Acquire);
+        now.saturating_sub(self.inner.snapshot_commands.load(Ordering::Acquire))
+    }
+
+    fn notify(&self, change: Change) {
+        let mut followers = self.inner.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if followers.is_empty() {
+            return;
+        }
+        followers.retain(|tx| tx.send(change.clone()).is_ok());
+    }
+
     /// Subscribes to the views of `group`, one per change, from now on.
     pub fn watch(&self, group: &GroupName) -> broadcast::Receiver<Arc<GroupView>> {
         let mut watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
@@ -91,11 +139,18 @@ impl StateHandle {
         let before = state.revision();
         let outcome = state.apply(command);
         let revision = state.revision();
+        self.inner.commands.fetch_add(1, Ordering::AcqRel);
         let changed = match (command, &outcome) {
-            (Command::Join { group, .. }, Outcome::Joined { changed: true, .. })
-            | (Command::Leave { group, .. }, Outcome::Left { .. }) => Some(std::slice::from_ref(group)),
+            (Command::Join { group, id, .. }, Outcome::Joined { changed: true, .. })
+            | (Command::Leave { group, id, .. }, Outcome::Left { .. }) => {
+                self.notify(Change::Member(group.clone(), id.clone()));
+                Some(std::slice::from_ref(group))
+            }
             // A new set of probers may move members of any group.
-            (Command::SetProbers { .. }, _) if revision != before => None,
+            (Command::SetProbers { .. }, _) if revision != before => {
+                self.notify(Change::Probers);
+                None
+            }
             _ => Some(&[][..]),
         };
         self.publish(state, changed, revision);
@@ -195,8 +250,9 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let start = Instant::now();
-        let (meta, state) = {
-            // Clone under the lock, serialize outside it: apply and reads wait only for the copy.
+        let (meta, state, commands) = {
+            // Clone under the lock, serialize outside it: apply and reads wait only for the copy,
+            // which shares each group's members with the live state (copied on write).
             let m = self.handle.read();
             let snapshot_id = match m.last_applied {
                 Some(id) => format!("{}-{}", id.leader_id.term, id.index),
@@ -204,14 +260,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             };
             let meta =
                 SnapshotMeta { last_log_id: m.last_applied, last_membership: m.last_membership.clone(), snapshot_id };
-            (meta, m.state.clone())
+            (meta, m.state.clone(), self.handle.inner.commands.load(Ordering::Acquire))
         };
-        let data = serde_json::to_vec(&state).map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
-        let (dir, meta2, data2) = (self.dir.clone(), meta.clone(), data.clone());
-        tokio::task::spawn_blocking(move || write_snapshot(&dir, &meta2, &data2))
-            .await
-            .map_err(|e| snapshot_error(ErrorVerb::Write, e))?
-            .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        // Serialized and written on a blocking thread: a large state takes a while.
+        let (dir, meta2) = (self.dir.clone(), meta.clone());
+        let data = tokio::task::spawn_blocking(move || {
+            let data = serde_json::to_vec(&state).map_err(io::Error::other)?;
+            write_snapshot(&dir, &meta2, &data).map(|()| data)
+        })
+        .await
+        .map_err(|e| snapshot_error(ErrorVerb::Write, e))?
+        .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        self.handle.inner.snapshot_commands.fetch_max(commands, Ordering::AcqRel);
         if let Some(metrics) = &self.metrics {
             metrics.observe_snapshot(data.len(), start.elapsed());
         }
@@ -283,7 +343,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             *m = Machine { state, last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
             self.handle.publish(&m.state, None, m.state.revision());
             self.handle.inner.revision.store(m.state.revision(), Ordering::Release);
+            self.handle.notify(Change::Everything);
         }
+        let applied = self.handle.inner.commands.load(Ordering::Acquire);
+        self.handle.inner.snapshot_commands.store(applied, Ordering::Release);
         self.handle.inner.applied.send_replace(meta.last_log_id.map_or(0, |id| id.index));
         if let Some(metrics) = &self.metrics {
             metrics.observe_snapshot(bytes, start.elapsed());

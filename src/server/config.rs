@@ -82,9 +82,14 @@ pub struct ServerConfig {
     /// before it votes for a new leader, so failover takes 2 to 3 times this.
     #[arg(long, env = "GM_ELECTION_TIMEOUT", default_value = "250ms", value_parser = duration)]
     pub election_timeout: Duration,
-    /// Log entries between snapshots; older entries are then purged.
+    /// Log entries between snapshots; older entries are then purged. A backstop: an entry
+    /// batches many commands, so `--snapshot-every-commands` usually comes first.
     #[arg(long, env = "GM_SNAPSHOT_EVERY", default_value_t = 20_000)]
     pub snapshot_every: u64,
+    /// Commands applied between snapshots (joins, leaves, ...), however they were batched into
+    /// entries; 0 leaves snapshots to `--snapshot-every` alone.
+    #[arg(long, env = "GM_SNAPSHOT_EVERY_COMMANDS", default_value_t = 100_000)]
+    pub snapshot_every_commands: u64,
     /// Groups that get a `gm_group_members` series of their own on `/metrics`: the largest ones;
     /// the members of the rest are summed in `group="_other"`. Bounds the series a scrape holds.
     #[arg(long, env = "GM_METRICS_GROUP_LIMIT", default_value_t = 100)]

@@ -144,6 +144,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         });
     }
     tasks.spawn("raft", raft_running(raft.clone()));
+    tasks.spawn(
+        "snapshot trigger",
+        raft::compaction::run(raft.clone(), state.clone(), config.snapshot_every_commands, cancel.clone()),
+    );
     let leases = Arc::new(Leases::default());
     let app =
         Arc::new(AppState { node: Arc::clone(&node), metrics: Arc::clone(&metrics), leases: Arc::clone(&leases) });

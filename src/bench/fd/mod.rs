@@ -15,7 +15,7 @@
 //! node, which the removal line reports (views, bytes) next to the CPU used meanwhile.
 
 mod members;
-mod process;
+pub(super) mod process;
 mod report;
 mod watch;
 

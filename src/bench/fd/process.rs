@@ -12,10 +12,10 @@ use tokio::time::Instant;
 use crate::bench::BenchError;
 
 /// A process id.
-pub(super) type Pid = libc::pid_t;
+pub(in crate::bench) type Pid = libc::pid_t;
 
 /// The pid of each node `1..=nodes` whose data dir lies in `data_dir`.
-pub(super) fn node_pids(data_dir: &Path, nodes: u64) -> Result<Vec<Pid>, BenchError> {
+pub(in crate::bench) fn node_pids(data_dir: &Path, nodes: u64) -> Result<Vec<Pid>, BenchError> {
     let me = Pid::try_from(std::process::id()).unwrap_or_default();
     let mut found = vec![None; nodes as usize];
     let entries = std::fs::read_dir("/proc").map_err(|_| BenchError::NodeProcess(1))?;
@@ -36,7 +36,7 @@ pub(super) fn node_pids(data_dir: &Path, nodes: u64) -> Result<Vec<Pid>, BenchEr
 }
 
 /// Measures the CPU the nodes and this process use over a stretch of wall time.
-pub(super) struct CpuMeter {
+pub(in crate::bench) struct CpuMeter {
     pids: Vec<Pid>,
     start: Instant,
     nodes: Vec<Option<Duration>>,
@@ -45,7 +45,7 @@ pub(super) struct CpuMeter {
 
 /// CPU cores used: CPU time over wall time.
 #[derive(Debug, PartialEq)]
-pub(super) struct CpuUse {
+pub(in crate::bench) struct CpuUse {
     pub elapsed: Duration,
     /// Each node's, in node id order.
     pub nodes: Vec<f64>,
@@ -149,7 +149,7 @@ fn node_id_in(cmdline: &[u8], data_dir: &Path) -> Option<u64> {
 
 /// A process stopped with SIGSTOP; SIGCONT when resumed or dropped, so an interrupted bench
 /// leaves no node frozen.
-pub(super) struct Paused(Pid);
+pub(in crate::bench) struct Paused(Pid);
 
 impl Paused {
     pub fn stop(pid: Pid) -> Result<Paused, std::io::Error> {

@@ -20,6 +20,7 @@ pub mod node;
 pub mod probe;
 pub mod raft;
 pub mod server;
+pub mod signal;
 pub mod tasks;
 pub mod telemetry;
 pub mod wire;

@@ -66,14 +66,14 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        CliCommand::Server(config) => gm::server::run(config, gm::server::shutdown_signal()).await?,
+        CliCommand::Server(config) => gm::server::run(config, gm::signal::stop_requested()).await?,
         CliCommand::Dev(config) => {
             let node_args = ["--log".to_owned(), cli.log];
-            gm::dev::run(config, &node_args, gm::server::shutdown_signal()).await?
+            gm::dev::run(config, &node_args, gm::signal::stop_requested()).await?
         }
         CliCommand::Bench(config) => gm::bench::run(config).await?,
         CliCommand::Recover(config) => gm::server::recover::run(config).await?,
-        CliCommand::Agent(config) => gm::agent::run(config, gm::server::shutdown_signal()).await?,
+        CliCommand::Agent(config) => gm::agent::run(config, gm::signal::stop_requested()).await?,
         CliCommand::Client(command) => gm::cli::run(command).await?,
     }
     Ok(())

@@ -33,7 +33,8 @@ pub async fn run(
     count: Option<u64>,
     output: Output,
 ) -> Result<(), CliError> {
-    let stop = stop_signal();
+    // Ctrl-C or SIGTERM: the normal end of a watch, exit status 0.
+    let stop = crate::signal::stop_requested();
     tokio::pin!(stop);
     // The first opening's error is the command's, as for any request.
     let mut watch = tokio::select! {
@@ -94,21 +95,5 @@ async fn next_view(watch: &mut Watch) -> Next {
             Err(_) if watch.bytes_read() > heard => continue,
             Err(_) => return Next::Lost(format!("nothing came for {} s", SILENT_FOR.as_secs())),
         }
-    }
-}
-
-/// Ctrl-C or SIGTERM: the normal end of a watch, exit status 0.
-async fn stop_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }

@@ -518,19 +518,3 @@ fn raft_config(config: &ServerConfig) -> Result<Arc<openraft::Config>, ServerErr
     };
     raft.validate().map(Arc::new).map_err(|e| ServerError::Config(e.to_string()))
 }
-
-/// Completes on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}

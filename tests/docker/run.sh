@@ -82,16 +82,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Polls COMMAND... every 0.2 s until it succeeds; fails the run with DESCRIPTION after the timeout.
-wait_for() {
-  local description=$1
-  shift
-  local deadline=$((SECONDS + timeout_s))
-  until "$@"; do
-    ((SECONDS < deadline)) || fail "$description: not within ${timeout_s}s"
-    sleep 0.2
-  done
-}
+# wait_for DESCRIPTION COMMAND...
+source tests/wait_for.sh # (the working directory is the repository root)
 
 # The node's address on the test network; empty while it is stopped or disconnected.
 ip_of() {

@@ -103,16 +103,8 @@ fail() {
   exit 1
 }
 
-# Polls COMMAND... every 0.2 s until it succeeds; fails the run with DESCRIPTION after the timeout.
-wait_for() {
-  local description=$1
-  shift
-  local deadline=$((SECONDS + timeout_s))
-  until "$@"; do
-    ((SECONDS < deadline)) || fail "$description: not within ${timeout_s}s"
-    sleep 0.2
-  done
-}
+# wait_for DESCRIPTION COMMAND...
+source tests/wait_for.sh # (the working directory is the repository root)
 
 # Ports: 3 API, 3 peer, Prometheus, 4 probe-mode members.
 mapfile -t ports < <("${prom_py[@]}" ports 11)

@@ -251,6 +251,10 @@ async fn scale_down_with_the_removed_pods_stopped_at_once() {
     one_cluster(&mut sim, 5).await;
     leader_among(&mut sim, 3..5, &(1..=5).collect()).await;
     let load = WriteLoad::start(&apis(&sim, 0..3), "load", 4);
+    {
+        let load = &load;
+        wait_for("writes before the pods are stopped", || async move { load.acknowledged() > 10 }).await;
+    }
     sim.kill_pods(3..5);
     sim.set_replicas(3);
     cluster_with_voters(&mut sim, &(1..=3).collect()).await;

@@ -23,4 +23,5 @@ pub mod server;
 pub mod signal;
 pub mod tasks;
 pub mod telemetry;
+pub mod views;
 pub mod wire;

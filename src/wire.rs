@@ -45,7 +45,7 @@ pub struct HeartbeatAnswer {
 }
 
 /// `GET /v1/groups`: every group at `revision`, sorted by name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupsAnswer {
     pub revision: u64,
     pub groups: Vec<GroupSummary>,

@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use common::members::FakeMembers;
-use common::{lease_member, poll_json, timed, wait_for, Cluster, Reply, Watch};
+use common::{lease_joins, lease_member, poll_json, timed, wait_for, Cluster, Reply, Watch};
 
 /// The paths the contract lists, as the served OpenAPI document must name them.
 const CONTRACT_PATHS: [&str; 10] = [
@@ -667,6 +667,108 @@ async fn watch_streams() {
     let view = c.get(l, "/v1/groups/w").await;
     assert_eq!(first.data, view.body);
     assert_eq!(first.id, view.body["revision"].to_string());
+}
+
+/// `GET path` on `node` with `Accept-Encoding: accept`: the status, `Content-Encoding`, `Vary`
+/// and the body as sent (not decoded).
+async fn get_encoded(c: &Cluster, node: &common::NodeProc, path: &str, accept: &str) -> (u16, String, String, Vec<u8>) {
+    let resp = c.http.get(node.url(path)).header("accept-encoding", accept).send().await.expect("GET");
+    let header = |name: &str| resp.headers().get(name).map_or("", |v| v.to_str().unwrap()).to_owned();
+    let (status, encoding, vary) = (resp.status().as_u16(), header("content-encoding"), header("vary"));
+    (status, encoding, vary, resp.bytes().await.expect("body").to_vec())
+}
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data).read_to_end(&mut out).expect("valid gzip");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_answers_are_gzipped_for_clients_that_accept_it() {
+    let c = Cluster::start(3).await;
+    let (leader, follower) = (c.leader().await, c.follower().await);
+    let (l, f) = (c.node(leader), c.node(follower));
+    c.join_many(lease_joins("big", 0..100, 1), 16).await;
+    c.put(l, "/v1/groups/small/members/x", &lease_member("10.0.0.1:80")).await.expect_ok(201, "join");
+
+    for node in [l, f] {
+        let plain = c.get(node, "/v1/groups/big-g0").await;
+        assert_eq!(plain.body["members"].as_array().unwrap().len(), 100);
+        let (status, encoding, vary, body) = get_encoded(&c, node, "/v1/groups/big-g0", "br;q=1.0, gzip;q=0.8").await;
+        assert_eq!((status, encoding.as_str()), (200, "gzip"), "a large view, gzip accepted");
+        assert_eq!(vary, "accept-encoding");
+        assert!(body.len() < 4 * 1024, "100 members gzipped to {} bytes", body.len());
+        let unzipped: Value = serde_json::from_slice(&gunzip(&body)).expect("JSON inside");
+        assert_eq!(unzipped, plain.body, "the same view, zipped or not");
+
+        let (status, encoding, _, body) = get_encoded(&c, node, "/v1/groups/big-g0", "gzip;q=0, identity").await;
+        assert_eq!((status, encoding.as_str()), (200, ""), "gzip refused by q=0");
+        assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), plain.body);
+
+        let (status, encoding, _, _) = get_encoded(&c, node, "/v1/groups/small", "gzip").await;
+        assert_eq!((status, encoding.as_str()), (200, ""), "a small view is not worth zipping");
+        let (status, encoding, _, body) = get_encoded(&c, node, "/metrics", "gzip").await;
+        assert_eq!((status, encoding.as_str()), (200, "gzip"), "large answers besides views are zipped too");
+        assert!(String::from_utf8(gunzip(&body)).unwrap().contains("gm_raft_term"));
+    }
+    let (status, encoding, _, body) = get_encoded(&c, f, "/v1/groups/nope", "gzip").await;
+    assert_eq!((status, encoding.as_str()), (404, ""));
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_stream_that_cannot_keep_up_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let c = Cluster::start(3).await;
+    let l = c.node(c.leader().await);
+    // Views of about 80 KB, so a few hundred changes fill any socket buffer.
+    let padded = |address: &str, round: usize| {
+        json!({"address": address, "metadata": {"pad": "x".repeat(200), "round": round.to_string()},
+               "failure_detection": {"mode": "lease", "ttl_ms": 86_400_000}})
+    };
+    let joins = (0..250).map(|i| ("slow".to_owned(), format!("m-{i}"), padded("10.0.0.1:80", 0))).collect();
+    c.join_many(joins, 16).await;
+
+    // A client that opens the stream and then reads nothing.
+    let mut stalled = tokio::net::TcpStream::connect(&l.api).await.expect("connect");
+    let request = format!("GET /v1/groups/slow/watch HTTP/1.1\r\nHost: {}\r\n\r\n", l.api);
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    // And one that keeps up.
+    let mut reader = Watch::open(l, "/v1/groups/slow/watch").await;
+    let first: u64 = reader.next_event(Duration::from_secs(10)).await.id.parse().unwrap();
+
+    // The reader sees every change, in order.
+    let changes = 400;
+    let mut last = first;
+    for round in 1..=changes {
+        let id = format!("m-{}", round % 250);
+        c.put(l, &format!("/v1/groups/slow/members/{id}"), &padded("10.0.0.1:80", round))
+            .await
+            .expect_ok(200, "re-join");
+        let revision: u64 = reader.next_event(Duration::from_secs(30)).await.id.parse().unwrap();
+        assert_eq!(revision, last + 1, "one event per change");
+        last = revision;
+    }
+    // The stalled one was closed: reading now finds the end of the stream (the last chunk of
+    // the chunked body) after what the buffers held, well short of every change.
+    let mut received = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut buf = vec![0; 64 * 1024];
+        while !received.ends_with(b"\r\n0\r\n\r\n") {
+            match stalled.read(&mut buf).await.expect("read") {
+                0 => break,
+                n => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "a stalled stream is closed, not kept ({} bytes read)", received.len());
+    let events = received.windows(12).filter(|w| w == b"event: view\n").count();
+    assert!(events < changes, "the stalled stream got {events} of {changes} changes before it was closed");
+    assert!(c.log_text(l.id).contains("closing a watch stream that fell behind"));
 }
 
 /// One request of the bad-input table and the error it must get.

@@ -6,6 +6,7 @@ use axum::Json;
 
 use crate::membership::ValidationError;
 use crate::node::NodeError;
+use crate::views::EncodeError;
 use crate::wire::{ErrorBody, ErrorCode, ErrorDetail};
 
 /// Seconds a client should wait before retrying a 503.
@@ -29,6 +30,12 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<EncodeError> for ApiError {
+    fn from(e: EncodeError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
 }
 
 impl ApiError {

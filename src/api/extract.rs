@@ -6,15 +6,17 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::membership::{GroupName, MemberId};
+use crate::views::Encoded;
 pub use crate::wire::{Consistency, REVISION_HEADER};
 
 /// The largest request body the contract allows.
@@ -207,9 +209,83 @@ impl<T: Serialize> IntoResponse for Answer<T> {
     }
 }
 
+/// A `200` `/v1/` answer whose JSON body was encoded once and is shared by every reader of the
+/// same revision ([`crate::views`]): sent as those bytes, or as their gzip form when the client
+/// accepts gzip and the body is large enough to have one.
+pub struct EncodedAnswer {
+    revision: u64,
+    body: Bytes,
+    gzipped: bool,
+}
+
+impl EncodedAnswer {
+    /// The answer to a request with `headers`, taken at `revision`.
+    pub fn new(revision: u64, encoded: &Encoded, headers: &HeaderMap) -> Self {
+        match accepts_gzip(headers).then(|| encoded.gzip()).flatten() {
+            Some(gzip) => EncodedAnswer { revision, body: gzip.clone(), gzipped: true },
+            None => EncodedAnswer { revision, body: encoded.json().clone(), gzipped: false },
+        }
+    }
+}
+
+impl IntoResponse for EncodedAnswer {
+    fn into_response(self) -> Response {
+        let mut resp = Response::new(Body::from(self.body));
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        headers.insert(REVISION_HEADER, HeaderValue::from(self.revision));
+        if self.gzipped {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        resp
+    }
+}
+
+/// Whether `Accept-Encoding` allows gzip (RFC 9110, section 12.5.3): named, or covered by `*`
+/// without being named, with a weight above 0. A weight that does not parse counts as 0.
+pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let (mut gzip, mut any) = (None, None);
+    let items = headers.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok());
+    for item in items.flat_map(|v| v.split(',')) {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or_default().trim();
+        let weight = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, q)| q.trim().parse::<f32>().unwrap_or(0.0));
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(weight > 0.0);
+        } else if coding == "*" {
+            any = Some(weight > 0.0);
+        }
+    }
+    gzip.or(any).unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn gzip_is_sent_only_where_accept_encoding_allows_it() {
+        assert!(!accepts_gzip(&HeaderMap::new()));
+        assert!(accepts_gzip(&accept("gzip")));
+        assert!(accepts_gzip(&accept("deflate, GZIP;q=0.5, br")));
+        assert!(accepts_gzip(&accept("*")));
+        assert!(!accepts_gzip(&accept("gzip;q=0")));
+        assert!(!accepts_gzip(&accept("gzip; Q=0.000, *")));
+        assert!(!accepts_gzip(&accept("*, gzip;q=0")));
+        assert!(!accepts_gzip(&accept("br, identity")));
+        assert!(!accepts_gzip(&accept("gzip;q=nonsense")));
+        assert!(!accepts_gzip(&accept("*;q=0")));
+    }
 
     fn params(consistency: Option<&str>, index: Option<&str>, wait: Option<&str>) -> GroupParams {
         GroupParams {

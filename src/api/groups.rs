@@ -5,20 +5,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::extract::{
-    member_path, parse_u64, Answer, Consistency, GroupParams, JsonBody, LeaveParams, NoParams, PathParams, QueryParams,
-    ReadParams,
+    member_path, parse_u64, Answer, Consistency, EncodedAnswer, GroupParams, JsonBody, LeaveParams, NoParams,
+    PathParams, QueryParams, ReadParams,
 };
 use super::{AppState, GaugeGuard};
-use crate::membership::{Command, GroupName, GroupView, LeaveReason, Member, MemberSpec, Outcome, Timestamp};
+use crate::membership::{Command, GroupName, LeaveReason, Member, MemberSpec, Outcome, Timestamp};
 use crate::node::{Node, NodeError};
 use crate::probe::lease::{self, Heartbeat};
 use crate::raft::state_machine::StateHandle;
-use crate::wire::{GroupsAnswer, HeartbeatAnswer, JoinAnswer, RevisionAnswer};
+use crate::wire::{HeartbeatAnswer, JoinAnswer, RevisionAnswer};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -139,26 +139,31 @@ pub async fn heartbeat(
 
 pub async fn list_groups(
     State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
     QueryParams(params): QueryParams<ReadParams>,
-) -> Result<Answer<GroupsAnswer>> {
+) -> Result<EncodedAnswer> {
     read_barrier(&app.node, params.consistency()?).await?;
-    let m = app.node.state.read();
-    let revision = m.state.revision();
-    Ok(Answer::ok(revision, GroupsAnswer { revision, groups: m.state.groups() }))
+    let list = {
+        let m = app.node.state.read();
+        app.node.state.views().groups(&m.state)
+    };
+    // Encoded (by the first reader of this revision) after the state's lock is released.
+    Ok(EncodedAnswer::new(list.revision(), list.body()?, &headers))
 }
 
 pub async fn get_group(
     State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
     PathParams(group): PathParams<String>,
     QueryParams(params): QueryParams<GroupParams>,
-) -> Result<Answer<GroupView>> {
+) -> Result<EncodedAnswer> {
     let group = GroupName::parse(&group)?;
     let consistency = params.consistency()?;
     // `index=0` never blocks: a client's first blocking query wants an answer at once (Consul's
     // convention), also for a group that does not exist yet.
     let Some((index, wait)) = params.blocking()?.filter(|&(index, _)| index > 0) else {
         read_barrier(&app.node, consistency).await?;
-        return current_view(&app.node.state, &group);
+        return current_view(&app.node.state, &group, &headers);
     };
     let now = Instant::now();
     let deadline = now + wait;
@@ -179,13 +184,18 @@ pub async fn get_group(
     if !changed && deadline > waiting_from && consistency == Consistency::Linearizable {
         app.node.linearize_until(Instant::now() + QUORUM_RECHECK).await?;
     }
-    current_view(&app.node.state, &group)
+    current_view(&app.node.state, &group, &headers)
 }
 
-fn current_view(state: &StateHandle, group: &GroupName) -> Result<Answer<GroupView>> {
-    let m = state.read();
-    let view = m.state.view(group).ok_or_else(|| ApiError::NotFound(format!("group {group} has no members")))?;
-    Ok(Answer::ok(m.state.revision(), view))
+/// The group's view now, as the bytes every reader of its revision shares.
+fn current_view(state: &StateHandle, group: &GroupName, headers: &HeaderMap) -> Result<EncodedAnswer> {
+    let (revision, view) = {
+        let m = state.read();
+        (m.state.revision(), state.views().view(&m.state, group))
+    };
+    let view = view.ok_or_else(|| ApiError::NotFound(format!("group {group} has no members")))?;
+    // Encoded (by the first reader of this revision) after the state's lock is released.
+    Ok(EncodedAnswer::new(revision, view.body()?, headers))
 }
 
 /// A linearizable read that keeps trying while there is no quorum, until `deadline`.

@@ -16,6 +16,8 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::Router;
 use tokio::time::Instant;
+use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
+use tower_http::compression::CompressionLayer;
 
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -46,7 +48,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), trace::request_span))
+        .layer(compression())
         .with_state(state)
+}
+
+/// Gzip for large answers a client accepts it for (`/metrics` of a cluster with many groups,
+/// `/openapi.json`). Views and the list of groups carry their own gzip form, made once per
+/// change ([`crate::views`]), and are left alone here, as is the watch stream.
+fn compression() -> CompressionLayer<impl Predicate> {
+    let large = SizeAbove::new(crate::views::GZIP_ABOVE.try_into().unwrap_or(u16::MAX));
+    CompressionLayer::new().compress_when(DefaultPredicate::new().and(large))
 }
 
 /// One more on a gauge while it lives: a request counted as open until it ends, however it ends

@@ -1,5 +1,6 @@
 //! The watch stream: Server-Sent Events with the whole view of a group, first as it is now,
-//! then once per change. The response headers go out at once, even while there is no quorum, so
+//! then once per change. Every stream of a group sends the same bytes for a change, encoded once
+//! ([`crate::views`]); a stream too slow to keep up is closed instead of queueing views. The response headers go out at once, even while there is no quorum, so
 //! clients and proxies with a header timeout keep the stream; the first view follows as soon as
 //! it can be read.
 
@@ -7,20 +8,22 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use futures::stream::{self, Stream, StreamExt};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::extract::{Consistency, PathParams, QueryParams, ReadParams, REVISION_HEADER};
 use super::{AppState, GaugeGuard};
-use crate::membership::{GroupName, GroupView};
+use crate::membership::GroupName;
 use crate::node::Node;
 use crate::raft::state_machine::StateHandle;
+use crate::views::ViewCell;
 
 /// How long the headers wait for a linearizable first view, so that `X-GM-Revision` can be its
 /// revision; past this they go without it (a quorum is missing) and the view follows later.
@@ -28,6 +31,9 @@ const HEADERS_WITHIN: Duration = Duration::from_millis(500);
 /// How long a watch waits for its first view at a time while there is no quorum. It keeps
 /// waiting past this: the contract has a watch without quorum wait, not fail.
 const FIRST_VIEW_PATIENCE: Duration = Duration::from_secs(3600);
+/// A stream quiet this long sends a comment line, so proxies and clients with an idle timeout
+/// keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub async fn watch(
     State(app): State<Arc<AppState>>,
@@ -37,82 +43,107 @@ pub async fn watch(
     let group = GroupName::parse(&group)?;
     let consistency = params.consistency()?;
     // Subscribe before reading, so no change between the first view and the stream is lost.
-    let changes = app.node.state.watch(&group);
+    let changes = app.node.state.views().subscribe(&group);
     let read_now = match consistency {
         Consistency::Stale => true,
         Consistency::Linearizable => app.node.linearize_until(Instant::now() + HEADERS_WITHIN).await.is_ok(),
     };
-    let first = read_now.then(|| Arc::new(current(&app.node.state, &group)));
+    let first = read_now.then(|| current(&app.node.state, &group));
     // Without a quorum: the revision this node has applied, which the first view will not be below.
-    let revision = first.as_ref().map_or_else(|| app.node.state.revision(), |view| view.revision);
+    let revision = first.as_ref().map_or_else(|| app.node.state.revision(), |view| view.revision());
     let open = GaugeGuard::inc(&app.metrics.watch_streams);
-    let watcher =
-        Watcher { node: Arc::clone(&app.node), group: group.clone(), changes, first, last: None, _open: open };
-    let views = stream::unfold(watcher, |mut w| async move { w.next().await.map(|view| (event(&view), w)) });
-    let opened = Event::default().comment(format!("watching group {group}"));
-    let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
-        stream::once(async move { Ok(opened) }).chain(views).take_until(app.node.shutdown.clone().cancelled_owned()),
-    );
-    let mut resp = Sse::new(events).keep_alive(KeepAlive::default()).into_response();
+    let opened = Bytes::from(format!(": watching group {group}\n\n"));
+    let watcher = Watcher {
+        node: Arc::clone(&app.node),
+        group,
+        changes,
+        first,
+        last: None,
+        quiet_since: Instant::now(),
+        _open: open,
+    };
+    let events = stream::unfold(watcher, |mut w| async move { w.next().await.map(|event| (event, w)) });
+    let frames = stream::once(async move { opened })
+        .chain(events)
+        .take_until(app.node.shutdown.clone().cancelled_owned())
+        .map(Ok::<_, Infallible>);
+    let mut resp = Response::new(Body::from_stream(frames));
     let headers = resp.headers_mut();
-    headers.insert(REVISION_HEADER, HeaderValue::from(revision));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(REVISION_HEADER, HeaderValue::from(revision));
     // nginx buffers proxied responses by default, which would hold events back.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
 }
 
-/// The views one watch stream sends: the first (read at once, or once a quorum confirms it),
-/// then one per change.
+/// What one watch stream sends: the first view (read at once, or once a quorum confirms it),
+/// then one view per change, each the bytes every stream of the group shares, and a comment
+/// line whenever it has been quiet for [`KEEP_ALIVE`].
 struct Watcher {
     node: Arc<Node>,
     group: GroupName,
-    changes: broadcast::Receiver<Arc<GroupView>>,
+    changes: broadcast::Receiver<Arc<ViewCell>>,
     /// The first view, if it was read before the headers went out.
-    first: Option<Arc<GroupView>>,
-    /// The view sent last.
-    last: Option<Arc<GroupView>>,
+    first: Option<Arc<ViewCell>>,
+    /// The revision of the view sent last, and whether it had no members.
+    last: Option<(u64, bool)>,
+    /// When the stream last sent anything.
+    quiet_since: Instant,
     /// Counts the stream in `gm_watch_streams` until it ends.
     _open: GaugeGuard,
 }
 
 impl Watcher {
-    /// The next view to send; `None` ends the stream (the node shuts down).
-    async fn next(&mut self) -> Option<Arc<GroupView>> {
-        let Some(last) = self.last.clone() else {
+    /// The next bytes to send; `None` ends the stream.
+    async fn next(&mut self) -> Option<Bytes> {
+        let keep_alive = tokio::time::sleep_until(self.quiet_since + KEEP_ALIVE);
+        let sent = tokio::select! {
+            view = self.next_view() => {
+                let event = view?.event();
+                event.inspect_err(|error| tracing::error!(group = %self.group, %error, "closing a watch stream")).ok()?
+            }
+            _ = keep_alive => Bytes::from_static(b":\n\n"),
+        };
+        self.quiet_since = Instant::now();
+        Some(sent)
+    }
+
+    /// The next view to send; `None` ends the stream: the node shuts down, or the stream fell
+    /// too far behind the changes (it is closed rather than queue views without bound; the
+    /// client opens it again and starts from the current view).
+    async fn next_view(&mut self) -> Option<Arc<ViewCell>> {
+        let Some((last, last_empty)) = self.last else {
             let first = match self.first.take() {
                 Some(first) => first,
                 None => {
                     super::groups::linearize_patiently(&self.node, Instant::now() + FIRST_VIEW_PATIENCE).await.ok()?;
-                    Arc::new(current(&self.node.state, &self.group))
+                    current(&self.node.state, &self.group)
                 }
             };
-            self.last = Some(Arc::clone(&first));
+            self.last = Some((first.revision(), first.is_empty()));
             return Some(first);
         };
         loop {
             let view = match self.changes.recv().await {
                 Ok(view) => view,
-                // Too slow for every change: skip to the current view.
-                Err(RecvError::Lagged(_)) => Arc::new(current(&self.node.state, &self.group)),
+                Err(RecvError::Lagged(behind)) => {
+                    tracing::info!(group = %self.group, behind, "closing a watch stream that fell behind the changes");
+                    return None;
+                }
                 Err(RecvError::Closed) => return None,
             };
-            // One event per change: an older view, or the same members again (an empty group
-            // re-read at a later revision), is none.
-            if view.revision > last.revision && view.members != last.members {
-                self.last = Some(Arc::clone(&view));
+            // One event per change: an older view, or no members again (a group still empty
+            // when every group's view was sent anew), is none.
+            if view.revision() > last && !(view.is_empty() && last_empty) {
+                self.last = Some((view.revision(), view.is_empty()));
                 return Some(view);
             }
         }
     }
 }
 
-fn current(state: &StateHandle, group: &GroupName) -> GroupView {
+fn current(state: &StateHandle, group: &GroupName) -> Arc<ViewCell> {
     let m = state.read();
-    StateHandle::view_or_empty(&m.state, group, m.state.revision())
-}
-
-fn event(view: &GroupView) -> Result<Event, Infallible> {
-    let data = serde_json::to_string(view).unwrap_or_default();
-    Ok(Event::default().event("view").id(view.revision.to_string()).data(data))
+    state.views().view_or_empty(&m.state, group)
 }

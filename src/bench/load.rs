@@ -43,6 +43,8 @@ const FAILOVER_WARM_UP: Duration = Duration::from_millis(500);
 const LEADER_DEADLINE: Duration = Duration::from_secs(30);
 /// Deadline of load requests: above the server's own 10 s limit, so a slow answer is still seen.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// The group `--group-size` reads.
+const VIEW_GROUP: &str = "bench-view";
 /// The group the failover writers join.
 const FAILOVER_GROUP: &str = "bench-failover";
 
@@ -89,6 +91,13 @@ pub struct LoadConfig {
     /// Own cluster only: how many times the leader is killed.
     #[arg(long, env = "GM_BENCH_FAILOVERS", default_value_t = 3)]
     pub failovers: u32,
+    /// Read whole views instead of single members: the reads phases read the view of the group
+    /// `bench-view`, which first gets this many members.
+    #[arg(long, env = "GM_BENCH_GROUP_SIZE", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub group_size: Option<u64>,
+    /// With `--group-size`: reads accept gzip, so views of 4 KiB or more come gzipped.
+    #[arg(long, env = "GM_BENCH_GZIP", requires = "group_size")]
+    pub gzip: bool,
     /// Which phases run.
     #[arg(long, env = "GM_BENCH_WORKLOAD", value_enum, default_value = "all")]
     pub workload: Workload,
@@ -131,6 +140,8 @@ pub async fn run(config: LoadConfig) -> Result<(), BenchError> {
     if config.json {
         report.insert("concurrency".into(), json!(config.concurrency));
         report.insert("groups".into(), json!(config.groups));
+        report.insert("group_size".into(), json!(config.group_size));
+        report.insert("gzip".into(), json!(config.gzip));
         println!("{}", serde_json::to_string(&Value::Object(report))?);
     }
     Ok(())
@@ -175,29 +186,79 @@ async fn load(config: &LoadConfig, target: &Target, report: &mut Map<String, Val
         report.insert("joins".into(), figures.json());
     }
     if config.workload.reads() {
-        let members = Arc::new(readable_members(&target, clients).await?);
+        let reads = match config.group_size {
+            Some(size) => Reads::View { group: view_group(&target, clients, size).await?, gzip: config.gzip },
+            None => Reads::Members(Arc::new(readable_members(&target, clients).await?)),
+        };
+        let reads = Arc::new(reads);
+        let what = config.group_size.map_or_else(String::new, |n| format!(" of a {n}-member view"));
         for (name, stale, length) in [
             ("reads", false, config.duration),
             ("reads (stale)", true, (config.duration / 4).max(Duration::from_secs(1)).min(config.duration)),
         ] {
             let t = Arc::clone(&target);
-            let m = Arc::clone(&members);
+            let r = Arc::clone(&reads);
             let (tally, elapsed) = drive(clients, Stop::After(length), move |w, seq| {
                 let t = Arc::clone(&t);
-                let m = Arc::clone(&m);
-                async move {
-                    // Each worker walks its own stride of the members, so all are read evenly.
-                    let (group, id) = &m[((seq * clients + w) % m.len() as u64) as usize];
-                    t.read(t.node(w, seq), group, id, stale).await
-                }
+                let r = Arc::clone(&r);
+                async move { r.read(&t, clients, w, seq, stale).await }
             })
             .await?;
             let figures = Figures::new(&tally, clients, elapsed);
-            println!("{}", figures.line(name));
+            println!("{}", figures.line(&format!("{name}{what}")));
             report.insert(if stale { "stale_reads" } else { "reads" }.into(), figures.json());
         }
     }
     Ok(())
+}
+
+/// What the reads phases read.
+enum Reads {
+    /// Single members, each worker walking its own stride of them, so all are read evenly.
+    Members(Arc<Vec<(GroupName, MemberId)>>),
+    /// The view of one group, as bytes: decoding it would measure the bench, not the server.
+    View { group: GroupName, gzip: bool },
+}
+
+impl Reads {
+    async fn read(&self, t: &Target, clients: u64, worker: u64, seq: u64, stale: bool) -> Result<(), Failure> {
+        let node = t.node(worker, seq);
+        let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
+        match self {
+            Reads::Members(m) => {
+                let (group, id) = &m[((seq * clients + worker) % m.len() as u64) as usize];
+                node.member(group, id, consistency).await.map(drop).map_err(|e| failure(&e))
+            }
+            Reads::View { group, gzip } => {
+                node.group_encoded(group, consistency, *gzip).await.map(drop).map_err(|e| failure(&e))
+            }
+        }
+    }
+}
+
+/// The group `bench-view` with `size` members, joining those it lacks.
+async fn view_group(target: &Arc<Target>, clients: u64, size: u64) -> Result<GroupName, BenchError> {
+    let group = bench_name(GroupName::parse, VIEW_GROUP).map_err(BenchError::Flags)?;
+    let per_worker = size.div_ceil(clients);
+    let t = Arc::clone(target);
+    // Joins with the same instance as before change nothing, so a second run joins nothing new.
+    let (tally, _) = drive(clients, Stop::Count(per_worker), move |w, seq| {
+        let t = Arc::clone(&t);
+        async move {
+            let n = w * per_worker + seq;
+            if n >= size {
+                return Ok(());
+            }
+            join(t.node(w, seq), VIEW_GROUP, &format!("v-{n}"), "r0").await
+        }
+    })
+    .await?;
+    let view = target.client.group(&group, Consistency::Linearizable).await?;
+    println!("reads: the view of {VIEW_GROUP} has {} members", view.members.len());
+    if (view.members.len() as u64) < size {
+        return Err(BenchError::NoMembers(errors_text(&tally.errors)));
+    }
+    Ok(group)
 }
 
 /// The bench members that exist now, read from the groups' views; joins some first if there are none.
@@ -249,11 +310,6 @@ impl Target {
         let group = format!("bench-{}", (worker * slots + slot) % self.groups);
         let id = format!("{worker}-{slot}");
         join(self.node(worker, seq), &group, &id, &format!("r{cycle}")).await
-    }
-
-    async fn read(&self, node: &Client, group: &GroupName, id: &MemberId, stale: bool) -> Result<(), Failure> {
-        let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
-        node.member(group, id, consistency).await.map(drop).map_err(|e| failure(&e))
     }
 
     /// Every member of the `bench-N` groups, as (group, id).

@@ -13,7 +13,7 @@ pub use model::{
     DEFAULT_PROBE_PATH,
 };
 pub use names::{Address, GroupName, Instance, MemberId};
-pub use state::MembershipState;
+pub use state::{GroupSnapshot, MembershipState};
 
 /// An input that breaks one of the contract's rules; `field` says which.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

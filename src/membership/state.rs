@@ -15,6 +15,25 @@ struct Group {
     members: BTreeMap<MemberId, Member>,
 }
 
+/// One group at its revision, shared with the state that held it: taking one under the state's
+/// lock costs a pointer, and it can be read after the lock is released (to encode a view
+/// without holding up the apply path). While one is held, the group's next change copies the
+/// group, so holders let go once they are done.
+#[derive(Clone, Debug)]
+pub struct GroupSnapshot(Arc<Group>);
+
+impl GroupSnapshot {
+    /// The revision of the group's last change.
+    pub fn revision(&self) -> u64 {
+        self.0.revision
+    }
+
+    /// The members, ordered by id as in a view.
+    pub fn members(&self) -> impl ExactSizeIterator<Item = &Member> + Clone {
+        self.0.members.values()
+    }
+}
+
 /// All groups at `revision`: the number of changes applied so far. Each group sits behind an
 /// `Arc`, copied on write: a clone of the whole state (a snapshot's) costs one pointer per
 /// group, and a change after it copies only the group it touches.
@@ -215,6 +234,12 @@ impl MembershipState {
     /// The group's revision, or `None` if it has no members.
     pub fn group_revision(&self, group: &GroupName) -> Option<u64> {
         self.groups.get(group).map(|g| g.revision)
+    }
+
+    /// The group as it is now, as a shared handle that outlives the caller's lock on the state;
+    /// `None` if it has no members.
+    pub fn group_snapshot(&self, group: &GroupName) -> Option<GroupSnapshot> {
+        self.groups.get(group).map(|g| GroupSnapshot(Arc::clone(g)))
     }
 
     pub fn view(&self, group: &GroupName) -> Option<GroupView> {

@@ -2,7 +2,6 @@
 //! latest snapshot on disk, and tells readers (linearizable reads, blocking queries, watches) when
 //! the state moves on.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,15 +10,14 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::{Applied, Batch, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::membership::{Command, GroupName, GroupView, MemberId, MembershipState, Outcome};
+use crate::membership::{Command, GroupName, MemberId, MembershipState, Outcome};
 use crate::metrics::Metrics;
+use crate::views::Views;
 
 const SNAPSHOT_FILE: &str = "snapshot.json";
-/// Views a slow watcher may fall behind by before it skips ahead to the current one.
-const WATCH_BACKLOG: usize = 256;
 
 /// The applied state and what Raft needs to know about it.
 #[derive(Default)]
@@ -53,8 +51,8 @@ struct Shared {
     applied: watch::Sender<u64>,
     /// The state's revision, readable without the lock.
     revision: AtomicU64,
-    /// Per-group streams of views, only for groups someone watches.
-    watchers: Mutex<HashMap<GroupName, broadcast::Sender<Arc<GroupView>>>>,
+    /// The encoded views and the watch streams of groups, told of every change.
+    views: Views,
     /// The followers of [`Change`]s; one whose receiver is gone is dropped at the next change.
     changes: Mutex<Vec<mpsc::UnboundedSender<Change>>>,
     /// Commands applied since this process started, and that count when the latest snapshot
@@ -71,7 +69,7 @@ impl StateHandle {
             machine: RwLock::new(machine),
             applied,
             revision,
-            watchers: Mutex::default(),
+            views: Views::default(),
             changes: Mutex::default(),
             commands: AtomicU64::new(0),
             snapshot_commands: AtomicU64::new(0),
@@ -122,16 +120,9 @@ impl StateHandle {
         followers.retain(|tx| tx.send(change.clone()).is_ok());
     }
 
-    /// Subscribes to the views of `group`, one per change, from now on.
-    pub fn watch(&self, group: &GroupName) -> broadcast::Receiver<Arc<GroupView>> {
-        let mut watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        watchers.retain(|_, tx| tx.receiver_count() > 0);
-        watchers.entry(group.clone()).or_insert_with(|| broadcast::channel(WATCH_BACKLOG).0).subscribe()
-    }
-
-    /// The view of `group` in `state`; a group without members is an empty view at `revision`.
-    pub fn view_or_empty(state: &MembershipState, group: &GroupName, revision: u64) -> GroupView {
-        state.view(group).unwrap_or_else(|| GroupView { group: group.clone(), revision, members: Vec::new() })
+    /// The encoded views and watch streams of this node's groups.
+    pub fn views(&self) -> &Views {
+        &self.inner.views
     }
 
     /// Applies one command to `state` and tells the watchers of what it changed.
@@ -153,25 +144,8 @@ impl StateHandle {
             }
             _ => Some(&[][..]),
         };
-        self.publish(state, changed, revision);
+        self.inner.views.changed(state, changed);
         Applied { revision, outcome }
-    }
-
-    /// Sends the current view to the watchers of each group in `groups` (all watched groups if None).
-    fn publish(&self, state: &MembershipState, groups: Option<&[GroupName]>, revision: u64) {
-        let watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        if watchers.is_empty() {
-            return;
-        }
-        let mut send = |group: &GroupName| {
-            if let Some(tx) = watchers.get(group).filter(|tx| tx.receiver_count() > 0) {
-                let _ = tx.send(Arc::new(Self::view_or_empty(state, group, revision)));
-            }
-        };
-        match groups {
-            Some(groups) => groups.iter().for_each(&mut send),
-            None => watchers.keys().for_each(send),
-        }
     }
 }
 
@@ -341,7 +315,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         {
             let mut m = self.handle.inner.machine.write().unwrap_or_else(|e| e.into_inner());
             *m = Machine { state, last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
-            self.handle.publish(&m.state, None, m.state.revision());
+            self.handle.inner.views.replaced(&m.state);
             self.handle.inner.revision.store(m.state.revision(), Ordering::Release);
             self.handle.notify(Change::Everything);
         }

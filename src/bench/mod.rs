@@ -4,6 +4,8 @@
 //!   read throughput, and how long writes stop when the leader is killed.
 //! - `gm bench fd` ([`fd`]): failure detection of probe-mode members: how long the cluster takes to
 //!   remove crashed members, whether it removes live ones, and what probing costs.
+//! - `gm bench watch` ([`streams`]): how fast one change reaches thousands of watch streams,
+//!   whether any misses one, and what an idle stream costs.
 //! - `gm bench scale` ([`scale`]): what an idle cluster costs as its members grow: join rate,
 //!   memory, idle CPU, disk and restart-to-ready time at 0, N/3, 2N/3 and N lease members.
 //!
@@ -15,6 +17,7 @@ mod fd;
 mod figures;
 mod load;
 mod scale;
+mod streams;
 
 use std::future::Future;
 use std::time::Duration;
@@ -28,6 +31,7 @@ pub use cluster::ClusterArgs;
 pub use fd::FdConfig;
 pub use load::{LoadConfig, Workload};
 pub use scale::ScaleConfig;
+pub use streams::WatchConfig;
 
 /// `gm bench [FLAGS]` runs the load bench; `gm bench fd [FLAGS]` the failure-detection bench.
 #[derive(Clone, Debug, Args)]
@@ -47,6 +51,10 @@ pub enum BenchCommand {
     /// Scale: load lease members into the bench's own cluster and, at 0, 1/3, 2/3 and all of
     /// them, measure the join rate, memory, idle CPU, disk and restart-to-ready time.
     Scale(ScaleConfig),
+    /// Watch fan-out: open many watch streams of one group over the nodes, change the group
+    /// every 100 ms, and measure how long each change takes to reach every stream, the changes
+    /// missed or out of order, and the memory an idle stream costs.
+    Watch(WatchConfig),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +99,7 @@ pub async fn run(config: BenchConfig) -> Result<(), BenchError> {
         None => load::run(config.load).await,
         Some(BenchCommand::Fd(fd)) => fd::run(fd).await,
         Some(BenchCommand::Scale(scale)) => scale::run(scale).await,
+        Some(BenchCommand::Watch(watch)) => streams::run(watch).await,
     }
 }
 
@@ -149,6 +158,21 @@ mod tests {
         assert_eq!(scale.server_args, ["--snapshot-every-commands=50"]);
         assert_eq!(scale.cluster.nodes, 1);
         assert_eq!(scale.idle_for, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bench_watch_has_its_own_flags() {
+        let config = bench(&["watch", "--streams", "5000", "--every", "50ms"]).expect("parses");
+        let Some(BenchCommand::Watch(watch)) = config.command else { panic!("not watch") };
+        assert_eq!((watch.streams, watch.every, watch.group_size), (5000, Duration::from_millis(50), 10));
+        assert!(bench(&["watch", "--streams", "0"]).is_err());
+    }
+
+    #[test]
+    fn group_size_reads_views_and_gzip_needs_it() {
+        let config = bench(&["--group-size", "100", "--gzip"]).expect("parses");
+        assert_eq!((config.load.group_size, config.load.gzip), (Some(100), true));
+        assert!(bench(&["--gzip"]).is_err(), "--gzip without --group-size");
     }
 
     #[test]

@@ -181,7 +181,7 @@ async fn measure(
     Ok(Step { members, joins_per_s: None, leader, idle_cpu, rss, data_dir, ready_after })
 }
 
-fn pids(own: &OwnCluster) -> Result<Vec<Pid>, BenchError> {
+pub(super) fn pids(own: &OwnCluster) -> Result<Vec<Pid>, BenchError> {
     own.cluster
         .nodes
         .iter()
@@ -192,7 +192,7 @@ fn pids(own: &OwnCluster) -> Result<Vec<Pid>, BenchError> {
 }
 
 /// `VmRSS` of `/proc/<pid>/status`, in bytes; 0 if unreadable.
-fn rss_bytes(pid: Pid) -> u64 {
+pub(super) fn rss_bytes(pid: Pid) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()

@@ -72,38 +72,65 @@ impl Watch {
     }
 }
 
+impl Watch {
+    /// The next view's revision (its event id), without decoding the view: for a tool that
+    /// follows many streams and only counts what arrives (`gm bench watch`). `None` when the
+    /// stream ends; an `Err` when the connection breaks.
+    pub async fn next_revision(&mut self) -> Option<Result<u64, ClientError>> {
+        let event = std::future::poll_fn(|cx| self.poll_view_event(cx)).await?;
+        Some(event.and_then(|event| {
+            let id = event.id.as_deref().and_then(|id| id.parse().ok());
+            id.ok_or_else(|| ClientError::Decode {
+                endpoint: self.endpoint.clone(),
+                source: serde::de::Error::custom(format!("a view event without a numeric id: {:?}", event.id)),
+            })
+        }))
+    }
+
+    /// The next `view` event, undecoded; other events and comments are skipped.
+    fn poll_view_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<SseEvent, ClientError>>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            if let Some(event) = self.parsed.pop_front() {
+                if event.event == VIEW_EVENT {
+                    return Poll::Ready(Some(Ok(event)));
+                }
+                continue;
+            }
+            match self.body.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => self.ended = true,
+                Poll::Ready(Some(Err(source))) => {
+                    self.ended = true;
+                    return Poll::Ready(Some(Err(ClientError::Transport { endpoint: self.endpoint.clone(), source })));
+                }
+                Poll::Ready(Some(Ok(chunk))) => {
+                    self.received_at = Instant::now();
+                    self.bytes += chunk.len() as u64;
+                    self.parsed.extend(self.parser.push(&chunk));
+                }
+            }
+        }
+    }
+}
+
 impl Stream for Watch {
     type Item = Result<GroupView, ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        loop {
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            if let Some(event) = this.parsed.pop_front() {
-                if event.event != VIEW_EVENT {
-                    continue;
-                }
-                let view = serde_json::from_str(&event.data).map_err(|source| {
-                    this.ended = true;
-                    ClientError::Decode { endpoint: this.endpoint.clone(), source }
-                });
-                return Poll::Ready(Some(view));
-            }
-            match this.body.as_mut().poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => this.ended = true,
-                Poll::Ready(Some(Err(source))) => {
-                    this.ended = true;
-                    return Poll::Ready(Some(Err(ClientError::Transport { endpoint: this.endpoint.clone(), source })));
-                }
-                Poll::Ready(Some(Ok(chunk))) => {
-                    this.received_at = Instant::now();
-                    this.bytes += chunk.len() as u64;
-                    this.parsed.extend(this.parser.push(&chunk));
-                }
-            }
-        }
+        let event = match this.poll_view_event(cx) {
+            Poll::Ready(Some(Ok(event))) => event,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        let view = serde_json::from_str(&event.data).map_err(|source| {
+            this.ended = true;
+            ClientError::Decode { endpoint: this.endpoint.clone(), source }
+        });
+        Poll::Ready(Some(view))
     }
 }

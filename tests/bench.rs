@@ -1,0 +1,69 @@
+//! `gm bench` end to end, small: each mode starts its own cluster of real `gm server`
+//! processes, measures, prints its figures and stops it. The figures themselves are not judged
+//! (benchmarks, not timed tests); what is asserted is what a run must get right whatever the
+//! speed: every read answered, every change delivered to every stream, in order.
+
+use std::process::{Command, Output};
+
+/// `gm bench ARGS` on ports free now (another run may take them first: then it tries others).
+fn bench(args: &[&str]) -> String {
+    for _ in 0..5 {
+        let api = rand::random::<u16>() % 20_000 + 12_000;
+        let peer = rand::random::<u16>() % 20_000 + 12_000;
+        if api.abs_diff(peer) < 10 {
+            continue;
+        }
+        let Output { status, stdout, stderr } = Command::new(env!("CARGO_BIN_EXE_gm"))
+            .arg("bench")
+            .args(args)
+            .args(["--api-port", &api.to_string(), "--peer-port", &peer.to_string()])
+            .output()
+            .expect("gm bench runs");
+        let (out, err) = (String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr));
+        if err.contains("is taken") {
+            continue;
+        }
+        assert!(status.success(), "gm bench {args:?} failed:\n{out}\n{err}");
+        return out.into_owned();
+    }
+    panic!("no free ports for gm bench after 5 tries");
+}
+
+fn line<'a>(out: &'a str, start: &str) -> &'a str {
+    out.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("no line {start:?} in:\n{out}"))
+}
+
+#[test]
+fn reads_of_a_whole_view_all_succeed_with_and_without_gzip() {
+    for gzip in [false, true] {
+        let mut args = vec!["--workload", "reads", "--group-size", "60", "--duration", "1s", "--concurrency", "8"];
+        if gzip {
+            args.push("--gzip");
+        }
+        let out = bench(&args);
+        assert!(out.contains("the view of bench-view has 60 members"), "{out}");
+        for phase in ["reads of a 60-member view:", "reads (stale) of a 60-member view:"] {
+            let figures = line(&out, phase);
+            assert!(!figures.contains(" 0 ops/s"), "{figures}");
+            // A loaded machine may see an election: a 503 then is the contract's answer. Any
+            // other error is not.
+            let errors = figures.split("errors ").nth(1).expect("an error count");
+            assert!(
+                errors == "0" || errors.ends_with(&format!("(503: {})", errors.split(' ').next().unwrap())),
+                "{figures}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_change_reaches_every_watch_stream_in_order() {
+    let out = bench(&["watch", "--streams", "60", "--duration", "2s", "--every", "100ms", "--group-size", "3"]);
+    assert!(out.contains("watch: 60 streams open over 3 nodes"), "{out}");
+    let figures = out.lines().find(|l| l.contains(" changes to 60 streams:")).unwrap_or_else(|| panic!("{out}"));
+    assert!(figures.contains("missed 0, out of order 0, streams ended early 0"), "{figures}");
+    let changes: usize = figures["watch: ".len()..].split(' ').next().unwrap().parse().expect("a count of changes");
+    assert!(changes >= 5, "{figures}");
+    assert!(figures.contains(&format!("({} deliveries", changes * 60)), "every change to every stream: {figures}");
+    assert!(line(&out, "watch: memory per idle stream").contains("KiB"), "{out}");
+}

@@ -5,7 +5,8 @@
 //!
 //! # On-disk format
 //! `dir/<seq:020>.log` segments, numbered consecutively. A segment is a run of frames
-//! `[u32 LE payload length][u32 LE crc32 of payload][payload: JSON of a Record]`. Every segment
+//! `[u32 LE payload length][u32 LE crc32 of payload][payload: a Record]`, the record in gm's
+//! binary encoding ([`codec`]: a version byte, then MessagePack). Every segment
 //! starts with a `Checkpoint` holding everything replay needs besides the entries (vote,
 //! committed, purge point, last log id), so the oldest segments can be deleted once a purge
 //! covers every entry they hold. A segment's checkpoint must equal the state replayed from the
@@ -17,11 +18,13 @@
 //! length or crc mismatch) in the newest segment is cut off, with a warning, only if no valid
 //! frame follows it anywhere in that segment. Anything else fails `open` with
 //! [`LogStoreError::Corrupt`]: a bad frame followed by a valid one, a bad frame in an older
-//! segment, a frame whose crc matches but whose JSON does not decode, or a log that cannot have
+//! segment, a frame whose crc matches but whose record does not decode, or a log that cannot have
 //! been written (a gap in indexes, a truncation of purged entries, a missing segment). So a
 //! record that has good records after it is never dropped silently. The price: should a crash
 //! persist a later page of the last, unsynced batch but not an earlier one, `open` refuses
-//! rather than guess, and an operator cuts the tail by hand.
+//! rather than guess, and an operator cuts the tail by hand. A record in a format version this
+//! gm does not read (the JSON of a gm from before the binary encoding) fails `open` with
+//! [`LogStoreError::Format`]: the log is not corrupt, this gm cannot read it.
 //!
 //! # Durability
 //! `append` calls its callback, and `save_vote`, `truncate` and `purge` return, only after the
@@ -44,6 +47,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use serde::{Deserialize, Serialize};
 
+use super::codec::{self, CodecError};
 use super::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::metrics::Metrics;
 
@@ -66,6 +70,12 @@ pub enum LogStoreError {
     Io { path: PathBuf, source: io::Error },
     #[error("raft log {} is corrupt at byte {offset}: {reason}", file.display())]
     Corrupt { file: PathBuf, offset: u64, reason: String },
+    #[error(
+        "raft log {} holds a record this gm cannot read (byte {offset}): {source}; \
+         a data dir of another gm version cannot be opened: start this node on an empty one",
+        file.display()
+    )]
+    Format { file: PathBuf, offset: u64, source: CodecError },
 }
 
 /// The vote and the pointers into the log: what replay needs besides the entries, and so the
@@ -561,14 +571,17 @@ fn create_segment(dir: &Path, seq: u64, first: Checkpoint, fsyncs: &AtomicU64) -
     Ok((SegmentMeta { seq, path, first, bytes: len }, file, len))
 }
 
+/// `record` as a frame, encoded straight after room for its header, which is filled in after.
 fn encode(record: &Record) -> io::Result<Vec<u8>> {
-    let payload = serde_json::to_vec(record)?;
+    let mut frame = Vec::with_capacity(256);
+    frame.resize(FRAME_HEADER, 0);
+    codec::encode_into(&mut frame, record).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let payload = &frame[FRAME_HEADER..];
     let len = u32::try_from(payload.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "raft log record larger than 4 GiB"))?;
-    let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
-    frame.extend_from_slice(&len.to_le_bytes());
-    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    frame.extend_from_slice(&payload);
+    let crc = crc32fast::hash(payload);
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    frame[4..FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
     Ok(frame)
 }
 
@@ -618,8 +631,11 @@ fn read_segment(path: &Path, newest: bool) -> Result<(Vec<(u64, Record)>, u64), 
         let offset = pos as u64;
         match frame_at(&bytes, pos) {
             Ok(payload) => {
-                let record = serde_json::from_slice(payload).map_err(|e| {
-                    corrupt(path, offset, format!("record passes its checksum but does not decode: {e}"))
+                let record = codec::decode(payload).map_err(|e| match e {
+                    e @ CodecError::UnknownVersion { .. } => {
+                        LogStoreError::Format { file: path.to_path_buf(), offset, source: e }
+                    }
+                    e => corrupt(path, offset, format!("record passes its checksum but does not decode: {e}")),
                 })?;
                 records.push((offset, record));
                 pos += FRAME_HEADER + payload.len();
@@ -714,7 +730,7 @@ mod tests {
         let cluster_id = format!("cluster-{index}");
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(Batch(vec![Command::InitCluster { cluster_id }])),
+            payload: EntryPayload::Normal(Batch(vec![Command::InitCluster { cluster_id }].into())),
         }
     }
 
@@ -927,6 +943,25 @@ mod tests {
         let sealed = &segment_files(dir.path())[1];
         flip_byte(sealed, fs::metadata(sealed).expect("stat").len() - 1);
         assert!(expect_corrupt(dir.path()).contains("sealed segment"));
+    }
+
+    #[test]
+    fn a_log_of_an_older_format_is_refused_as_such() {
+        // A segment as a gm from before the binary encoding wrote it: a checkpoint as JSON.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let json = serde_json::to_vec(&Record::Checkpoint(Checkpoint::default())).expect("json");
+        let mut frame = (json.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
+        frame.extend_from_slice(&json);
+        fs::write(segment_path(dir.path(), 1), frame).expect("write segment");
+        match LogStore::open(dir.path()) {
+            Err(e @ LogStoreError::Format { .. }) => {
+                let message = e.to_string();
+                assert!(message.contains("JSON") && message.contains("empty one"), "{message}");
+            }
+            Err(e) => panic!("expected a format error, got {e}"),
+            Ok(_) => panic!("expected a format error, but the log opened"),
+        }
     }
 
     #[tokio::test]

@@ -28,7 +28,8 @@
 //!
 //! # Durability
 //! `append` calls its callback, and `save_vote`, `truncate` and `purge` return, only after the
-//! fsync that covers them. `save_committed` does not wait: it rides on the next fsync, and
+//! fsync that covers them. `save_committed` does not wait and asks for no fsync of its own (Raft
+//! saves it on every commit, which would double the fsyncs): it rides on the next one, and
 //! losing the latest one only means a restarted node re-applies less at once. After a failed
 //! write every later write fails too, since the file's tail is no longer known.
 
@@ -194,6 +195,7 @@ struct Job {
     frame: Vec<u8>,
     /// The state once this record is applied: the checkpoint a segment started after it needs.
     after: Checkpoint,
+    /// Told once the record is on disk; a record without one is written with the next fsync.
     done: Option<Completion>,
 }
 
@@ -471,8 +473,9 @@ impl Writer {
         result
     }
 
+    /// Writes the batch's records, and fsyncs if any of them waits for it.
     fn write_and_sync(&mut self, batch: &[Job]) -> io::Result<()> {
-        let mut wrote = false;
+        let mut waited_for = false;
         for job in batch {
             if !job.frame.is_empty() {
                 if self.len >= self.segment_bytes {
@@ -480,11 +483,11 @@ impl Writer {
                 }
                 self.file.write_all(&job.frame)?;
                 self.len += job.frame.len() as u64;
-                wrote = true;
+                waited_for |= job.done.is_some();
             }
             self.state = job.after;
         }
-        if wrote {
+        if waited_for {
             self.sync()?;
             self.delete_purged_segments();
             if let Some(metrics) = self.reporter.get() {
@@ -943,6 +946,22 @@ mod tests {
         let sealed = &segment_files(dir.path())[1];
         flip_byte(sealed, fs::metadata(sealed).expect("stat").len() - 1);
         assert!(expect_corrupt(dir.path()).contains("sealed segment"));
+    }
+
+    #[tokio::test]
+    async fn committed_rides_on_the_next_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = LogStore::open(dir.path()).expect("open");
+        append(&store, 1, 0..3).await;
+        let before = store.fsyncs();
+        for index in 0..3 {
+            store.save_committed(Some(log_id(1, index))).await.expect("committed");
+        }
+        append(&store, 1, 3..4).await;
+        assert_eq!(store.fsyncs() - before, 1, "three commits and an append share one fsync");
+        drop(store);
+        let mut store = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.read_committed().await.expect("committed"), Some(log_id(1, 2)));
     }
 
     #[test]

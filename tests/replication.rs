@@ -256,17 +256,15 @@ async fn snapshot_install_catches_up_a_restarted_follower() {
         "node {follower} caught up by installing a snapshot (its log says so)"
     );
     for node in &c.nodes {
-        assert!(node.data_dir.join("snapshot").join("snapshot.json").is_file(), "node {} keeps a snapshot", node.id);
+        assert!(node.data_dir.join("snapshot").join("snapshot.bin").is_file(), "node {} keeps a snapshot", node.id);
     }
 }
 
-/// The members in node `node`'s snapshot file (the meta line, then the state), 0 if none yet.
+/// The members in node `node`'s snapshot file, 0 if none yet.
 fn members_in_snapshot(node: &common::NodeProc) -> usize {
-    let Ok(text) = std::fs::read_to_string(node.data_dir.join("snapshot").join("snapshot.json")) else { return 0 };
-    let Some((_, state)) = text.split_once('\n') else { return 0 };
-    let state: serde_json::Value = serde_json::from_str(state).expect("the snapshot's state is JSON");
-    let groups = state["groups"].as_object().into_iter().flatten();
-    groups.map(|(_, g)| g["members"].as_object().map_or(0, |m| m.len())).sum()
+    let Ok(Some((_, state))) = gm::raft::snapshot_file::read(&node.data_dir.join("snapshot")) else { return 0 };
+    let state: gm::membership::MembershipState = gm::raft::codec::decode(&state).expect("the snapshot's state decodes");
+    state.member_count()
 }
 
 #[tokio::test(flavor = "multi_thread")]

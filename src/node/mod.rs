@@ -404,7 +404,7 @@ impl Node {
             term = tracing::field::Empty,
             index = tracing::field::Empty
         );
-        let write = self.raft.client_write(Batch(commands)).instrument(span.clone());
+        let write = self.raft.client_write(Batch(commands.into())).instrument(span.clone());
         // Bounded, so a leader cut off from its quorum frees its proposal slots; the entry may
         // still commit later, as the contract allows for a write that got 503.
         let written = tokio::time::timeout(self.request_timeout, write).await;

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 
 use super::{Node, NodeError, NodeHealth};
 use crate::membership::{Command, NodeId};
+use crate::raft::codec::Binary;
 use crate::raft::network::PEER_BODY_LIMIT;
 use crate::raft::Applied;
 
@@ -32,15 +33,15 @@ pub fn router(node: Arc<Node>) -> Router {
 
 async fn forward_writes(
     State(node): State<Arc<Node>>,
-    Json(commands): Json<Vec<Command>>,
-) -> Json<Vec<Result<Applied, NodeError>>> {
-    Json(node.write_local_many(commands).await)
+    Binary(commands): Binary<Vec<Command>>,
+) -> Binary<Vec<Result<Applied, NodeError>>> {
+    Binary(node.write_local_many(commands).await)
 }
 
-async fn forward_read_index(State(node): State<Arc<Node>>) -> Json<Result<u64, NodeError>> {
-    Json(node.local_read_index().await)
+async fn forward_read_index(State(node): State<Arc<Node>>) -> Binary<Result<u64, NodeError>> {
+    Binary(node.local_read_index().await)
 }
 
-async fn health(State(node): State<Arc<Node>>) -> Json<Result<BTreeMap<NodeId, NodeHealth>, NodeError>> {
-    Json(node.local_health())
+async fn health(State(node): State<Arc<Node>>) -> Binary<Result<BTreeMap<NodeId, NodeHealth>, NodeError>> {
+    Binary(node.local_health())
 }

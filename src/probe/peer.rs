@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 
 use super::check::{Checker, ProbeTarget};
 use super::lease::{self, Heartbeat, Leases};
 use super::path;
 use crate::membership::{GroupName, MemberId};
 use crate::node::{Node, NodeError};
+use crate::raft::codec::Binary;
 use crate::raft::network::PEER_BODY_LIMIT;
 
 /// What the routes reach.
@@ -33,25 +34,28 @@ pub fn router(state: Arc<ProbePeers>) -> Router {
 }
 
 /// The leader's liveness check of this node: answers with this node's applied revision.
-async fn ping(State(peers): State<Arc<ProbePeers>>) -> Json<u64> {
-    Json(peers.node.state.revision())
+async fn ping(State(peers): State<Arc<ProbePeers>>) -> Binary<u64> {
+    Binary(peers.node.state.revision())
 }
 
 /// Probes a member another node suspects (see [`Probed::alive`](super::check::Probed) for the answer).
-async fn indirect_probe(State(peers): State<Arc<ProbePeers>>, Json(target): Json<ProbeTarget>) -> Json<Option<bool>> {
+async fn indirect_probe(
+    State(peers): State<Arc<ProbePeers>>,
+    Binary(target): Binary<ProbeTarget>,
+) -> Binary<Option<bool>> {
     let alive = peers.checker.probe(&target).await.alive;
     let result = if alive == Some(true) { "ok" } else { "failed" };
     peers.node.metrics.indirect_probes.with_label_values(&[result]).inc();
-    Json(alive)
+    Binary(alive)
 }
 
 async fn forward_heartbeat(
     State(peers): State<Arc<ProbePeers>>,
-    Json((group, id)): Json<(GroupName, MemberId)>,
-) -> Json<Result<Heartbeat, NodeError>> {
+    Binary((group, id)): Binary<(GroupName, MemberId)>,
+) -> Binary<Result<Heartbeat, NodeError>> {
     let answer = lease::local_heartbeat(&peers.node, &peers.leases, &group, &id).await;
     lease::count_heartbeat(&peers.node, &answer);
-    Json(answer)
+    Binary(answer)
 }
 
 #[cfg(test)]

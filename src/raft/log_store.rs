@@ -5,7 +5,8 @@
 //!
 //! # On-disk format
 //! `dir/<seq:020>.log` segments, numbered consecutively. A segment is a run of frames
-//! `[u32 LE payload length][u32 LE crc32 of payload][payload: JSON of a Record]`. Every segment
+//! `[u32 LE payload length][u32 LE crc32 of payload][payload: a Record]`, the record in gm's
+//! binary encoding ([`codec`]: a version byte, then MessagePack). Every segment
 //! starts with a `Checkpoint` holding everything replay needs besides the entries (vote,
 //! committed, purge point, last log id), so the oldest segments can be deleted once a purge
 //! covers every entry they hold. A segment's checkpoint must equal the state replayed from the
@@ -17,15 +18,18 @@
 //! length or crc mismatch) in the newest segment is cut off, with a warning, only if no valid
 //! frame follows it anywhere in that segment. Anything else fails `open` with
 //! [`LogStoreError::Corrupt`]: a bad frame followed by a valid one, a bad frame in an older
-//! segment, a frame whose crc matches but whose JSON does not decode, or a log that cannot have
+//! segment, a frame whose crc matches but whose record does not decode, or a log that cannot have
 //! been written (a gap in indexes, a truncation of purged entries, a missing segment). So a
 //! record that has good records after it is never dropped silently. The price: should a crash
 //! persist a later page of the last, unsynced batch but not an earlier one, `open` refuses
-//! rather than guess, and an operator cuts the tail by hand.
+//! rather than guess, and an operator cuts the tail by hand. A record in a format version this
+//! gm does not read (the JSON of a gm from before the binary encoding) fails `open` with
+//! [`LogStoreError::Format`]: the log is not corrupt, this gm cannot read it.
 //!
 //! # Durability
 //! `append` calls its callback, and `save_vote`, `truncate` and `purge` return, only after the
-//! fsync that covers them. `save_committed` does not wait: it rides on the next fsync, and
+//! fsync that covers them. `save_committed` does not wait and asks for no fsync of its own (Raft
+//! saves it on every commit, which would double the fsyncs): it rides on the next one, and
 //! losing the latest one only means a restarted node re-applies less at once. After a failed
 //! write every later write fails too, since the file's tail is no longer known.
 
@@ -44,6 +48,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use serde::{Deserialize, Serialize};
 
+use super::codec::{self, CodecError};
 use super::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::metrics::Metrics;
 
@@ -66,6 +71,12 @@ pub enum LogStoreError {
     Io { path: PathBuf, source: io::Error },
     #[error("raft log {} is corrupt at byte {offset}: {reason}", file.display())]
     Corrupt { file: PathBuf, offset: u64, reason: String },
+    #[error(
+        "raft log {} holds a record this gm cannot read (byte {offset}): {source}; \
+         a data dir of another gm version cannot be opened: start this node on an empty one",
+        file.display()
+    )]
+    Format { file: PathBuf, offset: u64, source: CodecError },
 }
 
 /// The vote and the pointers into the log: what replay needs besides the entries, and so the
@@ -184,6 +195,7 @@ struct Job {
     frame: Vec<u8>,
     /// The state once this record is applied: the checkpoint a segment started after it needs.
     after: Checkpoint,
+    /// Told once the record is on disk; a record without one is written with the next fsync.
     done: Option<Completion>,
 }
 
@@ -461,8 +473,9 @@ impl Writer {
         result
     }
 
+    /// Writes the batch's records, and fsyncs if any of them waits for it.
     fn write_and_sync(&mut self, batch: &[Job]) -> io::Result<()> {
-        let mut wrote = false;
+        let mut waited_for = false;
         for job in batch {
             if !job.frame.is_empty() {
                 if self.len >= self.segment_bytes {
@@ -470,11 +483,11 @@ impl Writer {
                 }
                 self.file.write_all(&job.frame)?;
                 self.len += job.frame.len() as u64;
-                wrote = true;
+                waited_for |= job.done.is_some();
             }
             self.state = job.after;
         }
-        if wrote {
+        if waited_for {
             self.sync()?;
             self.delete_purged_segments();
             if let Some(metrics) = self.reporter.get() {
@@ -561,14 +574,17 @@ fn create_segment(dir: &Path, seq: u64, first: Checkpoint, fsyncs: &AtomicU64) -
     Ok((SegmentMeta { seq, path, first, bytes: len }, file, len))
 }
 
+/// `record` as a frame, encoded straight after room for its header, which is filled in after.
 fn encode(record: &Record) -> io::Result<Vec<u8>> {
-    let payload = serde_json::to_vec(record)?;
+    let mut frame = Vec::with_capacity(256);
+    frame.resize(FRAME_HEADER, 0);
+    codec::encode_into(&mut frame, record).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let payload = &frame[FRAME_HEADER..];
     let len = u32::try_from(payload.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "raft log record larger than 4 GiB"))?;
-    let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
-    frame.extend_from_slice(&len.to_le_bytes());
-    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    frame.extend_from_slice(&payload);
+    let crc = crc32fast::hash(payload);
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    frame[4..FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
     Ok(frame)
 }
 
@@ -618,8 +634,11 @@ fn read_segment(path: &Path, newest: bool) -> Result<(Vec<(u64, Record)>, u64), 
         let offset = pos as u64;
         match frame_at(&bytes, pos) {
             Ok(payload) => {
-                let record = serde_json::from_slice(payload).map_err(|e| {
-                    corrupt(path, offset, format!("record passes its checksum but does not decode: {e}"))
+                let record = codec::decode(payload).map_err(|e| match e {
+                    e @ CodecError::UnknownVersion { .. } => {
+                        LogStoreError::Format { file: path.to_path_buf(), offset, source: e }
+                    }
+                    e => corrupt(path, offset, format!("record passes its checksum but does not decode: {e}")),
                 })?;
                 records.push((offset, record));
                 pos += FRAME_HEADER + payload.len();
@@ -714,7 +733,7 @@ mod tests {
         let cluster_id = format!("cluster-{index}");
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(Batch(vec![Command::InitCluster { cluster_id }])),
+            payload: EntryPayload::Normal(Batch(vec![Command::InitCluster { cluster_id }].into())),
         }
     }
 
@@ -927,6 +946,41 @@ mod tests {
         let sealed = &segment_files(dir.path())[1];
         flip_byte(sealed, fs::metadata(sealed).expect("stat").len() - 1);
         assert!(expect_corrupt(dir.path()).contains("sealed segment"));
+    }
+
+    #[tokio::test]
+    async fn committed_rides_on_the_next_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = LogStore::open(dir.path()).expect("open");
+        append(&store, 1, 0..3).await;
+        let before = store.fsyncs();
+        for index in 0..3 {
+            store.save_committed(Some(log_id(1, index))).await.expect("committed");
+        }
+        append(&store, 1, 3..4).await;
+        assert_eq!(store.fsyncs() - before, 1, "three commits and an append share one fsync");
+        drop(store);
+        let mut store = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.read_committed().await.expect("committed"), Some(log_id(1, 2)));
+    }
+
+    #[test]
+    fn a_log_of_an_older_format_is_refused_as_such() {
+        // A segment as a gm from before the binary encoding wrote it: a checkpoint as JSON.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let json = serde_json::to_vec(&Record::Checkpoint(Checkpoint::default())).expect("json");
+        let mut frame = (json.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
+        frame.extend_from_slice(&json);
+        fs::write(segment_path(dir.path(), 1), frame).expect("write segment");
+        match LogStore::open(dir.path()) {
+            Err(e @ LogStoreError::Format { .. }) => {
+                let message = e.to_string();
+                assert!(message.contains("JSON") && message.contains("empty one"), "{message}");
+            }
+            Err(e) => panic!("expected a format error, got {e}"),
+            Ok(_) => panic!("expected a format error, but the log opened"),
+        }
     }
 
     #[tokio::test]

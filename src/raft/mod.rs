@@ -1,6 +1,7 @@
 //! Replication of the membership state with openraft: the type configuration, the durable log,
 //! the state machine, and the peer network.
 
+pub mod codec;
 pub mod compaction;
 pub mod contact;
 pub mod fence;
@@ -8,7 +9,10 @@ pub mod log_store;
 pub mod network;
 pub mod peer;
 pub mod recover;
+pub mod snapshot_file;
 pub mod state_machine;
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,9 +30,10 @@ pub struct NodeInfo {
 }
 
 /// Commands proposed together as one log entry: the leader gathers concurrent writes into one
-/// append, so they share one fsync (openraft 0.9 waits for each append's flush in turn).
+/// append, so they share one fsync (openraft 0.9 waits for each append's flush in turn). Shared,
+/// not copied, when the log hands the entry out again (to each follower's replication).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Batch(pub Vec<Command>);
+pub struct Batch(pub Arc<[Command]>);
 
 /// The result of applying one command: its outcome, and the revision after it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

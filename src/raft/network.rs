@@ -1,5 +1,6 @@
-//! The peer network, client side: Raft RPCs and node-to-node calls as JSON over HTTP to each
-//! node's `--peer-addr`, on pooled keep-alive connections.
+//! The peer network, client side: Raft RPCs and node-to-node calls over HTTP to each node's
+//! `--peer-addr`, on pooled keep-alive connections, their bodies in gm's binary encoding
+//! ([`codec`]; the answers of the peer routes use [`codec::Binary`]).
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +14,7 @@ use openraft::{RaftNetwork, RaftNetworkFactory};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::codec::{self, CodecError};
 use super::contact::Contacts;
 use super::fence::{self, ClusterFence, Refusal};
 use super::{NodeInfo, RaftError, Snapshot, TypeConfig, Vote};
@@ -44,6 +46,9 @@ pub enum PeerError {
     /// The peer is a node of another cluster, and refused the request (see [`fence`]).
     #[error("peer {addr} belongs to cluster {}, not ours {}", .refusal.cluster_id, .refusal.request_cluster_id)]
     OtherCluster { addr: String, refusal: Refusal },
+    /// The request could not be encoded, or the answer decoded (a peer of another gm version).
+    #[error("peer {addr}: {source}")]
+    Codec { addr: String, source: CodecError },
 }
 
 /// An HTTP client for node-to-node calls, and what the Raft RPCs it carried found of each peer.
@@ -99,8 +104,8 @@ impl PeerClient {
         &self.contacts
     }
 
-    /// POSTs `body` as JSON to `http://{addr}{path}` and decodes the JSON answer. The request
-    /// carries the current span's trace context (Raft's own RPCs, below, do not).
+    /// POSTs `body` to `http://{addr}{path}` and decodes the answer. The request carries the
+    /// current span's trace context (Raft's own RPCs, below, do not).
     pub async fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
         &self,
         addr: &str,
@@ -108,13 +113,8 @@ impl PeerClient {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
-        let req = self
-            .http
-            .post(format!("http://{addr}{path}"))
-            .headers(crate::telemetry::trace_headers())
-            .json(body)
-            .timeout(timeout);
-        self.send(addr, path, req).await
+        let req = self.http.post(format!("http://{addr}{path}")).headers(crate::telemetry::trace_headers());
+        self.send(addr, path, with_body(req, addr, body)?.timeout(timeout)).await
     }
 
     /// Like [`PeerClient::call`], for node `target` only (see [`TARGET_NODE_HEADER`]).
@@ -126,12 +126,12 @@ impl PeerClient {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
-        let req = self.http.post(format!("http://{addr}{path}")).header(TARGET_NODE_HEADER, target).json(body);
-        self.send(addr, path, req.timeout(timeout)).await
+        let req = self.http.post(format!("http://{addr}{path}")).header(TARGET_NODE_HEADER, target);
+        self.send(addr, path, with_body(req, addr, body)?.timeout(timeout)).await
     }
 
     /// POSTs a raw body to node `target` (see [`TARGET_NODE_HEADER`]); the snapshot transfer
-    /// uses it to avoid encoding bytes as JSON.
+    /// uses it to send the snapshot's bytes as they are.
     pub async fn call_bytes<Resp: DeserializeOwned>(
         &self,
         target: NodeId,
@@ -192,8 +192,19 @@ impl PeerClient {
             }
             return Err(PeerError::Status { addr: addr.to_owned(), status, body });
         }
-        resp.json().await.map_err(transport)
+        let body = resp.bytes().await.map_err(transport)?;
+        codec::decode(&body).map_err(|source| PeerError::Codec { addr: addr.to_owned(), source })
     }
+}
+
+/// `req` with `body`, encoded, as its body.
+fn with_body<Req: Serialize + ?Sized>(
+    req: reqwest::RequestBuilder,
+    addr: &str,
+    body: &Req,
+) -> Result<reqwest::RequestBuilder, PeerError> {
+    let body = codec::encode(body).map_err(|source| PeerError::Codec { addr: addr.to_owned(), source })?;
+    Ok(req.header(reqwest::header::CONTENT_TYPE, codec::CONTENT_TYPE).body(body))
 }
 
 /// The `rpc` label of a call to peer `path` in `gm_peer_rpc_duration_seconds`: one per peer
@@ -281,12 +292,14 @@ impl PeerConnection {
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
-    /// Notes whether the peer answered: any HTTP answer counts, except a node of another cluster's
-    /// refusal: the node we want is not there.
+    /// Notes whether the peer answered: any HTTP answer counts (one it could not decode too),
+    /// except a node of another cluster's refusal: the node we want is not there.
     fn record<T>(&self, result: Result<T, PeerError>) -> Result<T, PeerError> {
         let contacts = self.client.contacts();
         match &result {
-            Ok(_) | Err(PeerError::Status { .. }) => contacts.answered(self.target, &self.addr),
+            Ok(_) | Err(PeerError::Status { .. } | PeerError::Codec { .. }) => {
+                contacts.answered(self.target, &self.addr)
+            }
             Err(e) => {
                 contacts.failed(self.target, &self.addr, e);
             }
@@ -337,18 +350,21 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     }
 }
 
-/// A snapshot on the wire: the vote and meta as one JSON line, then the state's bytes.
-pub fn encode_snapshot(vote: &Vote, snapshot: &Snapshot) -> Result<Vec<u8>, serde_json::Error> {
-    let mut body = serde_json::to_vec(&(vote, &snapshot.meta))?;
-    body.push(b'\n');
+/// A snapshot on the wire: the length of the vote and meta (u32 LE), the vote and meta encoded,
+/// then the state's bytes as the snapshot holds them.
+pub fn encode_snapshot(vote: &Vote, snapshot: &Snapshot) -> Result<Vec<u8>, CodecError> {
+    let head = codec::encode(&(vote, &snapshot.meta))?;
+    let mut body = Vec::with_capacity(4 + head.len() + snapshot.snapshot.len());
+    body.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    body.extend_from_slice(&head);
     body.extend_from_slice(&snapshot.snapshot);
     Ok(body)
 }
 
 /// The inverse of [`encode_snapshot`].
-pub fn decode_snapshot(body: &[u8]) -> Result<(Vote, Snapshot), serde_json::Error> {
-    let split = body.iter().position(|&b| b == b'\n').unwrap_or(body.len());
-    let (vote, meta) = serde_json::from_slice(&body[..split])?;
-    let data = body.get(split + 1..).unwrap_or_default().to_vec();
-    Ok((vote, Snapshot { meta, snapshot: Box::new(data) }))
+pub fn decode_snapshot(body: &[u8]) -> Result<(Vote, Snapshot), CodecError> {
+    let (len, rest) = body.split_first_chunk::<4>().ok_or(CodecError::Empty)?;
+    let len = (u32::from_le_bytes(*len) as usize).min(rest.len());
+    let (vote, meta) = codec::decode(&rest[..len])?;
+    Ok((vote, Snapshot { meta, snapshot: Box::new(rest[len..].to_vec()) }))
 }

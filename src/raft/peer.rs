@@ -5,13 +5,14 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::codec::Binary;
 use super::network::{decode_snapshot, PEER_BODY_LIMIT, TARGET_NODE_HEADER};
 use super::{Raft, RaftError, TypeConfig};
 use crate::membership::NodeId;
@@ -46,22 +47,22 @@ async fn for_me(me: NodeId, req: Request, next: Next) -> Response {
 
 async fn append(
     State(raft): State<Raft>,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError>> {
-    Json(raft.append_entries(req).await)
+    Binary(req): Binary<AppendEntriesRequest<TypeConfig>>,
+) -> Binary<Result<AppendEntriesResponse<NodeId>, RaftError>> {
+    Binary(raft.append_entries(req).await)
 }
 
 async fn vote(
     State(raft): State<Raft>,
-    Json(req): Json<VoteRequest<NodeId>>,
-) -> Json<Result<VoteResponse<NodeId>, RaftError>> {
-    Json(raft.vote(req).await)
+    Binary(req): Binary<VoteRequest<NodeId>>,
+) -> Binary<Result<VoteResponse<NodeId>, RaftError>> {
+    Binary(raft.vote(req).await)
 }
 
 async fn snapshot(
     State(raft): State<Raft>,
     body: Bytes,
-) -> Result<Json<Result<SnapshotResponse<NodeId>, openraft::error::Fatal<NodeId>>>, (StatusCode, String)> {
+) -> Result<Binary<Result<SnapshotResponse<NodeId>, openraft::error::Fatal<NodeId>>>, (StatusCode, String)> {
     let (vote, snapshot) = decode_snapshot(&body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-    Ok(Json(raft.install_full_snapshot(vote, snapshot).await))
+    Ok(Binary(raft.install_full_snapshot(vote, snapshot).await))
 }

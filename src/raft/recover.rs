@@ -177,7 +177,7 @@ mod tests {
 
     fn normal(term: u64, index: u64) -> Entry {
         let command = Command::InitCluster { cluster_id: format!("c-{index}") };
-        Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Batch(vec![command])) }
+        Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Batch(vec![command].into())) }
     }
 
     /// A log as a 3-voter cluster leaves it: the membership at 0, then `entries` normal ones in

@@ -12,12 +12,12 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::{mpsc, watch};
 
+use super::{codec, snapshot_file};
 use super::{Applied, Batch, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::membership::{Command, GroupName, MemberId, MembershipState, Outcome};
 use crate::metrics::Metrics;
 use crate::views::Views;
 
-const SNAPSHOT_FILE: &str = "snapshot.json";
 
 /// The applied state and what Raft needs to know about it.
 #[derive(Default)]
@@ -160,9 +160,9 @@ impl StateMachineStore {
     /// Opens the state machine in `dir`, starting from the latest snapshot there, if any.
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let machine = match read_snapshot(dir)? {
+        let machine = match snapshot_file::read(dir)? {
             Some((meta, data)) => Machine {
-                state: serde_json::from_slice(&data).map_err(io::Error::other)?,
+                state: codec::decode(&data).map_err(io::Error::other)?,
                 last_applied: meta.last_log_id,
                 last_membership: meta.last_membership,
             },
@@ -173,8 +173,8 @@ impl StateMachineStore {
 
     /// The store, counting, sizing and timing the snapshots it builds or installs in `metrics`.
     pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
-        if let Ok(found) = std::fs::metadata(self.dir.join(SNAPSHOT_FILE)) {
-            metrics.snapshot_size.set(found.len() as i64);
+        if let Some(size) = snapshot_file::size(&self.dir) {
+            metrics.snapshot_size.set(size as i64);
         }
         StateMachineStore { metrics: Some(metrics), ..self }
     }
@@ -186,32 +186,6 @@ impl StateMachineStore {
 
 fn snapshot_error(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(&e)).into()
-}
-
-/// The snapshot file is the meta as one JSON line, then the state's JSON.
-fn read_snapshot(dir: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
-    let bytes = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let split =
-        bytes.iter().position(|&b| b == b'\n').ok_or_else(|| io::Error::other("snapshot file has no meta line"))?;
-    let meta: SnapshotMeta = serde_json::from_slice(&bytes[..split]).map_err(io::Error::other)?;
-    Ok(Some((meta, bytes[split + 1..].to_vec())))
-}
-
-/// Replaces the snapshot file atomically: a crash leaves the old one or the new one, never half.
-fn write_snapshot(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    serde_json::to_writer(&mut f, meta).map_err(io::Error::other)?;
-    f.write_all(b"\n")?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Builds snapshots from the shared state, off the apply path.
@@ -239,8 +213,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // Serialized and written on a blocking thread: a large state takes a while.
         let (dir, meta2) = (self.dir.clone(), meta.clone());
         let data = tokio::task::spawn_blocking(move || {
-            let data = serde_json::to_vec(&state).map_err(io::Error::other)?;
-            write_snapshot(&dir, &meta2, &data).map(|()| data)
+            let data = codec::encode(&state).map_err(io::Error::other)?;
+            snapshot_file::write(&dir, &meta2, &data).map(|()| data)
         })
         .await
         .map_err(|e| snapshot_error(ErrorVerb::Write, e))?
@@ -305,10 +279,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Vec<u8>>) -> Result<(), StorageError> {
         let start = Instant::now();
         let bytes = snapshot.len();
-        let state: MembershipState =
-            serde_json::from_slice(&snapshot).map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
+        let state: MembershipState = codec::decode(&snapshot).map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
         let (dir, meta2) = (self.dir.clone(), meta.clone());
-        tokio::task::spawn_blocking(move || write_snapshot(&dir, &meta2, &snapshot))
+        tokio::task::spawn_blocking(move || snapshot_file::write(&dir, &meta2, &snapshot))
             .await
             .map_err(|e| snapshot_error(ErrorVerb::Write, e))?
             .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
@@ -331,7 +304,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let dir = self.dir.clone();
-        let found = tokio::task::spawn_blocking(move || read_snapshot(&dir))
+        let found = tokio::task::spawn_blocking(move || snapshot_file::read(&dir))
             .await
             .map_err(|e| snapshot_error(ErrorVerb::Read, e))?
             .map_err(|e| snapshot_error(ErrorVerb::Read, e))?;

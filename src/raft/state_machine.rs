@@ -224,20 +224,31 @@ fn read_snapshot(dir: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
     let split =
         bytes.iter().position(|&b| b == b'\n').ok_or_else(|| io::Error::other("snapshot file has no meta line"))?;
     let meta: SnapshotMeta = serde_json::from_slice(&bytes[..split]).map_err(io::Error::other)?;
-    Ok(Some((meta, bytes[split + 1..].to_vec())))
+    // The state's bytes in place, not copied: at a million members the file is hundreds of MB.
+    let mut data = bytes;
+    data.drain(..=split);
+    Ok(Some((meta, data)))
 }
 
 /// Replaces the snapshot file atomically: a crash leaves the old one or the new one, never half.
-fn write_snapshot(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
+/// `data` writes the state; returns the bytes it wrote.
+fn write_snapshot(
+    dir: &Path,
+    meta: &SnapshotMeta,
+    data: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+) -> io::Result<u64> {
+    use std::io::{Seek, Write};
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = io::BufWriter::new(std::fs::File::create(&tmp)?);
     serde_json::to_writer(&mut f, meta).map_err(io::Error::other)?;
     f.write_all(b"\n")?;
-    f.write_all(data)?;
-    f.sync_all()?;
+    let start = f.stream_position()?;
+    data(&mut f)?;
+    let bytes = f.stream_position()? - start;
+    f.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()?;
     std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(bytes)
 }
 
 /// Builds snapshots from the shared state, off the apply path.
@@ -262,21 +273,24 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 SnapshotMeta { last_log_id: m.last_applied, last_membership: m.last_membership.clone(), snapshot_id };
             (meta, m.state.clone(), self.handle.inner.commands.load(Ordering::Acquire))
         };
-        // Serialized and written on a blocking thread: a large state takes a while.
+        // Serialized and written on a blocking thread: a large state takes a while. Streamed into
+        // the file, never whole in memory.
         let (dir, meta2) = (self.dir.clone(), meta.clone());
-        let data = tokio::task::spawn_blocking(move || {
-            let data = serde_json::to_vec(&state).map_err(io::Error::other)?;
-            write_snapshot(&dir, &meta2, &data).map(|()| data)
+        let bytes = tokio::task::spawn_blocking(move || {
+            write_snapshot(&dir, &meta2, |f| serde_json::to_writer(f, &state).map_err(io::Error::other))
         })
         .await
         .map_err(|e| snapshot_error(ErrorVerb::Write, e))?
         .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
         self.handle.inner.snapshot_commands.fetch_max(commands, Ordering::AcqRel);
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
         if let Some(metrics) = &self.metrics {
-            metrics.observe_snapshot(data.len(), start.elapsed());
+            metrics.observe_snapshot(bytes, start.elapsed());
         }
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
-        Ok(Snapshot { meta, snapshot: Box::new(data) })
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, "snapshot built");
+        // openraft keeps only the meta of a snapshot it asked to build; a follower that needs the
+        // data gets it from `get_current_snapshot`, which reads the file.
+        Ok(Snapshot { meta, snapshot: Box::default() })
     }
 }
 
@@ -334,7 +348,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let state: MembershipState =
             serde_json::from_slice(&snapshot).map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
         let (dir, meta2) = (self.dir.clone(), meta.clone());
-        tokio::task::spawn_blocking(move || write_snapshot(&dir, &meta2, &snapshot))
+        tokio::task::spawn_blocking(move || write_snapshot(&dir, &meta2, |f| f.write_all(&snapshot)))
             .await
             .map_err(|e| snapshot_error(ErrorVerb::Write, e))?
             .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;

@@ -3,24 +3,28 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use compact_str::CompactString;
 
 use serde::{Deserialize, Serialize};
 
 use super::ValidationError;
 
-/// Defines a string newtype that is only built through `parse`, and (de)serializes as a string.
+/// Defines a string newtype over `$inner` that is only built through `parse`, and
+/// (de)serializes as a string.
 macro_rules! validated_string {
-    ($(#[$doc:meta])* $name:ident, $what:literal, $rule:literal, $check:path) => {
+    ($(#[$doc:meta])* $name:ident($inner:ty), $what:literal, $rule:literal, $check:path) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        #[serde(try_from = "String")]
+        pub struct $name($inner);
 
         impl $name {
             /// Checks `s` against the contract's rule for this name.
             pub fn parse(s: &str) -> Result<Self, ValidationError> {
                 if $check(s) {
-                    Ok(Self(s.to_owned()))
+                    Ok(Self(<$inner>::from(s)))
                 } else {
                     Err(ValidationError::new($what, format!("{:?} is not a valid {}: {}", s, $what, $rule)))
                 }
@@ -40,7 +44,14 @@ macro_rules! validated_string {
 
         impl From<$name> for String {
             fn from(v: $name) -> String {
-                v.0
+                String::from(&*v.0)
+            }
+        }
+
+        // Written as the plain string it is, without an owned copy on the way.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
             }
         }
 
@@ -52,23 +63,27 @@ macro_rules! validated_string {
     };
 }
 
+// Memory: a state of a million members holds these names millions of times. A group name is
+// shared (`Arc<str>`: the state hands out its own copy, so every record of a group points at one
+// string); the others are `CompactString`s, kept inline up to 24 bytes (most member ids,
+// instances and `IPv4:port` addresses), so they cost no allocation of their own.
 validated_string!(
     /// A group name: `^[a-z0-9]([a-z0-9._-]{0,62})$`.
-    GroupName, "group name",
+    GroupName(Arc<str>), "group name",
     "1 to 63 characters of a-z, 0-9, '.', '_' and '-', starting with a-z or 0-9", is_group_name
 );
 validated_string!(
     /// A member id: `^[A-Za-z0-9]([A-Za-z0-9._:-]{0,127})$`.
-    MemberId, "member id",
+    MemberId(CompactString), "member id",
     "1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-', starting with a letter or digit", is_member_id
 );
 validated_string!(
     /// A client-chosen start-up token: 1 to 64 characters of `[A-Za-z0-9._:-]`.
-    Instance, "instance", "1 to 64 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'", is_instance
+    Instance(CompactString), "instance", "1 to 64 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'", is_instance
 );
 validated_string!(
     /// `host:port` where a member answers probes: IPv4, `[IPv6]` or a DNS name; port 1-65535.
-    Address, "address",
+    Address(CompactString), "address",
     "host:port, with an IPv4 address, an [IPv6] address or a DNS name, and a port from 1 to 65535", is_address
 );
 

@@ -1,18 +1,79 @@
 //! The replicated state: every group and its members, changed only by `apply`.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::command::{Command, LeaveReason, NodeAdvert, Outcome};
 use super::model::{GroupSummary, GroupView, Member, NodeId};
 use super::names::{GroupName, MemberId};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A group's members, each stored once: a set ordered by id, which the record holds, rather
+/// than a map that would hold every id twice. Stored as a map from id to record, as before.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Group {
     revision: u64,
-    members: BTreeMap<MemberId, Member>,
+    #[serde(serialize_with = "members_as_map", deserialize_with = "members_from_map")]
+    members: BTreeSet<ById>,
+}
+
+impl PartialEq for Group {
+    fn eq(&self, other: &Self) -> bool {
+        self.revision == other.revision && self.members().eq(other.members())
+    }
+}
+
+impl Eq for Group {}
+
+impl Group {
+    fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().map(|m| &m.0)
+    }
+
+    fn member(&self, id: &MemberId) -> Option<&Member> {
+        self.members.get(id).map(|m| &m.0)
+    }
+}
+
+/// A member ordered and compared by its id alone, so that a set of them is found by id.
+#[derive(Clone, Debug)]
+struct ById(Member);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.id.cmp(&other.0.id)
+    }
+}
+
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Borrow<MemberId> for ById {
+    fn borrow(&self) -> &MemberId {
+        &self.0.id
+    }
+}
+
+fn members_as_map<S: Serializer>(members: &BTreeSet<ById>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(members.iter().map(|m| (&m.0.id, &m.0)))
+}
+
+fn members_from_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeSet<ById>, D::Error> {
+    Ok(BTreeMap::<MemberId, Member>::deserialize(d)?.into_values().map(ById).collect())
 }
 
 /// One group at its revision, shared with the state that held it: taking one under the state's
@@ -30,7 +91,7 @@ impl GroupSnapshot {
 
     /// The members, ordered by id as in a view.
     pub fn members(&self) -> impl ExactSizeIterator<Item = &Member> + Clone {
-        self.0.members.values()
+        self.0.members.iter().map(|m| &m.0)
     }
 }
 
@@ -61,7 +122,7 @@ struct Counts {
 impl Counts {
     fn of(groups: &BTreeMap<GroupName, Arc<Group>>) -> Counts {
         let mut counts = Counts::default();
-        for m in groups.values().flat_map(|g| g.members.values()) {
+        for m in groups.values().flat_map(|g| g.members()) {
             counts.add(m);
         }
         counts
@@ -99,8 +160,14 @@ struct Stored {
 
 impl From<Stored> for MembershipState {
     fn from(s: Stored) -> Self {
-        let counts = Counts::of(&s.groups);
-        let Stored { revision, cluster_id, probers, adverts, groups } = s;
+        let Stored { revision, cluster_id, probers, adverts, mut groups } = s;
+        // Each record read back has a group name of its own: point them all at the group's one.
+        for (name, g) in &mut groups {
+            let g = Arc::make_mut(g);
+            let members = std::mem::take(&mut g.members);
+            g.members = members.into_iter().map(|ById(m)| ById(Member { group: name.clone(), ..m })).collect();
+        }
+        let counts = Counts::of(&groups);
         MembershipState { revision, cluster_id, probers, adverts, groups, counts }
     }
 }
@@ -119,17 +186,19 @@ impl MembershipState {
             Command::Join { group, id, spec, at } => {
                 let responsible_node =
                     if spec.failure_detection.is_probe() { responsible(&self.probers, group, id) } else { None };
-                let incarnation = match self.groups.get(group).and_then(|g| g.members.get(id)) {
+                let incarnation = match self.groups.get(group).and_then(|g| g.member(id)) {
                     Some(current) if current.matches(spec) => {
                         return Outcome::Joined { member: current.clone(), created: false, changed: false };
                     }
                     Some(current) => current.incarnation + 1,
                     None => next,
                 };
-                let g = Arc::make_mut(self.groups.entry(group.clone()).or_default());
+                // The state's own copy of the name, so every record of the group shares one.
+                let name = self.groups.get_key_value(group).map_or_else(|| group.clone(), |(name, _)| name.clone());
+                let g = Arc::make_mut(self.groups.entry(name.clone()).or_default());
                 let member = Member {
                     id: id.clone(),
-                    group: group.clone(),
+                    group: name,
                     address: spec.address.clone(),
                     metadata: spec.metadata.clone(),
                     instance: spec.instance.clone(),
@@ -138,7 +207,7 @@ impl MembershipState {
                     responsible_node,
                     failure_detection: spec.failure_detection.clone(),
                 };
-                let replaced = g.members.insert(id.clone(), member.clone());
+                let replaced = g.members.replace(ById(member.clone())).map(|ById(old)| old);
                 if let Some(old) = &replaced {
                     self.counts.remove(old);
                 }
@@ -151,7 +220,7 @@ impl MembershipState {
                 let Some(g) = self.groups.get_mut(group) else {
                     return Outcome::NotMember;
                 };
-                match g.members.get(id) {
+                match g.member(id) {
                     None => return Outcome::NotMember,
                     Some(current) if incarnation.is_some_and(|n| n != current.incarnation) => {
                         return Outcome::IncarnationMismatch { current: current.incarnation };
@@ -159,7 +228,7 @@ impl MembershipState {
                     Some(_) => {}
                 }
                 let g = Arc::make_mut(g);
-                let Some(member) = g.members.remove(id) else {
+                let Some(ById(member)) = g.members.take(id) else {
                     return Outcome::NotMember;
                 };
                 self.counts.remove(&member);
@@ -204,13 +273,21 @@ impl MembershipState {
             let moves = |m: &Member| {
                 m.failure_detection.is_probe() && m.responsible_node != responsible(&self.probers, name, &m.id)
             };
-            if !g.members.values().any(moves) {
+            if !g.members().any(moves) {
                 continue;
             }
             let g = Arc::make_mut(g);
-            for m in g.members.values_mut().filter(|m| m.failure_detection.is_probe()) {
-                m.responsible_node = responsible(&self.probers, name, &m.id);
-            }
+            // A set's records cannot change in place: built again, already in order.
+            let members = std::mem::take(&mut g.members);
+            g.members = members
+                .into_iter()
+                .map(|ById(mut m)| {
+                    if m.failure_detection.is_probe() {
+                        m.responsible_node = responsible(&self.probers, name, &m.id);
+                    }
+                    ById(m)
+                })
+                .collect();
             g.revision = revision;
         }
     }
@@ -246,12 +323,12 @@ impl MembershipState {
         self.groups.get(group).map(|g| GroupView {
             group: group.clone(),
             revision: g.revision,
-            members: g.members.values().cloned().collect(),
+            members: g.members().cloned().collect(),
         })
     }
 
     pub fn member(&self, group: &GroupName, id: &MemberId) -> Option<&Member> {
-        self.groups.get(group).and_then(|g| g.members.get(id))
+        self.groups.get(group).and_then(|g| g.member(id))
     }
 
     pub fn groups(&self) -> Vec<GroupSummary> {
@@ -268,7 +345,7 @@ impl MembershipState {
 
     /// Every member, group by group.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
-        self.groups.values().flat_map(|g| g.members.values())
+        self.groups.values().flat_map(|g| g.members())
     }
 
     /// The probe-mode members `node` is responsible for.
@@ -559,6 +636,24 @@ mod tests {
         assert_eq!(rec["failure_detection"], serde_json::json!({"mode": "lease", "ttl_ms": 700}));
         assert_eq!(rec["joined_at"], "1970-01-01T00:00:00.042Z");
         assert_eq!(rec["responsible_node"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn members_are_stored_once_and_written_as_a_map_by_id() {
+        let mut s = MembershipState::default();
+        joined(s.apply(&join("g", "b", addr("h:1"), 0)));
+        joined(s.apply(&join("g", "a", addr("h:2"), 0)));
+        let json = serde_json::to_value(&s).unwrap();
+        let members = &json["groups"]["g"]["members"];
+        assert_eq!(members.as_object().unwrap().keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            (&members["a"]["id"], &members["a"]["group"], &members["a"]["address"]),
+            (&"a".into(), &"g".into(), &"h:2".into())
+        );
+        // A re-join replaces the record under its id.
+        joined(s.apply(&join("g", "a", addr("h:3"), 0)));
+        assert_eq!(s.member(&g("g"), &m("a")).unwrap().address.as_str(), "h:3");
+        assert_eq!(s.view(&g("g")).unwrap().members.len(), 2);
     }
 
     #[test]

@@ -1,61 +1,160 @@
 //! Deadlines ordered by time: the lease keeper and the prober ask only for what is due, so a
 //! tick costs what expires or is probed in it, not the number of members that exist. Each key
 //! has at most one deadline; setting it again moves it.
+//!
+//! The leader's lease book holds one entry per lease member, so its layout is what a million
+//! members cost: each key is stored once, in its entry, and the hash index and the time order
+//! refer to the entry by its position (4 bytes), not by a copy of the key.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::Hash;
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hash, RandomState};
 
+use hashbrown::HashTable;
 use tokio::time::Instant;
 
 /// A deadline and a sequence number that keeps equal deadlines apart.
 type Slot = (Instant, u64);
 
+/// Past this many entries, a book whose vacant positions outnumber its entries is rebuilt, so
+/// memory follows the members that remain, not the most there ever were.
+const COMPACT_ABOVE: usize = 1024;
+
+struct Entry<K, V> {
+    key: K,
+    value: V,
+    slot: Slot,
+}
+
 /// Keys with a value each, ordered by their deadline.
 pub struct Deadlines<K, V> {
-    entries: HashMap<K, (V, Slot)>,
-    order: BTreeMap<Slot, K>,
+    /// Entries at positions that stay put while they live; a removed one's position is taken
+    /// by a later insert.
+    entries: Vec<Option<Entry<K, V>>>,
+    vacant: Vec<u32>,
+    /// The position of each key, found by the key's hash.
+    index: HashTable<u32>,
+    hasher: RandomState,
+    /// Positions by deadline.
+    order: BTreeMap<Slot, u32>,
     seq: u64,
 }
 
 impl<K, V> Default for Deadlines<K, V> {
     fn default() -> Self {
-        Deadlines { entries: HashMap::new(), order: BTreeMap::new(), seq: 0 }
+        Deadlines {
+            entries: Vec::new(),
+            vacant: Vec::new(),
+            index: HashTable::new(),
+            hasher: RandomState::new(),
+            order: BTreeMap::new(),
+            seq: 0,
+        }
     }
 }
 
-impl<K: Hash + Eq + Clone, V> Deadlines<K, V> {
+impl<K: Hash + Eq, V> Deadlines<K, V> {
     fn slot(&mut self, at: Instant) -> Slot {
         self.seq += 1;
         (at, self.seq)
     }
 
+    fn entry(&self, at: u32) -> &Entry<K, V> {
+        self.entries[at as usize].as_ref().expect("the index and the order name live entries only")
+    }
+
+    fn entry_mut(&mut self, at: u32) -> &mut Entry<K, V> {
+        self.entries[at as usize].as_mut().expect("the index and the order name live entries only")
+    }
+
+    /// The position of `key`'s entry.
+    fn find(&self, key: &K) -> Option<u32> {
+        let hash = self.hasher.hash_one(key);
+        self.index.find(hash, |&at| self.entry(at).key == *key).copied()
+    }
+
+    /// Takes the entry at `at` out of the entries and the index (not the order).
+    fn take(&mut self, at: u32) -> Entry<K, V> {
+        let entry = self.entries[at as usize].take().expect("the index and the order name live entries only");
+        let hash = self.hasher.hash_one(&entry.key);
+        if let Ok(found) = self.index.find_entry(hash, |&other| other == at) {
+            found.remove();
+        }
+        self.vacant.push(at);
+        self.compact();
+        entry
+    }
+
+    /// Rebuilds the book without its vacant positions once they are most of it.
+    fn compact(&mut self) {
+        if self.entries.len() <= COMPACT_ABOVE || self.vacant.len() * 2 <= self.entries.len() {
+            return;
+        }
+        let entries = std::mem::take(&mut self.entries);
+        let seq = self.seq;
+        *self = Deadlines { seq, ..Deadlines::default() };
+        self.entries.reserve_exact(entries.len() / 2);
+        for Entry { key, value, slot } in entries.into_iter().flatten() {
+            self.add(key, value, slot);
+        }
+    }
+
+    /// Adds an entry for a key that has none.
+    fn add(&mut self, key: K, value: V, slot: Slot) {
+        let hash = self.hasher.hash_one(&key);
+        let entry = Some(Entry { key, value, slot });
+        let at = match self.vacant.pop() {
+            Some(at) => {
+                self.entries[at as usize] = entry;
+                at
+            }
+            None => {
+                self.entries.push(entry);
+                u32::try_from(self.entries.len() - 1).expect("fewer than 2^32 deadlines")
+            }
+        };
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.index.insert_unique(hash, at, |&other| {
+            let key = &entries[other as usize].as_ref().expect("the index names live entries only").key;
+            hasher.hash_one(key)
+        });
+        self.order.insert(slot, at);
+    }
+
     /// Sets `key`'s value and deadline, replacing any it had; returns the old value.
     pub fn insert(&mut self, key: K, value: V, at: Instant) -> Option<V> {
         let slot = self.slot(at);
-        self.order.insert(slot, key.clone());
-        let old = self.entries.insert(key, (value, slot))?;
-        self.order.remove(&old.1);
-        Some(old.0)
+        let Some(found) = self.find(&key) else {
+            self.add(key, value, slot);
+            return None;
+        };
+        let entry = self.entry_mut(found);
+        let old = std::mem::replace(&mut entry.slot, slot);
+        let value = std::mem::replace(&mut entry.value, value);
+        self.order.remove(&old);
+        self.order.insert(slot, found);
+        Some(value)
     }
 
     /// Moves `key`'s deadline to `at`; false if it has none.
     pub fn reschedule(&mut self, key: &K, at: Instant) -> bool {
+        let Some(found) = self.find(key) else { return false };
         let slot = self.slot(at);
-        let Some((_, old)) = self.entries.get_mut(key) else { return false };
-        let old = std::mem::replace(old, slot);
+        let old = std::mem::replace(&mut self.entry_mut(found).slot, slot);
         self.order.remove(&old);
-        self.order.insert(slot, key.clone());
+        self.order.insert(slot, found);
         true
     }
 
     pub fn get(&self, key: &K) -> Option<(&V, Instant)> {
-        self.entries.get(key).map(|(value, (at, _))| (value, *at))
+        let entry = self.entry(self.find(key)?);
+        Some((&entry.value, entry.slot.0))
     }
 
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        let (value, slot) = self.entries.remove(key)?;
-        self.order.remove(&slot);
-        Some(value)
+        let found = self.find(key)?;
+        let entry = self.take(found);
+        self.order.remove(&entry.slot);
+        Some(entry.value)
     }
 
     /// The earliest deadline, if any.
@@ -65,33 +164,35 @@ impl<K: Hash + Eq + Clone, V> Deadlines<K, V> {
 
     /// Takes out the entry whose deadline is earliest, if it is at or before `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<(K, V, Instant)> {
-        let entry = self.order.first_entry().filter(|e| e.key().0 <= now)?;
-        let ((at, _), key) = entry.remove_entry();
-        let (value, _) = self.entries.remove(&key)?;
+        let due = self.order.first_entry().filter(|e| e.key().0 <= now)?;
+        let ((at, _), found) = due.remove_entry();
+        let Entry { key, value, .. } = self.take(found);
         Some((key, value, at))
     }
 
     /// Gives every entry a new deadline from its value: a rare, whole-book operation.
     pub fn reschedule_all(&mut self, mut at: impl FnMut(&V) -> Instant) {
         self.order.clear();
-        for (key, (value, slot)) in &mut self.entries {
+        for (found, entry) in self.entries.iter_mut().enumerate() {
+            let Some(entry) = entry else { continue };
             self.seq += 1;
-            *slot = (at(value), self.seq);
-            self.order.insert(*slot, key.clone());
+            entry.slot = (at(&entry.value), self.seq);
+            self.order.insert(entry.slot, found as u32);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.index.is_empty()
     }
 
+    /// Forgets every entry and gives their memory back.
     pub fn clear(&mut self) {
-        self.entries.clear();
-        self.order.clear();
+        let seq = self.seq;
+        *self = Deadlines { seq, ..Deadlines::default() };
     }
 }
 
@@ -163,5 +264,25 @@ mod tests {
         d.reschedule_all(|&v| t0 + ms(u64::from(v)));
         assert_eq!(due(&mut d, t0 + ms(10)), ["short"]);
         assert_eq!(due(&mut d, t0 + ms(100)), ["long"]);
+    }
+
+    #[test]
+    fn a_book_emptied_of_most_entries_gives_their_room_back() {
+        let t0 = Instant::now();
+        let mut d = Deadlines::default();
+        for i in 0..4000u32 {
+            d.insert(i, i, t0 + ms(u64::from(i)));
+        }
+        for i in (0..4000u32).filter(|i| i % 4 != 0) {
+            assert_eq!(d.remove(&i), Some(i));
+        }
+        assert!(d.entries.len() < 2000, "rebuilt without most vacant positions: {}", d.entries.len());
+        assert_eq!(d.len(), 1000);
+        assert_eq!(d.get(&8), Some((&8, t0 + ms(8))));
+        d.insert(5000, 5000, t0 + ms(2));
+        let due: Vec<u32> = std::iter::from_fn(|| d.pop_due(t0 + ms(4000)).map(|(k, ..)| k)).collect();
+        let kept = [0, 5000].into_iter().chain((4..4000).step_by(4));
+        assert_eq!(due, kept.collect::<Vec<_>>(), "deadlines and their order kept");
+        assert!(d.is_empty());
     }
 }

@@ -66,6 +66,8 @@ impl Book {
             return;
         }
         let ttl = Duration::from_millis(ttl_ms);
+        // Keyed by the state's copy of the group name, shared by its records, not the command's.
+        let key = (member.group.clone(), key.1);
         self.leases.insert(key, Lease { incarnation: member.incarnation, ttl }, now + ttl);
     }
 
@@ -136,8 +138,17 @@ impl Leases {
         };
         let ttl = Duration::from_millis(ttl_ms);
         let lease = Lease { incarnation: member.incarnation, ttl };
-        self.book(term).leases.insert((group.clone(), id.clone()), lease, now + ttl);
+        self.book(term).leases.insert((member.group.clone(), id.clone()), lease, now + ttl);
         Heartbeat::Renewed { revision: state.revision(), ttl_ms }
+    }
+
+    /// Forgets the book of `term` when that leadership ends: a follower keeps no deadlines, and
+    /// a book of a million leases is worth giving back.
+    pub fn end(&self, term: u64) {
+        let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        if book.term == term {
+            book.leases.clear();
+        }
     }
 
     /// Gives every lease a full TTL from `now` (after a stall of this process). Touches every
@@ -239,7 +250,7 @@ pub async fn run_expiry(
     let mut last = Instant::now();
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return leases.end(term),
             _ = tick.tick() => {}
         }
         let now = Instant::now();

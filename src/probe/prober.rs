@@ -172,6 +172,8 @@ fn track(me: NodeId, config: &ProbeConfig, state: &MembershipState, book: &mut B
     if book.tracked.get(&key).is_some_and(|t| t.target.incarnation == member.incarnation) {
         return;
     }
+    // Keyed by the state's copy of the group name, shared by its records, not the command's.
+    let key = (member.group.clone(), key.1);
     // Spread first probes over an interval so a handover does not probe in a burst.
     let next_due = now + config.interval.mul_f64(rand::random::<f64>());
     let target = ProbeTarget {

@@ -48,6 +48,8 @@ ARG GM_BINARY=target/release/gm
 COPY ${GM_BINARY} /usr/local/bin/gm
 
 FROM ${BUILDER_IMAGE} AS builder
+# jemalloc (gm's allocator) is built with make, which the slim image lacks.
+RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

@@ -58,30 +58,31 @@ impl<K: Hash + Eq, V> Deadlines<K, V> {
         (at, self.seq)
     }
 
-    fn entry(&self, at: u32) -> &Entry<K, V> {
-        self.entries[at as usize].as_ref().expect("the index and the order name live entries only")
+    /// The entry at `at`; the index and the order name live entries only.
+    fn entry(&self, at: u32) -> Option<&Entry<K, V>> {
+        self.entries.get(at as usize)?.as_ref()
     }
 
-    fn entry_mut(&mut self, at: u32) -> &mut Entry<K, V> {
-        self.entries[at as usize].as_mut().expect("the index and the order name live entries only")
+    fn entry_mut(&mut self, at: u32) -> Option<&mut Entry<K, V>> {
+        self.entries.get_mut(at as usize)?.as_mut()
     }
 
     /// The position of `key`'s entry.
     fn find(&self, key: &K) -> Option<u32> {
         let hash = self.hasher.hash_one(key);
-        self.index.find(hash, |&at| self.entry(at).key == *key).copied()
+        self.index.find(hash, |&at| self.entry(at).is_some_and(|e| e.key == *key)).copied()
     }
 
     /// Takes the entry at `at` out of the entries and the index (not the order).
-    fn take(&mut self, at: u32) -> Entry<K, V> {
-        let entry = self.entries[at as usize].take().expect("the index and the order name live entries only");
+    fn take(&mut self, at: u32) -> Option<Entry<K, V>> {
+        let entry = self.entries.get_mut(at as usize)?.take()?;
         let hash = self.hasher.hash_one(&entry.key);
         if let Ok(found) = self.index.find_entry(hash, |&other| other == at) {
             found.remove();
         }
         self.vacant.push(at);
         self.compact();
-        entry
+        Some(entry)
     }
 
     /// Rebuilds the book without its vacant positions once they are most of it.
@@ -108,14 +109,15 @@ impl<K: Hash + Eq, V> Deadlines<K, V> {
                 at
             }
             None => {
+                // Positions are u32s: 4 bytes in the index and the order, and no book of a
+                // node's members comes near 2^32 entries.
                 self.entries.push(entry);
-                u32::try_from(self.entries.len() - 1).expect("fewer than 2^32 deadlines")
+                (self.entries.len() - 1) as u32
             }
         };
         let (entries, hasher) = (&self.entries, &self.hasher);
         self.index.insert_unique(hash, at, |&other| {
-            let key = &entries[other as usize].as_ref().expect("the index names live entries only").key;
-            hasher.hash_one(key)
+            entries.get(other as usize).and_then(Option::as_ref).map_or(0, |e| hasher.hash_one(&e.key))
         });
         self.order.insert(slot, at);
     }
@@ -123,11 +125,10 @@ impl<K: Hash + Eq, V> Deadlines<K, V> {
     /// Sets `key`'s value and deadline, replacing any it had; returns the old value.
     pub fn insert(&mut self, key: K, value: V, at: Instant) -> Option<V> {
         let slot = self.slot(at);
-        let Some(found) = self.find(&key) else {
+        let Some((found, entry)) = self.find(&key).and_then(|found| Some((found, self.entry_mut(found)?))) else {
             self.add(key, value, slot);
             return None;
         };
-        let entry = self.entry_mut(found);
         let old = std::mem::replace(&mut entry.slot, slot);
         let value = std::mem::replace(&mut entry.value, value);
         self.order.remove(&old);
@@ -139,20 +140,20 @@ impl<K: Hash + Eq, V> Deadlines<K, V> {
     pub fn reschedule(&mut self, key: &K, at: Instant) -> bool {
         let Some(found) = self.find(key) else { return false };
         let slot = self.slot(at);
-        let old = std::mem::replace(&mut self.entry_mut(found).slot, slot);
+        let Some(entry) = self.entry_mut(found) else { return false };
+        let old = std::mem::replace(&mut entry.slot, slot);
         self.order.remove(&old);
         self.order.insert(slot, found);
         true
     }
 
     pub fn get(&self, key: &K) -> Option<(&V, Instant)> {
-        let entry = self.entry(self.find(key)?);
+        let entry = self.entry(self.find(key)?)?;
         Some((&entry.value, entry.slot.0))
     }
 
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        let found = self.find(key)?;
-        let entry = self.take(found);
+        let entry = self.take(self.find(key)?)?;
         self.order.remove(&entry.slot);
         Some(entry.value)
     }
@@ -166,7 +167,7 @@ impl<K: Hash + Eq, V> Deadlines<K, V> {
     pub fn pop_due(&mut self, now: Instant) -> Option<(K, V, Instant)> {
         let due = self.order.first_entry().filter(|e| e.key().0 <= now)?;
         let ((at, _), found) = due.remove_entry();
-        let Entry { key, value, .. } = self.take(found);
+        let Entry { key, value, .. } = self.take(found)?;
         Some((key, value, at))
     }
 

@@ -18,7 +18,6 @@ use crate::membership::{Command, GroupName, MemberId, MembershipState, Outcome};
 use crate::metrics::Metrics;
 use crate::views::Views;
 
-
 /// The applied state and what Raft needs to know about it.
 #[derive(Default)]
 pub struct Machine {

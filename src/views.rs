@@ -437,22 +437,16 @@ mod tests {
         let mut rx = views.subscribe(&group("orders"));
         join(&mut state, "orders", "worker-2");
         views.changed(&state, Some(&[group("orders")]));
-        let leave = Command::Leave {
-            group: group("orders"),
-            id: MemberId::parse("worker-0").unwrap(),
-            incarnation: None,
-            reason: crate::membership::LeaveReason::Left,
-        };
-        state.apply(&leave);
-        views.changed(&state, Some(&[group("orders")]));
-        let leave2 = Command::Leave {
-            group: group("orders"),
-            id: MemberId::parse("worker-2").unwrap(),
-            incarnation: None,
-            reason: crate::membership::LeaveReason::Left,
-        };
-        state.apply(&leave2);
-        views.changed(&state, Some(&[group("orders")]));
+        for id in ["worker-0", "worker-2"] {
+            let leave = Command::Leave {
+                group: group("orders"),
+                id: MemberId::parse(id).unwrap(),
+                incarnation: None,
+                reason: crate::membership::LeaveReason::Left,
+            };
+            state.apply(&leave);
+            views.changed(&state, Some(&[group("orders")]));
+        }
         let revisions: Vec<_> = (0..3).map(|_| rx.try_recv().unwrap()).map(|c| (c.revision(), c.is_empty())).collect();
         assert_eq!(revisions, [(2, false), (3, false), (4, true)]);
         assert!(lock(&views.cells).get(&group("orders")).is_none(), "a group gone is not cached");

@@ -42,7 +42,8 @@ enum CliCommand {
     /// Run a local cluster of separate `gm server` processes on 127.0.0.1.
     Dev(DevConfig),
     /// Load a cluster (its own local one, or `--endpoints`) and print throughput, latency and
-    /// failover time; `gm bench fd` measures failure detection instead.
+    /// failover time; `gm bench fd` measures failure detection, `gm bench watch` the fan-out to
+    /// watch streams and `gm bench scale` an idle cluster's cost as it grows.
     Bench(BenchConfig),
     /// After a majority of the voters is lost for good: ask the node that survived, at its next
     /// start, to become the only voter of its cluster (entries only the lost nodes held are lost).

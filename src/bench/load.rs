@@ -191,7 +191,8 @@ async fn load(config: &LoadConfig, target: &Target, report: &mut Map<String, Val
             None => Reads::Members(Arc::new(readable_members(&target, clients).await?)),
         };
         let reads = Arc::new(reads);
-        let what = config.group_size.map_or_else(String::new, |n| format!(" of a {n}-member view"));
+        let gzip = if config.gzip { ", gzip" } else { "" };
+        let what = config.group_size.map_or_else(String::new, |n| format!(" of a {n}-member view{gzip}"));
         for (name, stale, length) in [
             ("reads", false, config.duration),
             ("reads (stale)", true, (config.duration / 4).max(Duration::from_secs(1)).min(config.duration)),

@@ -52,7 +52,7 @@ pub enum BenchCommand {
     /// them, measure the join rate, memory, idle CPU, disk and restart-to-ready time.
     Scale(ScaleConfig),
     /// Watch fan-out: open many watch streams of one group over the nodes, change the group
-    /// every 100 ms, and measure how long each change takes to reach every stream, the changes
+    /// every `--every` (100 ms by default), and measure how long each change takes to reach every stream, the changes
     /// missed or out of order, and the memory an idle stream costs.
     Watch(WatchConfig),
 }

@@ -29,8 +29,10 @@
 //! # Durability
 //! `append` calls its callback, and `save_vote`, `truncate` and `purge` return, only after the
 //! fsync that covers them. `save_committed` does not wait and asks for no fsync of its own (Raft
-//! saves it on every commit, which would double the fsyncs): it rides on the next one, and
-//! losing the latest one only means a restarted node re-applies less at once. After a failed
+//! saves it on every commit, which would double the fsyncs): it is written to the file at once
+//! (so a killed process keeps it; the page cache outlives the process) and made durable by the
+//! next fsync; losing the latest one in a machine crash only means a restarted node re-applies
+//! less at once. After a failed
 //! write every later write fails too, since the file's tail is no longer known.
 
 use std::collections::BTreeMap;
@@ -473,7 +475,10 @@ impl Writer {
         result
     }
 
-    /// Writes the batch's records, and fsyncs if any of them waits for it.
+    /// Writes the batch's records, and fsyncs if any of them waits for it. A batch that needs no
+    /// fsync (the committed index alone) still leaves the process's buffer: a node killed
+    /// (`kill -9`) must not restart with a committed index far behind the one it acted on, since a
+    /// leader restored from its own vote answers read-index rounds from it.
     fn write_and_sync(&mut self, batch: &[Job]) -> io::Result<()> {
         let mut waited_for = false;
         for job in batch {
@@ -494,6 +499,8 @@ impl Writer {
                 let sealed: u64 = self.segments.iter().rev().skip(1).map(|s| s.bytes).sum();
                 metrics.log_size.set((sealed + self.len) as i64);
             }
+        } else {
+            self.file.flush()?;
         }
         Ok(())
     }

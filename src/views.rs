@@ -287,6 +287,10 @@ impl Views {
     /// of those groups get the new view, and a cached view of a group now gone is let go (one of
     /// a group that changed is replaced by its next reader, since its revision moved on).
     pub fn changed(&self, state: &MembershipState, groups: Option<&[GroupName]>) {
+        if groups.is_some_and(<[GroupName]>::is_empty) {
+            // Called for every command applied: one that changed no group costs no lock.
+            return;
+        }
         if let Some(groups) = groups {
             let mut cells = lock(&self.cells);
             for group in groups.iter().filter(|g| state.group_revision(g).is_none()) {

@@ -333,18 +333,25 @@ impl Target {
 async fn join(node: &Client, group: &str, id: &str, instance: &str) -> Result<(), Failure> {
     let group = bench_name(GroupName::parse, group)?;
     let id = bench_name(MemberId::parse, id)?;
-    let spec = MemberSpec {
+    node.join(&group, &id, &bench_member(instance)?).await.map(drop).map_err(|e| failure(&e))
+}
+
+/// What a bench member joins with: lease mode with a day's lease, so GM probes nothing and
+/// removes nothing during the bench, and `instance`, so a new one is a real re-join.
+pub(super) fn bench_member(instance: &str) -> Result<MemberSpec, String> {
+    Ok(MemberSpec {
         address: bench_name(Address::parse, "127.0.0.1:9")?,
         metadata: Metadata::default(),
         instance: Some(bench_name(Instance::parse, instance)?),
-        // Lease mode with a day's lease: GM probes nothing and removes nothing during the bench.
         failure_detection: FailureDetection::Lease { ttl_ms: 86_400_000 },
-    };
-    node.join(&group, &id, &spec).await.map(drop).map_err(|e| failure(&e))
+    })
 }
 
 /// A name the bench made up, validated.
-fn bench_name<T, E: std::fmt::Display>(parse: impl Fn(&str) -> Result<T, E>, name: &str) -> Result<T, String> {
+pub(super) fn bench_name<T, E: std::fmt::Display>(
+    parse: impl Fn(&str) -> Result<T, E>,
+    name: &str,
+) -> Result<T, String> {
     parse(name).map_err(|e| format!("bench name: {e}"))
 }
 

@@ -16,10 +16,11 @@ use tokio::time::Instant;
 
 use super::cluster::{ClusterArgs, OwnCluster};
 use super::figures::{latency, Latencies};
+use super::load::{bench_member, bench_name};
 use super::scale::{pids, rss_bytes};
 use super::{interruptible, BenchError};
 use crate::client::{Client, RetryPolicy, Watch};
-use crate::membership::{Address, FailureDetection, GroupName, Instance, MemberId, MemberSpec, Metadata};
+use crate::membership::{GroupName, MemberId};
 use crate::wire::Consistency;
 
 const GROUP: &str = "bench-watch";
@@ -75,7 +76,7 @@ pub async fn run(config: WatchConfig) -> Result<(), BenchError> {
 
 async fn bench(config: &WatchConfig, client: &Client, own: &OwnCluster) -> Result<(), BenchError> {
     own.wait_ready(client).await?;
-    let group = name(GroupName::parse, GROUP)?;
+    let group = bench_name(GroupName::parse, GROUP).map_err(BenchError::Flags)?;
     for i in 0..config.group_size {
         join(client, &group, &format!("m-{i}"), "r0").await?;
     }
@@ -181,19 +182,11 @@ async fn change(
     Ok(acks)
 }
 
-/// Joins `id` to `group` as a lease member with `instance`; the revision of the join.
+/// Joins `id` to `group` as a bench member with `instance`; the revision of the join.
 async fn join(client: &Client, group: &GroupName, id: &str, instance: &str) -> Result<u64, BenchError> {
-    let spec = MemberSpec {
-        address: name(Address::parse, "127.0.0.1:9")?,
-        metadata: Metadata::default(),
-        instance: Some(name(Instance::parse, instance)?),
-        failure_detection: FailureDetection::Lease { ttl_ms: 86_400_000 },
-    };
-    Ok(client.join(group, &name(MemberId::parse, id)?, &spec).await?.answer.revision)
-}
-
-fn name<T, E: std::fmt::Display>(parse: impl Fn(&str) -> Result<T, E>, text: &str) -> Result<T, BenchError> {
-    parse(text).map_err(|e| BenchError::Flags(e.to_string()))
+    let spec = bench_member(instance).map_err(BenchError::Flags)?;
+    let id = bench_name(MemberId::parse, id).map_err(BenchError::Flags)?;
+    Ok(client.join(group, &id, &spec).await?.answer.revision)
 }
 
 fn mib_list(bytes: &[u64]) -> String {

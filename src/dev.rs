@@ -982,6 +982,14 @@ fn data_state(data_dir: &Path, nodes: u64) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
     (with, without, beyond)
 }
 
+/// "1 node", "3 nodes".
+fn nodes(n: u64) -> String {
+    match n {
+        1 => "1 node".to_owned(),
+        n => format!("{n} nodes"),
+    }
+}
+
 /// `node 2`, `nodes 1 and 3`, `nodes 1, 2 and 3`.
 fn node_list(ids: &[u64]) -> String {
     match ids {
@@ -1006,11 +1014,11 @@ pub async fn run(config: DevConfig, node_args: &[String], shutdown: impl Future<
         if config.clean { Default::default() } else { data_state(&config.data_dir, config.nodes) };
     let cluster = LocalCluster::start_with(&config, node_args, NodeOutput::LogFiles)?;
     if with.is_empty() {
-        say(format_args!("gm dev: {} nodes on 127.0.0.1, a new cluster in {dir}", config.nodes));
+        say(format_args!("gm dev: {} on 127.0.0.1, a new cluster in {dir}", nodes(config.nodes)));
     } else {
         say(format_args!(
-            "gm dev: {} nodes on 127.0.0.1, resuming the cluster in {dir} (--clean starts a new one)",
-            config.nodes
+            "gm dev: {} on 127.0.0.1, resuming the cluster in {dir} (--clean starts a new one)",
+            nodes(config.nodes)
         ));
         if !without.is_empty() {
             say(format_args!(
@@ -1045,10 +1053,7 @@ pub async fn run(config: DevConfig, node_args: &[String], shutdown: impl Future<
     let result = supervisor.run(shutdown).await;
     let stopped = supervisor.cluster.stop_within(STOP_DEADLINE).await;
     result?;
-    let count = match stopped.nodes.len() {
-        1 => "1 node".to_owned(),
-        n => format!("{n} nodes"),
-    };
+    let count = nodes(stopped.nodes.len() as u64);
     let killed = if stopped.killed.is_empty() {
         String::new()
     } else {

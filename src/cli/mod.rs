@@ -20,7 +20,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
 use crate::client::{Client, RetryPolicy};
-use crate::membership::{Address, FailureDetection, GroupName, Instance, MemberId, MemberSpec, Metadata};
+use crate::membership::{
+    Address, FailureDetection, GroupName, Instance, MemberId, MemberSpec, Metadata, MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS,
+};
 use crate::wire::Consistency;
 
 pub use exit::{CliError, ExitStatus};
@@ -285,6 +287,13 @@ fn member_spec(args: &JoinArgs) -> Result<MemberSpec, CliError> {
         Some(ttl) if ttl.subsec_nanos() % 1_000_000 != 0 => {
             return Err(bad("--lease", format!("{ttl:?} is not a whole number of milliseconds")))
         }
+        // Said here in the flag's own units; the API's check would name `ttl_ms`.
+        Some(ttl)
+            if !(MIN_LEASE_TTL_MS..=MAX_LEASE_TTL_MS).contains(&u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)) =>
+        {
+            let (min_ms, max_h) = (MIN_LEASE_TTL_MS, MAX_LEASE_TTL_MS / 3_600_000);
+            return Err(bad("--lease", format!("{ttl:?} is out of range: a lease lasts from {min_ms}ms to {max_h}h")));
+        }
         Some(ttl) => {
             ("--lease", json!({"mode": "lease", "ttl_ms": u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)}))
         }
@@ -397,7 +406,11 @@ mod tests {
         for (args, says) in [
             (&["--address", "nowhere"][..], "--address: \"nowhere\" is not a valid address"),
             (&["--address", "a:1", "--metadata", "zone"], "--metadata: \"zone\" is not KEY=VALUE"),
-            (&["--address", "a:1", "--lease", "100ms"], "--lease: ttl_ms 100 is out of range"),
+            (
+                &["--address", "a:1", "--lease", "100ms"],
+                "--lease: 100ms is out of range: a lease lasts from 500ms to 24h",
+            ),
+            (&["--address", "a:1", "--lease", "2d"], "--lease: 172800s is out of range"),
             (&["--address", "a:1", "--lease", "1500us"], "--lease: 1.5ms is not a whole number"),
             (&["--address", "a:1", "--probe-path", "x"], "--probe-path: \"x\" is not a valid probe path"),
             (&["--address", "a:1", "--instance", "a b"], "--instance: \"a b\" is not a valid instance"),

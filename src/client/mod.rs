@@ -225,11 +225,7 @@ impl Client {
         let mut request = Request::new(Method::GET, group_path(group)).consistency(consistency);
         request.accept_gzip = gzip;
         let request = &request;
-        self.policy
-            .run(self.endpoints.len(), self.next(), request.longer_by, |i| {
-                self.noting(i, async move { Ok(self.attempt_bytes(&self.endpoints[i], request).await?.1) })
-            })
-            .await
+        self.retried(request, |endpoint| async move { Ok(self.attempt_bytes(endpoint, request).await?.1) }).await
     }
 
     /// `GET /v1/groups/{group}?index=N&wait=W`, a blocking query: the view as soon as the
@@ -308,10 +304,18 @@ impl Client {
 
     /// `request`, retried as the policy says; the status and the decoded answer.
     async fn call<T: DeserializeOwned>(&self, request: &Request) -> Result<(StatusCode, T), ClientError> {
+        self.retried(request, |endpoint| self.attempt(endpoint, request)).await
+    }
+
+    /// `attempt`, at one endpoint after another as the retry policy says, noting where the next
+    /// request should start.
+    async fn retried<'a, T, F, Fut>(&'a self, request: &Request, attempt: F) -> Result<T, ClientError>
+    where
+        F: Fn(&'a str) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
         self.policy
-            .run(self.endpoints.len(), self.next(), request.longer_by, |i| {
-                self.noting(i, self.attempt(&self.endpoints[i], request))
-            })
+            .run(self.endpoints.len(), self.next(), request.longer_by, |i| self.noting(i, attempt(&self.endpoints[i])))
             .await
     }
 

@@ -10,7 +10,7 @@ mod state;
 pub use command::{Command, LeaveReason, NodeAdvert, Outcome};
 pub use model::{
     FailureDetection, GroupSummary, GroupView, Member, MemberSpec, Metadata, NodeId, Timestamp, DEFAULT_LEASE_TTL_MS,
-    DEFAULT_PROBE_PATH,
+    DEFAULT_PROBE_PATH, MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS,
 };
 pub use names::{Address, GroupName, Instance, MemberId};
 pub use state::{GroupSnapshot, MembershipState};

@@ -919,12 +919,19 @@ impl Supervisor {
             }
             if !self.announced && self.nodes.iter().all(|n| n.ready) {
                 self.announced = true;
-                say(format_args!(
-                    "cluster ready after {}: every node answers /readyz. Ctrl-C stops them all; to watch a failover, \
-                     freeze the leader with kill -STOP PID (kill -CONT PID resumes it); a node killed with kill -9 \
-                     is restarted",
-                    seconds(self.started.elapsed())
-                ));
+                let after = seconds(self.started.elapsed());
+                if self.nodes.len() == 1 {
+                    say(format_args!(
+                        "cluster ready after {after}: the node answers /readyz. Ctrl-C stops it; killed with kill -9, \
+                         it is restarted"
+                    ));
+                } else {
+                    say(format_args!(
+                        "cluster ready after {after}: every node answers /readyz. Ctrl-C stops them all; to watch a \
+                         failover, freeze the leader with kill -STOP PID (kill -CONT PID resumes it); a node killed \
+                         with kill -9 is restarted"
+                    ));
+                }
             }
             return;
         }

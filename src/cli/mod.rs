@@ -292,7 +292,8 @@ fn member_spec(args: &JoinArgs) -> Result<MemberSpec, CliError> {
             if !(MIN_LEASE_TTL_MS..=MAX_LEASE_TTL_MS).contains(&u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)) =>
         {
             let (min_ms, max_h) = (MIN_LEASE_TTL_MS, MAX_LEASE_TTL_MS / 3_600_000);
-            return Err(bad("--lease", format!("{ttl:?} is out of range: a lease lasts from {min_ms}ms to {max_h}h")));
+            let ttl = humantime::format_duration(ttl);
+            return Err(bad("--lease", format!("{ttl} is out of range: a lease lasts from {min_ms}ms to {max_h}h")));
         }
         Some(ttl) => {
             ("--lease", json!({"mode": "lease", "ttl_ms": u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)}))
@@ -410,7 +411,7 @@ mod tests {
                 &["--address", "a:1", "--lease", "100ms"],
                 "--lease: 100ms is out of range: a lease lasts from 500ms to 24h",
             ),
-            (&["--address", "a:1", "--lease", "2d"], "--lease: 172800s is out of range"),
+            (&["--address", "a:1", "--lease", "2d"], "--lease: 2days is out of range"),
             (&["--address", "a:1", "--lease", "1500us"], "--lease: 1.5ms is not a whole number"),
             (&["--address", "a:1", "--probe-path", "x"], "--probe-path: \"x\" is not a valid probe path"),
             (&["--address", "a:1", "--instance", "a b"], "--instance: \"a b\" is not a valid instance"),

@@ -60,7 +60,8 @@ fn reads_of_a_whole_view_all_succeed_with_and_without_gzip() {
 
 #[test]
 fn every_change_reaches_every_watch_stream_in_order() {
-    let out = bench(&["watch", "--streams", "60", "--duration", "2s", "--every", "100ms", "--group-size", "3"]);
+    let out =
+        bench(&["watch", "--streams", "60", "--duration", "2s", "--every", "100ms", "--group-size", "3", "--json"]);
     assert!(out.contains("watch: 60 streams open over 3 nodes"), "{out}");
     let figures = out.lines().find(|l| l.contains(" changes to 60 streams:")).unwrap_or_else(|| panic!("{out}"));
     assert!(figures.contains("missed 0, out of order 0, streams ended early 0"), "{figures}");
@@ -68,4 +69,9 @@ fn every_change_reaches_every_watch_stream_in_order() {
     assert!(changes >= 5, "{figures}");
     assert!(figures.contains(&format!("({} deliveries", changes * 60)), "every change to every stream: {figures}");
     assert!(line(&out, "watch: memory per idle stream").contains("KiB"), "{out}");
+    let report: serde_json::Value = serde_json::from_str(out.lines().last().expect("a JSON line")).expect("JSON");
+    assert_eq!(report["changes"], changes, "{report}");
+    assert_eq!(report["deliveries"], changes * 60, "{report}");
+    assert_eq!((report["missed"].as_u64(), report["streams"].as_u64()), (Some(0), Some(60)), "{report}");
+    assert!(report["p99_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{report}");
 }

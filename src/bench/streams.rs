@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::cluster::{ClusterArgs, OwnCluster};
-use super::figures::{latency, Latencies};
+use super::figures::{latency, millis, Latencies};
 use super::load::{bench_member, bench_name};
 use super::scale::{pids, rss_bytes};
 use super::{interruptible, BenchError};
@@ -50,6 +51,9 @@ pub struct WatchConfig {
     #[arg(long, env = "GM_BENCH_GROUP_SIZE", default_value_t = 10,
         value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub group_size: u32,
+    /// Also print all figures as one JSON object.
+    #[arg(long, env = "GM_BENCH_JSON")]
+    pub json: bool,
 }
 
 /// What one stream received: its first view's revision, then each view's revision and when
@@ -124,13 +128,24 @@ async fn bench(config: &WatchConfig, client: &Client, own: &OwnCluster) -> Resul
     }
     let figures = Delivery::tally(&acks, &received)?;
     let grown: u64 = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).sum();
+    let per_stream_kib = grown as f64 / 1024.0 / f64::from(config.streams);
     println!("{}", figures.line(acks.len(), config.streams));
     println!(
-        "watch: memory per idle stream {:.1} KiB (the nodes' RSS grew by {:.1} MiB, from {} MiB)",
-        grown as f64 / 1024.0 / f64::from(config.streams),
+        "watch: memory per idle stream {per_stream_kib:.1} KiB (the nodes' RSS grew by {:.1} MiB, from {} MiB)",
         grown as f64 / (1024.0 * 1024.0),
         mib_list(&before),
     );
+    if config.json {
+        let mut report = figures.json(acks.len());
+        report["streams"] = json!(config.streams);
+        report["nodes"] = json!(nodes);
+        report["every_ms"] = json!(millis(config.every));
+        report["group_size"] = json!(config.group_size);
+        report["memory_per_idle_stream_kib"] = json!((per_stream_kib * 10.0).round() / 10.0);
+        report["rss_before_mib"] =
+            json!(before.iter().map(|&b| (b as f64 / (1024.0 * 1024.0)).round()).collect::<Vec<_>>());
+        println!("{report}");
+    }
     Ok(())
 }
 
@@ -230,6 +245,22 @@ impl Delivery {
             d.missed += acks.keys().filter(|&&r| r > stream.first && !seen.contains(&r)).count() as u64;
         }
         Ok(d)
+    }
+
+    /// The figures as JSON: latencies in milliseconds (absent without a delivery), counts.
+    fn json(&self, changes: usize) -> Value {
+        let [p50, p99, max] = self.latency.percentiles().map_or([None; 3], |p| p.map(|d| Some(millis(d))));
+        json!({
+            "changes": changes,
+            "deliveries": self.latency.len(),
+            "before_ack": self.before_ack,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "max_ms": max,
+            "missed": self.missed,
+            "out_of_order": self.out_of_order,
+            "ended_early": self.ended_early,
+        })
     }
 
     fn line(&self, changes: usize, streams: u32) -> String {

@@ -115,6 +115,12 @@ pub enum DevError {
     /// Every node exited before any became ready, so nothing is left to supervise.
     #[error("no node could start: all {nodes} exited before any was ready; {last}; logs in {logs}")]
     NoNodeStarted { nodes: usize, last: String, logs: String },
+    /// A node's data dir is locked by a running `gm server`: another `gm dev` on this data dir.
+    #[error(
+        "node {node}'s data in {path} is in use by another gm process (another gm dev on this --data-dir?), \
+         so no node was started; stop it, or give --data-dir another directory"
+    )]
+    DataInUse { path: String, node: u64 },
     /// `--clean` was asked to delete a directory that holds more than a local cluster's data.
     #[error(
         "refusing to delete {path} for --clean: it holds {entry}, which is not a gm dev node's data; \
@@ -243,6 +249,7 @@ impl LocalCluster {
         let exe = std::env::current_exe().map_err(DevError::Exe)?;
         let ports = layout(config)?;
         check_ports_free(&ports)?;
+        check_data_free(&config.data_dir, config.nodes)?;
         if config.clean {
             check_dev_data(&config.data_dir)?;
             match std::fs::remove_dir_all(&config.data_dir) {
@@ -451,6 +458,22 @@ fn layout(config: &DevConfig) -> Result<Vec<NodePorts>, DevError> {
 /// Whether `port` can be bound on 127.0.0.1 now (the listener is closed again at once).
 fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Fails if a running `gm server` holds the lock of a node's data dir (`gm server` locks its
+/// data dir for its life): that node would fail to start while the others resumed beside a
+/// running cluster, and `--clean` would delete a running cluster's data.
+fn check_data_free(data_dir: &Path, nodes: u64) -> Result<(), DevError> {
+    for node in 1..=nodes {
+        let Ok(lock) = std::fs::OpenOptions::new().write(true).open(data_dir.join(format!("node-{node}/lock"))) else {
+            continue;
+        };
+        // Released when `lock` is dropped, at once: the node takes it when it starts.
+        if let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock() {
+            return Err(DevError::DataInUse { path: data_dir.display().to_string(), node });
+        }
+    }
+    Ok(())
 }
 
 /// Fails with every port of `ports` that is taken, and flags with free values to use instead.
@@ -1182,6 +1205,22 @@ mod tests {
         assert_eq!(seconds(Duration::from_secs(200)), "3m 20s");
         assert_eq!(ordinal(3), "3rd");
         assert_eq!(ordinal(11), "11th");
+    }
+
+    #[test]
+    fn data_locked_by_a_running_node_is_refused_before_anything_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(check_data_free(dir.path(), 3).is_ok(), "no data yet");
+        std::fs::create_dir_all(dir.path().join("node-2")).expect("dir");
+        let held = std::fs::File::create(dir.path().join("node-2/lock")).expect("lock file");
+        assert!(check_data_free(dir.path(), 3).is_ok(), "a lock file nobody holds");
+        held.try_lock().expect("hold the lock, as a running gm server does");
+        match check_data_free(dir.path(), 3) {
+            Err(e @ DevError::DataInUse { node: 2, .. }) => assert!(e.to_string().contains("another gm dev"), "{e}"),
+            other => panic!("expected node 2's data in use, got {other:?}"),
+        }
+        drop(held);
+        assert!(check_data_free(dir.path(), 3).is_ok(), "released");
     }
 
     #[test]

@@ -810,6 +810,14 @@ mod tests {
         list_segments(dir).expect("list segments").into_iter().map(|(_, path)| path).collect()
     }
 
+    /// A log of entries 0 to 4 in `dir`, closed: its one segment.
+    async fn closed_log_of_five(dir: &Path) -> PathBuf {
+        let store = LogStore::open(dir).expect("open");
+        append(&store, 1, 0..5).await;
+        drop(store);
+        segment_files(dir).remove(0)
+    }
+
     /// Where the records of a segment end: its length without the zeros filled ahead of them.
     fn records_end(path: &Path) -> u64 {
         let bytes = fs::read(path).expect("read segment");
@@ -952,10 +960,7 @@ mod tests {
     #[tokio::test]
     async fn torn_tail_is_cut_and_the_good_prefix_reopens() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = LogStore::open(dir.path()).expect("open");
-        append(&store, 1, 0..5).await;
-        drop(store);
-        let segment = &segment_files(dir.path())[0];
+        let segment = &closed_log_of_five(dir.path()).await;
         let file = OpenOptions::new().write(true).open(segment).expect("open segment");
         file.set_len(records_end(segment) - 3).expect("chop");
         drop(file);
@@ -971,10 +976,7 @@ mod tests {
     #[tokio::test]
     async fn garbage_tail_is_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = LogStore::open(dir.path()).expect("open");
-        append(&store, 1, 0..5).await;
-        drop(store);
-        let segment = &segment_files(dir.path())[0];
+        let segment = &closed_log_of_five(dir.path()).await;
         let good_len = records_end(segment);
         // After the zeros filled ahead of the records: whatever follows them is no clean end.
         let mut file = OpenOptions::new().append(true).open(segment).expect("open segment");
@@ -1080,10 +1082,7 @@ mod tests {
     #[tokio::test]
     async fn records_go_into_zeros_filled_ahead_and_only_the_newest_segment_keeps_them() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = LogStore::open(dir.path()).expect("open");
-        append(&store, 1, 0..5).await;
-        drop(store);
-        let segment = &segment_files(dir.path())[0];
+        let segment = &closed_log_of_five(dir.path()).await;
         let (end, len) = (records_end(segment), fs::metadata(segment).expect("stat").len());
         assert!(len > end && len >= ZERO_AHEAD, "records end at {end}, the file at {len}");
         assert!(fs::read(segment).expect("read")[end as usize..].iter().all(|&b| b == 0));

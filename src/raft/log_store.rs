@@ -19,7 +19,8 @@
 //! A batch is written and fsynced before anyone hears it is durable, so a crash can only tear
 //! bytes after the last fsync: the tail of the newest segment. On open, a bad frame (short, zero
 //! length or crc mismatch) in the newest segment is cut off, with a warning, only if no valid
-//! frame follows it anywhere in that segment (zeros alone after the records are no bad frame). Anything else fails `open` with
+//! frame follows it anywhere in that segment (zeros alone after the records are no bad frame).
+//! Anything else fails `open` with
 //! [`LogStoreError::Corrupt`]: a bad frame followed by a valid one, a bad frame in an older
 //! segment, a frame whose crc matches but whose record does not decode, or a log that cannot have
 //! been written (a gap in indexes, a truncation of purged entries, a missing segment). So a

@@ -20,15 +20,15 @@
 //! bytes after the last fsync: the tail of the newest segment. On open, a bad frame (short, zero
 //! length or crc mismatch) in the newest segment is cut off, with a warning, only if no valid
 //! frame follows it anywhere in that segment (zeros alone after the records are no bad frame).
-//! Anything else fails `open` with
-//! [`LogStoreError::Corrupt`]: a bad frame followed by a valid one, a bad frame in an older
-//! segment, a frame whose crc matches but whose record does not decode, or a log that cannot have
-//! been written (a gap in indexes, a truncation of purged entries, a missing segment). So a
-//! record that has good records after it is never dropped silently. The price: should a crash
-//! persist a later page of the last, unsynced batch but not an earlier one, `open` refuses
-//! rather than guess, and an operator cuts the tail by hand. A record in a format version this
-//! gm does not read (the JSON of a gm from before the binary encoding) fails `open` with
-//! [`LogStoreError::Format`]: the log is not corrupt, this gm cannot read it.
+//! Anything else fails `open` with [`LogStoreError::Corrupt`]: a bad frame followed by a valid
+//! one, a bad frame in an older segment, a frame whose crc matches but whose record does not
+//! decode, or a log that cannot have been written (a gap in indexes, a truncation of purged
+//! entries, a missing segment). So a record that has good records after it is never dropped
+//! silently. The price: should a crash persist a later page of the last, unsynced batch but not
+//! an earlier one, `open` refuses rather than guess, and an operator cuts the tail by hand. A
+//! record in a format version this gm does not read (the JSON of a gm from before the binary
+//! encoding) fails `open` with [`LogStoreError::Format`]: the log is not corrupt, this gm cannot
+//! read it.
 //!
 //! # Durability
 //! `append` calls its callback, and `save_vote`, `truncate` and `purge` return, only after the

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::cluster::{find_leader, wait_ready, ClusterArgs, OwnCluster, READY_DEADLINE};
 use super::figures::{errors_text, failure, latency, median, millis, Failure, Figures, Tally};
-use super::{interruptible, BenchError};
+use super::{interruptible, BenchError, REQUEST_TIMEOUT};
 use crate::client::{Client, ErrorKind, RetryPolicy};
 use crate::dev::LocalCluster;
 use crate::membership::{Address, FailureDetection, GroupName, Instance, MemberId, MemberSpec, Metadata};
@@ -41,8 +41,6 @@ const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
 const FAILOVER_WARM_UP: Duration = Duration::from_millis(500);
 /// Longest wait for a leader to be known.
 const LEADER_DEADLINE: Duration = Duration::from_secs(30);
-/// Deadline of load requests: above the server's own 10 s limit, so a slow answer is still seen.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// The group `--group-size` reads.
 const VIEW_GROUP: &str = "bench-view";
 /// The group the failover writers join.

@@ -28,6 +28,10 @@ use crate::client::ClientError;
 use crate::dev::DevError;
 
 pub use cluster::ClusterArgs;
+
+/// Deadline of one bench request, tried once: above the server's own 10 s limit, so a slow
+/// answer is still seen and counted as one.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub use fd::FdConfig;
 pub use load::{LoadConfig, Workload};
 pub use scale::ScaleConfig;

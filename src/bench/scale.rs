@@ -14,14 +14,13 @@ use tokio::time::Instant;
 
 use super::cluster::{find_leader, wait_ready, ClusterArgs, OwnCluster, READY_DEADLINE};
 use super::fd::process::{CpuMeter, Pid};
-use super::{interruptible, BenchError};
+use super::{interruptible, BenchError, REQUEST_TIMEOUT};
 use crate::client::{Client, RetryPolicy};
 use crate::membership::{Address, FailureDetection, GroupName, MemberId, MemberSpec, Metadata};
 
 /// Tries per join before the bench gives up (joins are idempotent, so retrying is safe).
 const JOIN_ATTEMPTS: u32 = 10;
 const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(250);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Members that never heartbeat: they must outlive the bench.
 const TTL_MS: u64 = 86_400_000;
 /// Quiet time after loading (and after a restart) before idle CPU is measured: the last

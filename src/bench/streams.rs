@@ -19,7 +19,7 @@ use super::cluster::{ClusterArgs, OwnCluster};
 use super::figures::{latency, millis, Latencies};
 use super::load::{bench_member, bench_name};
 use super::scale::{pids, rss_bytes};
-use super::{interruptible, BenchError};
+use super::{interruptible, BenchError, REQUEST_TIMEOUT};
 use crate::client::{Client, RetryPolicy, Watch};
 use crate::membership::{GroupName, MemberId};
 use crate::wire::Consistency;
@@ -27,7 +27,6 @@ use crate::wire::Consistency;
 const GROUP: &str = "bench-watch";
 /// The member whose re-joins are the changes.
 const TICKER: &str = "ticker";
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Streams being opened at once.
 const OPENING: usize = 64;
 /// Quiet time before memory is read, and how long stragglers may take after the last change.

@@ -35,7 +35,7 @@ use self::report::{
 use self::watch::Watches;
 use super::cluster::{wait_ready, ClusterArgs, OwnCluster, READY_DEADLINE};
 use super::figures::{failure, latency, per_second, Failure, Figures, Tally};
-use super::{interruptible, BenchError};
+use super::{interruptible, BenchError, REQUEST_TIMEOUT};
 use crate::client::{Client, RetryPolicy};
 use crate::membership::{Address, FailureDetection, GroupName, MemberId, MemberSpec, Metadata, DEFAULT_PROBE_PATH};
 use crate::wire::Consistency;
@@ -45,8 +45,6 @@ const JOIN_CONCURRENCY: usize = 64;
 /// Tries per join before the member is left out (joins are idempotent, so retrying is safe).
 const JOIN_ATTEMPTS: u32 = 5;
 const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(250);
-/// Deadline of a join: above the server's own 10 s limit, so a slow answer is still seen.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long opening a watch stream waits for its headers.
 const WATCH_HEADERS_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Longest wait for every watch stream's first view.

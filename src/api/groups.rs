@@ -62,6 +62,7 @@ async fn join_member(node: &Node, group: &str, id: &str, spec: MemberSpec) -> Re
     let applied = node.write(Command::Join { group, id, spec, at: Timestamp::now() }).await?;
     match applied.outcome {
         Outcome::Joined { member, created, changed } => {
+            let member = Arc::unwrap_or_clone(member);
             Ok((JoinAnswer { member, revision: applied.revision }, JoinOutcome { created, changed }))
         }
         other => Err(unexpected(other)),

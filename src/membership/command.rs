@@ -1,5 +1,7 @@
 //! The commands that go through the Raft log, and what applying one did.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::model::{Member, MemberSpec, NodeId, Timestamp};
@@ -72,13 +74,15 @@ impl Command {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// `created`: the id was not in the group; `changed`: the record was replaced or added.
+    /// `member` is the record the state holds (shared, not copied).
     Joined {
-        member: Member,
+        member: Arc<Member>,
         created: bool,
         changed: bool,
     },
+    /// `member`: the record as it was when it left.
     Left {
-        member: Member,
+        member: Arc<Member>,
     },
     NotMember,
     /// The member is there, but under another incarnation.

@@ -1,79 +1,33 @@
 //! The replicated state: every group and its members, changed only by `apply`.
 
-use std::borrow::Borrow;
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use super::command::{Command, LeaveReason, NodeAdvert, Outcome};
 use super::model::{GroupSummary, GroupView, Member, NodeId};
 use super::names::{GroupName, MemberId};
 
-/// A group's members, each stored once: a set ordered by id, which the record holds, rather
-/// than a map that would hold every id twice. Stored as a map from id to record, as before.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// A group's members by id, in id order (a view's order). Each record sits behind an `Arc`: a
+/// B-tree node then holds small keys and pointers, so finding an id touches a few cache lines
+/// rather than one per record compared, and a copy of the group (made on write while a snapshot
+/// or a view being encoded holds it) copies pointers, not records. Stored as a map from id to
+/// record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Group {
     revision: u64,
-    #[serde(serialize_with = "members_as_map", deserialize_with = "members_from_map")]
-    members: BTreeSet<ById>,
+    members: BTreeMap<MemberId, Arc<Member>>,
 }
-
-impl PartialEq for Group {
-    fn eq(&self, other: &Self) -> bool {
-        self.revision == other.revision && self.members().eq(other.members())
-    }
-}
-
-impl Eq for Group {}
 
 impl Group {
-    fn members(&self) -> impl Iterator<Item = &Member> {
-        self.members.iter().map(|m| &m.0)
+    fn members(&self) -> impl ExactSizeIterator<Item = &Member> + Clone {
+        self.members.values().map(|m| &**m)
     }
 
     fn member(&self, id: &MemberId) -> Option<&Member> {
-        self.members.get(id).map(|m| &m.0)
+        self.members.get(id).map(|m| &**m)
     }
-}
-
-/// A member ordered and compared by its id alone, so that a set of them is found by id.
-#[derive(Clone, Debug)]
-struct ById(Member);
-
-impl PartialEq for ById {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.id == other.0.id
-    }
-}
-
-impl Eq for ById {}
-
-impl Ord for ById {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.id.cmp(&other.0.id)
-    }
-}
-
-impl PartialOrd for ById {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Borrow<MemberId> for ById {
-    fn borrow(&self) -> &MemberId {
-        &self.0.id
-    }
-}
-
-fn members_as_map<S: Serializer>(members: &BTreeSet<ById>, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_map(members.iter().map(|m| (&m.0.id, &m.0)))
-}
-
-fn members_from_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeSet<ById>, D::Error> {
-    Ok(BTreeMap::<MemberId, Member>::deserialize(d)?.into_values().map(ById).collect())
 }
 
 /// One group at its revision, shared with the state that held it: taking one under the state's
@@ -91,7 +45,7 @@ impl GroupSnapshot {
 
     /// The members, ordered by id as in a view.
     pub fn members(&self) -> impl ExactSizeIterator<Item = &Member> + Clone {
-        self.0.members.iter().map(|m| &m.0)
+        self.0.members()
     }
 }
 
@@ -163,9 +117,9 @@ impl From<Stored> for MembershipState {
         let Stored { revision, cluster_id, probers, adverts, mut groups } = s;
         // Each record read back has a group name of its own: point them all at the group's one.
         for (name, g) in &mut groups {
-            let g = Arc::make_mut(g);
-            let members = std::mem::take(&mut g.members);
-            g.members = members.into_iter().map(|ById(m)| ById(Member { group: name.clone(), ..m })).collect();
+            for m in Arc::make_mut(g).members.values_mut() {
+                Arc::make_mut(m).group = name.clone();
+            }
         }
         let counts = Counts::of(&groups);
         MembershipState { revision, cluster_id, probers, adverts, groups, counts }
@@ -186,9 +140,9 @@ impl MembershipState {
             Command::Join { group, id, spec, at } => {
                 let responsible_node =
                     if spec.failure_detection.is_probe() { responsible(&self.probers, group, id) } else { None };
-                let incarnation = match self.groups.get(group).and_then(|g| g.member(id)) {
+                let incarnation = match self.groups.get(group).and_then(|g| g.members.get(id)) {
                     Some(current) if current.matches(spec) => {
-                        return Outcome::Joined { member: current.clone(), created: false, changed: false };
+                        return Outcome::Joined { member: Arc::clone(current), created: false, changed: false };
                     }
                     Some(current) => current.incarnation + 1,
                     None => next,
@@ -196,7 +150,7 @@ impl MembershipState {
                 // The state's own copy of the name, so every record of the group shares one.
                 let name = self.groups.get_key_value(group).map_or_else(|| group.clone(), |(name, _)| name.clone());
                 let g = Arc::make_mut(self.groups.entry(name.clone()).or_default());
-                let member = Member {
+                let member = Arc::new(Member {
                     id: id.clone(),
                     group: name,
                     address: spec.address.clone(),
@@ -206,8 +160,8 @@ impl MembershipState {
                     joined_at: *at,
                     responsible_node,
                     failure_detection: spec.failure_detection.clone(),
-                };
-                let replaced = g.members.replace(ById(member.clone())).map(|ById(old)| old);
+                });
+                let replaced = g.members.insert(id.clone(), Arc::clone(&member));
                 if let Some(old) = &replaced {
                     self.counts.remove(old);
                 }
@@ -228,7 +182,7 @@ impl MembershipState {
                     Some(_) => {}
                 }
                 let g = Arc::make_mut(g);
-                let Some(ById(member)) = g.members.take(id) else {
+                let Some(member) = g.members.remove(id) else {
                     return Outcome::NotMember;
                 };
                 self.counts.remove(&member);
@@ -277,17 +231,10 @@ impl MembershipState {
                 continue;
             }
             let g = Arc::make_mut(g);
-            // A set's records cannot change in place: built again, already in order.
-            let members = std::mem::take(&mut g.members);
-            g.members = members
-                .into_iter()
-                .map(|ById(mut m)| {
-                    if m.failure_detection.is_probe() {
-                        m.responsible_node = responsible(&self.probers, name, &m.id);
-                    }
-                    ById(m)
-                })
-                .collect();
+            // Only the records that move are copied (when a snapshot shares them).
+            for m in g.members.values_mut().filter(|m| moves(m)) {
+                Arc::make_mut(m).responsible_node = responsible(&self.probers, name, &m.id);
+            }
             g.revision = revision;
         }
     }
@@ -412,7 +359,7 @@ mod tests {
     }
     fn joined(o: Outcome) -> (Member, bool, bool) {
         match o {
-            Outcome::Joined { member, created, changed } => (member, created, changed),
+            Outcome::Joined { member, created, changed } => (Arc::unwrap_or_clone(member), created, changed),
             other => panic!("expected Joined, got {other:?}"),
         }
     }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::deadlines::Deadlines;
 use super::path;
 use crate::membership::Outcome;
-use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, MemberId, MembershipState};
+use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, Member, MemberId, MembershipState};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeError};
 use crate::raft::state_machine::Change;
@@ -52,22 +52,23 @@ struct Book {
 }
 
 impl Book {
-    /// Gives `key` a full TTL from `now` unless it already has a deadline for this incarnation.
-    fn track(&mut self, state: &MembershipState, key: Key, now: Instant) {
-        let Some(member) = state.member(&key.0, &key.1) else {
-            self.leases.remove(&key);
-            return;
-        };
+    /// Gives `member`, if it is `present` in the state and a lease member, a full TTL from `now`
+    /// unless it already has a deadline for this incarnation; forgets it otherwise.
+    fn track(&mut self, member: &Member, present: bool, now: Instant) {
+        // Keyed by the state's copy of the group name, shared by its records.
+        let key = (member.group.clone(), member.id.clone());
         let FailureDetection::Lease { ttl_ms } = member.failure_detection else {
             self.leases.remove(&key);
             return;
         };
+        if !present {
+            self.leases.remove(&key);
+            return;
+        }
         if self.leases.get(&key).is_some_and(|(lease, _)| lease.incarnation == member.incarnation) {
             return;
         }
         let ttl = Duration::from_millis(ttl_ms);
-        // Keyed by the state's copy of the group name, shared by its records, not the command's.
-        let key = (member.group.clone(), key.1);
         self.leases.insert(key, Lease { incarnation: member.incarnation, ttl }, now + ttl);
     }
 
@@ -114,7 +115,8 @@ impl Leases {
         let mut book = self.book(term);
         for change in changes {
             match change {
-                Change::Member(group, id) => book.track(state, (group, id), now),
+                Change::Joined(member) => book.track(&member, true, now),
+                Change::Left(member) => book.track(&member, false, now),
                 Change::Everything => book.track_all(state, now),
                 Change::Probers => {}
             }
@@ -172,15 +174,15 @@ impl Leases {
                     retry.push((key, lease));
                 }
                 // Re-joined under a new incarnation, a change not followed yet: a full TTL.
-                Some(_) => renew.push(key),
+                Some(m) => renew.push(m),
                 None => {}
             }
         }
         for (key, lease) in retry {
             book.leases.insert(key, lease, now + RETRY);
         }
-        for key in renew {
-            book.track(state, key, now);
+        for member in renew {
+            book.track(member, true, now);
         }
         expired
     }
@@ -386,14 +388,22 @@ mod tests {
         // Joined after the scan: known from the change alone.
         let spec = serde_json::from_value(lease(500)).unwrap();
         let (g, b) = key("b");
-        s.apply(&Command::Join { group: g.clone(), id: b.clone(), spec, at: Timestamp::from_millis(0) });
+        let Outcome::Joined { member: b, .. } =
+            s.apply(&Command::Join { group: g, id: b, spec, at: Timestamp::from_millis(0) })
+        else {
+            panic!("b did not join");
+        };
         let t1 = t0 + Duration::from_millis(200);
-        leases.follow(1, &s, vec![Change::Member(g.clone(), b.clone())], t1);
+        leases.follow(1, &s, vec![Change::Joined(b)], t1);
         assert_eq!(ids(leases.expired(1, &s, t1 + Duration::from_millis(500))), ["b"]);
         // A member that left is forgotten; a due deadline of a member gone is dropped too.
-        let (_, a) = key("a");
-        s.apply(&Command::Leave { group: g.clone(), id: a.clone(), incarnation: None, reason: LeaveReason::Left });
-        leases.follow(1, &s, vec![Change::Member(g, a)], t1);
+        let (g, a) = key("a");
+        let Outcome::Left { member: a } =
+            s.apply(&Command::Leave { group: g, id: a, incarnation: None, reason: LeaveReason::Left })
+        else {
+            panic!("a did not leave");
+        };
+        leases.follow(1, &s, vec![Change::Left(a)], t1);
         assert!(ids(leases.expired(1, &s, t0 + Duration::from_millis(5000))).iter().all(|id| id != "a"));
     }
 

@@ -17,9 +17,7 @@ use super::check::{Checker, ProbeTarget, Probed};
 use super::deadlines::Deadlines;
 use super::path;
 use super::ProbeConfig;
-use crate::membership::{
-    Command, FailureDetection, GroupName, LeaveReason, MemberId, MembershipState, NodeId, Outcome,
-};
+use crate::membership::{Command, FailureDetection, GroupName, LeaveReason, Member, MemberId, NodeId, Outcome};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::raft::state_machine::Change;
@@ -143,37 +141,37 @@ fn follow(
     let mut everything = false;
     while let Ok(change) = changes.try_recv() {
         match change {
-            Change::Member(group, id) => members.push((group, id)),
+            Change::Joined(member) => members.push((member, true)),
+            Change::Left(member) => members.push((member, false)),
             Change::Probers | Change::Everything => everything = true,
         }
     }
     if everything {
         sync(node, config, book);
-    } else if !members.is_empty() {
-        let m = node.state.read();
+    } else {
+        // In the order applied, from the records the changes carry: no lookup, no lock.
         let now = Instant::now();
-        for key in members {
-            track(node.id, config, &m.state, book, key, now);
+        for (member, present) in members {
+            track(node.id, config, book, &member, present, now);
         }
     }
 }
 
-/// Tracks `key` if this node is responsible for it in `state`, keeping its failure count if its
-/// incarnation did not change; forgets it otherwise.
-fn track(me: NodeId, config: &ProbeConfig, state: &MembershipState, book: &mut Book, key: Key, now: Instant) {
-    let member = state.member(&key.0, &key.1).filter(|m| m.responsible_node == Some(me));
-    let Some((member, path)) = member.and_then(|m| match &m.failure_detection {
-        FailureDetection::Probe { path } => Some((m, path)),
-        FailureDetection::Lease { .. } => None,
-    }) else {
-        book.remove(&key);
-        return;
+/// Tracks `member` if it is `present` in the state and this node is responsible for it,
+/// keeping its failure count if its incarnation did not change; forgets it otherwise.
+fn track(me: NodeId, config: &ProbeConfig, book: &mut Book, member: &Member, present: bool, now: Instant) {
+    // Keyed by the state's copy of the group name, shared by its records.
+    let key = (member.group.clone(), member.id.clone());
+    let path = match &member.failure_detection {
+        FailureDetection::Probe { path } if present && member.responsible_node == Some(me) => path,
+        _ => {
+            book.remove(&key);
+            return;
+        }
     };
     if book.tracked.get(&key).is_some_and(|t| t.target.incarnation == member.incarnation) {
         return;
     }
-    // Keyed by the state's copy of the group name, shared by its records, not the command's.
-    let key = (member.group.clone(), key.1);
     // Spread first probes over an interval so a handover does not probe in a burst.
     let next_due = now + config.interval.mul_f64(rand::random::<f64>());
     let target = ProbeTarget {
@@ -204,7 +202,7 @@ fn sync(node: &Node, config: &ProbeConfig, book: &mut Book) {
                 }
                 book.tracked.insert(key, t);
             }
-            _ => track(node.id, config, &m.state, book, key, now),
+            _ => track(node.id, config, book, member, true, now),
         }
     }
 }
@@ -320,4 +318,73 @@ fn other_probers(node: &Node) -> Vec<(NodeId, String)> {
     others.shuffle(&mut rand::thread_rng());
     others.truncate(INDIRECT_PROBERS);
     others
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::{MemberSpec, MembershipState, Timestamp};
+
+    fn config() -> ProbeConfig {
+        ProbeConfig { interval: Duration::from_secs(1), timeout: Duration::from_millis(500), suspect_after: 3 }
+    }
+
+    /// Applies `command` to `state` and returns the record it joined or removed.
+    fn record(state: &mut MembershipState, command: Command) -> Arc<Member> {
+        match state.apply(&command) {
+            Outcome::Joined { member, .. } | Outcome::Left { member } => member,
+            other => panic!("expected a join or a leave, got {other:?}"),
+        }
+    }
+
+    fn join(id: &str, spec: serde_json::Value) -> Command {
+        Command::Join {
+            group: GroupName::parse("g").unwrap(),
+            id: MemberId::parse(id).unwrap(),
+            spec: serde_json::from_value::<MemberSpec>(spec).unwrap(),
+            at: Timestamp::from_millis(0),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_records_of_changes_decide_what_is_probed() {
+        let mut s = MembershipState::default();
+        s.apply(&Command::SetProbers { nodes: vec![1] });
+        let (mut book, now) = (Book::default(), Instant::now());
+        let probe = serde_json::json!({"address": "h:1"});
+
+        let joined = record(&mut s, join("a", probe.clone()));
+        track(1, &config(), &mut book, &joined, true, now);
+        let key = (joined.group.clone(), joined.id.clone());
+        assert_eq!(book.tracked[&key].target.incarnation, joined.incarnation);
+        assert!(book.due.next().is_some(), "scheduled for a first probe");
+
+        // Another node's member is not this node's to probe.
+        track(2, &config(), &mut book, &record(&mut s, join("b", probe.clone())), true, now);
+        assert_eq!(book.tracked.len(), 1);
+
+        // The same incarnation again keeps the failures counted so far; a re-join starts anew.
+        book.tracked.get_mut(&key).unwrap().failures = 2;
+        track(1, &config(), &mut book, &joined, true, now);
+        assert_eq!(book.tracked[&key].failures, 2);
+        let rejoined = record(&mut s, join("a", serde_json::json!({"address": "h:2"})));
+        track(1, &config(), &mut book, &rejoined, true, now);
+        assert_eq!(book.tracked[&key].failures, 0);
+        assert_eq!(book.tracked[&key].target.address.as_str(), "h:2");
+
+        // A re-join in lease mode, or a leave, stops the probes.
+        let leased = record(
+            &mut s,
+            join("a", serde_json::json!({"address": "h:2", "failure_detection": {"mode": "lease", "ttl_ms": 1000}})),
+        );
+        track(1, &config(), &mut book, &leased, true, now);
+        assert!(book.tracked.is_empty() && book.due.next().is_none());
+        let back = record(&mut s, join("a", probe));
+        track(1, &config(), &mut book, &back, true, now);
+        assert_eq!(book.tracked.len(), 1);
+        let left =
+            record(&mut s, Command::Leave { group: key.0, id: key.1, incarnation: None, reason: LeaveReason::Left });
+        track(1, &config(), &mut book, &left, false, now);
+        assert!(book.tracked.is_empty() && book.due.next().is_none());
+    }
 }

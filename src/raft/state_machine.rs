@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{codec, snapshot_file};
 use super::{Applied, Batch, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::membership::{Command, GroupName, MemberId, MembershipState, Outcome};
+use crate::membership::{Command, Member, MembershipState, Outcome};
 use crate::metrics::Metrics;
 use crate::views::Views;
 
@@ -28,10 +28,14 @@ pub struct Machine {
 
 /// What an applied change touched, for the tasks that keep books of their own about members
 /// (the lease keeper, the prober): they follow the changes instead of scanning every member.
+/// A member's change carries its record (shared with the state, not copied), so a follower that
+/// takes the changes in order ends where the state is without looking anything up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// This member joined, re-joined or left.
-    Member(GroupName, MemberId),
+    /// A member joined or re-joined: its record as the state now holds it.
+    Joined(Arc<Member>),
+    /// A member left or was removed: its record as it was.
+    Left(Arc<Member>),
     /// The probers changed: any probe-mode member's responsible node may have moved.
     Probers,
     /// The whole state was replaced by an installed snapshot.
@@ -131,9 +135,12 @@ impl StateHandle {
         let revision = state.revision();
         self.inner.commands.fetch_add(1, Ordering::AcqRel);
         let changed = match (command, &outcome) {
-            (Command::Join { group, id, .. }, Outcome::Joined { changed: true, .. })
-            | (Command::Leave { group, id, .. }, Outcome::Left { .. }) => {
-                self.notify(Change::Member(group.clone(), id.clone()));
+            (Command::Join { group, .. }, Outcome::Joined { member, changed: true, .. }) => {
+                self.notify(Change::Joined(Arc::clone(member)));
+                Some(std::slice::from_ref(group))
+            }
+            (Command::Leave { group, .. }, Outcome::Left { member }) => {
+                self.notify(Change::Left(Arc::clone(member)));
                 Some(std::slice::from_ref(group))
             }
             // A new set of probers may move members of any group.

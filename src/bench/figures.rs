@@ -13,6 +13,16 @@ use crate::client::ClientError;
 /// The largest latency the histograms tell apart, in microseconds (an hour).
 const LATENCY_CEILING_US: u64 = 3_600_000_000;
 
+/// `bytes` in MiB.
+pub(super) fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Byte counts, one per node, as whole MiB: `289/247/250`.
+pub(super) fn mib_per_node(bytes: &[u64]) -> String {
+    bytes.iter().map(|&b| format!("{:.0}", mib(b))).collect::<Vec<_>>().join("/")
+}
+
 /// A latency histogram in microseconds over a fixed range, so a rare huge value is clamped
 /// instead of growing every histogram.
 pub(super) struct Latencies(Histogram<u64>);

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::cluster::{find_leader, wait_ready, ClusterArgs, OwnCluster, READY_DEADLINE};
 use super::fd::process::{CpuMeter, Pid};
+use super::figures::mib_per_node;
 use super::{interruptible, BenchError, REQUEST_TIMEOUT};
 use crate::client::{Client, RetryPolicy};
 use crate::membership::{Address, FailureDetection, GroupName, MemberId, MemberSpec, Metadata};
@@ -213,16 +214,11 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.0}", bytes as f64 / (1024.0 * 1024.0))
-}
-
 impl Step {
     const HEADER: &'static str =
         "members    joins/s   leader idle CPU   idle CPU per node     RSS MiB per node   data MiB per node   restart to ready";
 
     fn line(&self) -> String {
-        let per_node = |values: Vec<String>| values.join("/");
         let leader_cpu = self.idle_cpu.get((self.leader as usize).saturating_sub(1)).copied().unwrap_or(0.0);
         format!(
             "{:<10} {:>8} {:>10.3} (n{}) {:>19} {:>18} {:>19} {:>15.2}s",
@@ -230,9 +226,9 @@ impl Step {
             self.joins_per_s.map_or("-".to_owned(), |r| format!("{r:.0}")),
             leader_cpu,
             self.leader,
-            per_node(self.idle_cpu.iter().map(|c| format!("{c:.3}")).collect()),
-            per_node(self.rss.iter().map(|&b| mib(b)).collect()),
-            per_node(self.data_dir.iter().map(|&b| mib(b)).collect()),
+            self.idle_cpu.iter().map(|c| format!("{c:.3}")).collect::<Vec<_>>().join("/"),
+            mib_per_node(&self.rss),
+            mib_per_node(&self.data_dir),
             self.ready_after.as_secs_f64(),
         )
     }

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::cluster::{ClusterArgs, OwnCluster};
-use super::figures::{latency, millis, Latencies};
+use super::figures::{latency, mib, mib_per_node, millis, Latencies};
 use super::load::{bench_member, bench_name};
 use super::scale::{pids, rss_bytes};
 use super::{interruptible, BenchError, REQUEST_TIMEOUT};
@@ -131,8 +131,8 @@ async fn bench(config: &WatchConfig, client: &Client, own: &OwnCluster) -> Resul
     println!("{}", figures.line(acks.len(), config.streams));
     println!(
         "watch: memory per idle stream {per_stream_kib:.1} KiB (the nodes' RSS grew by {:.1} MiB, from {} MiB)",
-        grown as f64 / (1024.0 * 1024.0),
-        mib_list(&before),
+        mib(grown),
+        mib_per_node(&before),
     );
     if config.json {
         let mut report = figures.json(acks.len());
@@ -141,8 +141,7 @@ async fn bench(config: &WatchConfig, client: &Client, own: &OwnCluster) -> Resul
         report["every_ms"] = json!(millis(config.every));
         report["group_size"] = json!(config.group_size);
         report["memory_per_idle_stream_kib"] = json!((per_stream_kib * 10.0).round() / 10.0);
-        report["rss_before_mib"] =
-            json!(before.iter().map(|&b| (b as f64 / (1024.0 * 1024.0)).round()).collect::<Vec<_>>());
+        report["rss_before_mib"] = json!(before.iter().map(|&b| mib(b).round()).collect::<Vec<_>>());
         println!("{report}");
     }
     Ok(())
@@ -201,10 +200,6 @@ async fn join(client: &Client, group: &GroupName, id: &str, instance: &str) -> R
     let spec = bench_member(instance).map_err(BenchError::Flags)?;
     let id = bench_name(MemberId::parse, id).map_err(BenchError::Flags)?;
     Ok(client.join(group, &id, &spec).await?.answer.revision)
-}
-
-fn mib_list(bytes: &[u64]) -> String {
-    bytes.iter().map(|&b| format!("{:.0}", b as f64 / (1024.0 * 1024.0))).collect::<Vec<_>>().join("/")
 }
 
 /// How the changes reached the streams.

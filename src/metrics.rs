@@ -320,8 +320,8 @@ impl Metrics {
         ]
     }
 
-    pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
-        self.http_requests.with_label_values(&[route, method, &status.to_string()]).inc();
+    pub fn observe_request(&self, route: &str, method: &str, status: http::StatusCode, elapsed: Duration) {
+        self.http_requests.with_label_values(&[route, method, status.as_str()]).inc();
         self.http_duration.with_label_values(&[route, method]).observe(elapsed.as_secs_f64());
     }
 

@@ -586,7 +586,7 @@ mod tests {
     }
 
     #[test]
-    fn members_are_stored_once_and_written_as_a_map_by_id() {
+    fn members_are_written_as_a_map_by_id() {
         let mut s = MembershipState::default();
         joined(s.apply(&join("g", "b", addr("h:1"), 0)));
         joined(s.apply(&join("g", "a", addr("h:2"), 0)));
@@ -601,6 +601,21 @@ mod tests {
         joined(s.apply(&join("g", "a", addr("h:3"), 0)));
         assert_eq!(s.member(&g("g"), &m("a")).unwrap().address.as_str(), "h:3");
         assert_eq!(s.view(&g("g")).unwrap().members.len(), 2);
+    }
+
+    #[test]
+    fn a_change_after_a_clone_copies_the_group_but_shares_its_records() {
+        let mut s = MembershipState::default();
+        joined(s.apply(&join("g", "a", addr("h:1"), 0)));
+        joined(s.apply(&join("g", "b", addr("h:2"), 0)));
+        let snapshot = s.clone();
+        joined(s.apply(&join("g", "c", addr("h:3"), 0)));
+        let (before, after) = (&snapshot.groups[&g("g")], &s.groups[&g("g")]);
+        assert!(!Arc::ptr_eq(before, after), "the changed group is a copy");
+        assert_eq!(before.members.len(), 2, "the clone keeps the group as it was");
+        for id in ["a", "b"] {
+            assert!(Arc::ptr_eq(&before.members[&m(id)], &after.members[&m(id)]), "{id}'s record is shared");
+        }
     }
 
     #[test]

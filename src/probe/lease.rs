@@ -57,14 +57,13 @@ impl Book {
     fn track(&mut self, member: &Member, present: bool, now: Instant) {
         // Keyed by the state's copy of the group name, shared by its records.
         let key = (member.group.clone(), member.id.clone());
-        let FailureDetection::Lease { ttl_ms } = member.failure_detection else {
-            self.leases.remove(&key);
-            return;
+        let ttl_ms = match member.failure_detection {
+            FailureDetection::Lease { ttl_ms } if present => ttl_ms,
+            _ => {
+                self.leases.remove(&key);
+                return;
+            }
         };
-        if !present {
-            self.leases.remove(&key);
-            return;
-        }
         if self.leases.get(&key).is_some_and(|(lease, _)| lease.incarnation == member.incarnation) {
             return;
         }

@@ -4,6 +4,10 @@
 
 use std::time::Duration;
 
+/// The file in a node's data dir that `gm server` locks for its life (`flock`), so that two
+/// processes never write one Raft log; `gm dev` tries it to tell a data dir in use.
+pub const DATA_DIR_LOCK: &str = "lock";
+
 /// Parses `250ms`, `1s`, `2m`.
 pub fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)

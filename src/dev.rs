@@ -21,6 +21,8 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+use crate::config::DATA_DIR_LOCK;
+
 /// `gm dev`: node N of the local cluster listens on 127.0.0.1 at `--api-port` + N - 1 (REST) and
 /// `--peer-port` + N - 1 (Raft), and keeps its state in `<data-dir>/node-N`.
 #[derive(Clone, Debug, Args)]
@@ -465,7 +467,9 @@ fn port_free(port: u16) -> bool {
 /// running cluster, and `--clean` would delete a running cluster's data.
 fn check_data_free(data_dir: &Path, nodes: u64) -> Result<(), DevError> {
     for node in 1..=nodes {
-        let Ok(lock) = std::fs::OpenOptions::new().write(true).open(data_dir.join(format!("node-{node}/lock"))) else {
+        let Ok(lock) =
+            std::fs::OpenOptions::new().write(true).open(data_dir.join(format!("node-{node}")).join(DATA_DIR_LOCK))
+        else {
             continue;
         };
         // Released when `lock` is dropped, at once: the node takes it when it starts.

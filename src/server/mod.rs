@@ -15,6 +15,7 @@ use crate::api::{self, AppState};
 pub mod config;
 pub mod recover;
 
+use crate::config::DATA_DIR_LOCK;
 use crate::discovery::identity::{self, Identity};
 use crate::discovery::kubernetes::{self, Bootstrap, Kubernetes, Settled};
 use crate::discovery::static_peers::{self, DiscoveryError};
@@ -477,8 +478,12 @@ async fn raft_running(raft: Raft) {
 fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
     let failed = |source| ServerError::DataDirLock { dir: dir.display().to_string(), source };
     std::fs::create_dir_all(dir).map_err(failed)?;
-    let file =
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).map_err(failed)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(DATA_DIR_LOCK))
+        .map_err(failed)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::DataDirInUse { dir: dir.display().to_string() }),

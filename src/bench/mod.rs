@@ -28,14 +28,14 @@ use crate::client::ClientError;
 use crate::dev::DevError;
 
 pub use cluster::ClusterArgs;
-
-/// Deadline of one bench request, tried once: above the server's own 10 s limit, so a slow
-/// answer is still seen and counted as one.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub use fd::FdConfig;
 pub use load::{LoadConfig, Workload};
 pub use scale::ScaleConfig;
 pub use streams::WatchConfig;
+
+/// Deadline of one bench request, tried once: above the server's own 10 s limit, so a slow
+/// answer is still seen and counted as one.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `gm bench [FLAGS]` runs the load bench; `gm bench fd [FLAGS]` the failure-detection bench.
 #[derive(Clone, Debug, Args)]

@@ -771,6 +771,40 @@ async fn a_watch_stream_that_cannot_keep_up_is_closed() {
     assert!(c.log_text(l.id).contains("closing a watch stream that fell behind"));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_watch_stream_sends_a_keep_alive_15_s_after_it_last_sent_anything() {
+    use futures::StreamExt;
+
+    let c = Cluster::start(3).await;
+    let l = c.node(c.leader().await);
+    let resp = reqwest::Client::new().get(l.url("/v1/groups/quiet/watch")).send().await.expect("watch");
+    let mut chunks = resp.bytes_stream();
+    // The chunks as they arrive, with when: a keep-alive is a frame of its own, `:` and a blank
+    // line, and nothing else is sent on a stream this quiet.
+    let mut next = async || {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), chunks.next()).await;
+        let chunk = chunk.expect("something within 60 s").expect("the stream goes on").expect("readable");
+        (String::from_utf8_lossy(&chunk).into_owned(), std::time::Instant::now())
+    };
+    let mut text = String::new();
+    while !text.contains("event: view") {
+        text += &next().await.0;
+    }
+    let (keep_alive, keep_alive_at) = next().await;
+    assert_eq!(keep_alive, ":\n\n", "a keep-alive, after the first view and nothing else");
+
+    // A view sent moves the next keep-alive to 15 s after it. (A later one is fine on a slow
+    // machine; an earlier one is a timer that was not moved, or that fired and stayed due.)
+    c.put(l, "/v1/groups/quiet/members/a", &lease_member("10.0.0.1:80")).await.expect_ok(201, "join");
+    let (view, view_at) = next().await;
+    assert!(view.contains("event: view"), "the change, not a keep-alive: {view:?}");
+    assert!(view_at.duration_since(keep_alive_at) < Duration::from_secs(10), "the change came at once");
+    let (third, third_at) = next().await;
+    assert_eq!(third, ":\n\n");
+    let quiet = third_at.duration_since(view_at);
+    assert!(quiet >= Duration::from_secs(12), "a keep-alive only {quiet:?} after the view");
+}
+
 /// One request of the bad-input table and the error it must get.
 struct BadInput {
     what: String,

@@ -5,6 +5,7 @@
 //! it can be read.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::error::ApiError;
 use super::extract::{Consistency, PathParams, QueryParams, ReadParams, REVISION_HEADER};
@@ -54,12 +55,8 @@ pub async fn watch(
     let open = GaugeGuard::inc(&app.metrics.watch_streams);
     let opened = Bytes::from(format!(": watching group {group}\n\n"));
     let watcher = Watcher {
-        node: Arc::clone(&app.node),
-        group,
-        changes,
-        first,
-        last: None,
-        quiet_since: Instant::now(),
+        feed: Feed { node: Arc::clone(&app.node), group, changes, first, last: None },
+        keep_alive: Box::pin(tokio::time::sleep(KEEP_ALIVE)),
         _open: open,
     };
     let events = stream::unfold(watcher, |mut w| async move { w.next().await.map(|event| (event, w)) });
@@ -77,10 +74,22 @@ pub async fn watch(
     Ok(resp)
 }
 
-/// What one watch stream sends: the first view (read at once, or once a quorum confirms it),
-/// then one view per change, each the bytes every stream of the group shares, and a comment
-/// line whenever it has been quiet for [`KEEP_ALIVE`].
+/// What one watch stream sends: the views of [`Feed`], each the bytes every stream of the group
+/// shares, and a comment line whenever it has been quiet for [`KEEP_ALIVE`].
 struct Watcher {
+    feed: Feed,
+    /// Due [`KEEP_ALIVE`] after the stream last sent anything. One timer for the stream's life,
+    /// moved later on each send (tokio moves a deadline later without touching its timer wheel),
+    /// rather than a new one per event: with thousands of streams a change would otherwise add
+    /// and remove a timer per stream.
+    keep_alive: Pin<Box<Sleep>>,
+    /// Counts the stream in `gm_watch_streams` until it ends.
+    _open: GaugeGuard,
+}
+
+/// The views one watch stream sends: the first (read at once, or once a quorum confirms it),
+/// then one per change.
+struct Feed {
     node: Arc<Node>,
     group: GroupName,
     changes: broadcast::Receiver<Arc<ViewCell>>,
@@ -88,27 +97,28 @@ struct Watcher {
     first: Option<Arc<ViewCell>>,
     /// The revision of the view sent last, and whether it had no members.
     last: Option<(u64, bool)>,
-    /// When the stream last sent anything.
-    quiet_since: Instant,
-    /// Counts the stream in `gm_watch_streams` until it ends.
-    _open: GaugeGuard,
 }
 
 impl Watcher {
     /// The next bytes to send; `None` ends the stream.
     async fn next(&mut self) -> Option<Bytes> {
-        let keep_alive = tokio::time::sleep_until(self.quiet_since + KEEP_ALIVE);
-        let sent = tokio::select! {
-            view = self.next_view() => {
-                let event = view?.event();
-                event.inspect_err(|error| tracing::error!(group = %self.group, %error, "closing a watch stream")).ok()?
-            }
-            _ = keep_alive => Bytes::from_static(b":\n\n"),
+        let view = tokio::select! {
+            view = self.feed.next_view() => Some(view?),
+            _ = self.keep_alive.as_mut() => None,
         };
-        self.quiet_since = Instant::now();
+        let sent = match view {
+            Some(view) => view
+                .event()
+                .inspect_err(|error| tracing::error!(group = %self.feed.group, %error, "closing a watch stream"))
+                .ok()?,
+            None => Bytes::from_static(b":\n\n"),
+        };
+        self.keep_alive.as_mut().reset(Instant::now() + KEEP_ALIVE);
         Some(sent)
     }
+}
 
+impl Feed {
     /// The next view to send; `None` ends the stream: the node shuts down, or the stream fell
     /// too far behind the changes (it is closed rather than queue views without bound; the
     /// client opens it again and starts from the current view).

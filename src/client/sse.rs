@@ -17,13 +17,20 @@ pub struct SseEvent {
 /// LF, CRLF or CR; `:` starts a comment (keep-alives); a blank line ends an event; an event
 /// without data is dropped; several `data:` lines are joined with `\n`. Chunks may split lines
 /// (and UTF-8 characters) anywhere.
+///
+/// Lines are found with `memchr` and read in place: only a line split between two chunks is
+/// copied, and a `data:` line is copied once, into the event's data. A client following thousands
+/// of streams (`gm bench watch`) spends its time here: the byte-at-a-time scan with a `String` per
+/// line this replaced took about a quarter of that client's CPU.
 #[derive(Debug, Default)]
 pub struct SseParser {
+    /// The start of a line the last chunk did not finish.
     pending: Vec<u8>,
-    /// The last byte seen was a CR: a LF right after it ends no second line.
+    /// The last byte seen ended a line with a CR: a LF right after it ends no second line.
     after_cr: bool,
     event: String,
-    data: String,
+    /// The `data:` lines so far, joined with `\n`; `None` before the first.
+    data: Option<String>,
     last_id: Option<String>,
 }
 
@@ -31,51 +38,80 @@ impl SseParser {
     /// Feeds `chunk`; returns the events it completes.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();
-        let scan_from = self.pending.len();
-        self.pending.extend_from_slice(chunk);
-        let mut start = 0;
-        for i in scan_from..self.pending.len() {
-            let byte = self.pending[i];
-            if std::mem::take(&mut self.after_cr) && byte == b'\n' && i == start {
-                start = i + 1;
-                continue;
-            }
-            if byte == b'\n' || byte == b'\r' {
-                let line = String::from_utf8_lossy(&self.pending[start..i]).into_owned();
-                self.line(&line, &mut events);
-                self.after_cr = byte == b'\r';
-                start = i + 1;
-            }
+        if self.pending.is_empty() {
+            let read = self.lines(chunk, 0, &mut events);
+            self.pending.extend_from_slice(&chunk[read..]);
+        } else {
+            let mut bytes = std::mem::take(&mut self.pending);
+            let scan_from = bytes.len();
+            bytes.extend_from_slice(chunk);
+            let read = self.lines(&bytes, scan_from, &mut events);
+            bytes.drain(..read);
+            self.pending = bytes;
         }
-        self.pending.drain(..start);
         events
     }
 
-    fn line(&mut self, line: &str, events: &mut Vec<SseEvent>) {
+    /// Reads the whole lines of `bytes`, whose first `scan_from` bytes hold no line end, and
+    /// returns how many bytes they took.
+    fn lines(&mut self, bytes: &[u8], scan_from: usize, events: &mut Vec<SseEvent>) -> usize {
+        let mut start = 0;
+        // A CR ended the last line and nothing was left over, so `bytes` starts after it.
+        if self.after_cr && !bytes.is_empty() {
+            self.after_cr = false;
+            if bytes[0] == b'\n' {
+                start = 1;
+            }
+        }
+        let mut at = scan_from.max(start);
+        while let Some(offset) = memchr::memchr2(b'\n', b'\r', &bytes[at..]) {
+            let end = at + offset;
+            self.line(&bytes[start..end], events);
+            start = end + 1;
+            if bytes[end] == b'\r' {
+                match bytes.get(start) {
+                    Some(b'\n') => start += 1,
+                    Some(_) => {}
+                    None => self.after_cr = true,
+                }
+            }
+            at = start;
+        }
+        start
+    }
+
+    fn line(&mut self, line: &[u8], events: &mut Vec<SseEvent>) {
         if line.is_empty() {
             let event = std::mem::take(&mut self.event);
-            let mut data = std::mem::take(&mut self.data);
-            if !data.is_empty() {
-                data.pop();
+            if let Some(data) = self.data.take() {
                 let event = if event.is_empty() { "message".to_owned() } else { event };
                 events.push(SseEvent { event, id: self.last_id.clone(), data });
             }
             return;
         }
-        if line.starts_with(':') {
+        if line[0] == b':' {
             return;
         }
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
-        };
-        match field {
-            "event" => self.event = value.to_owned(),
-            "data" => {
-                self.data.push_str(value);
-                self.data.push('\n');
+        // A `:` is never part of a multi-byte UTF-8 character, so splitting the bytes splits
+        // the text the same way.
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
             }
-            "id" if !value.contains('\0') => self.last_id = Some(value.to_owned()),
+            None => (line, &[][..]),
+        };
+        let value = String::from_utf8_lossy(value);
+        match field {
+            b"event" => self.event = value.into_owned(),
+            b"data" => match &mut self.data {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(&value);
+                }
+                None => self.data = Some(value.into_owned()),
+            },
+            b"id" if !value.contains('\0') => self.last_id = Some(value.into_owned()),
             _ => {}
         }
     }
@@ -137,6 +173,21 @@ mod tests {
         // LF, CRLF and lone CR each end a line, also a CRLF split between two chunks.
         let got = events(&mut p, &["data: a\r", "\ndata: b\rdata: c\n\r\n", "data: d\r\r"]);
         assert_eq!(got, vec![message("a\nb\nc"), message("d")]);
+    }
+
+    #[test]
+    fn a_cr_that_ends_a_chunk_ends_its_line_whatever_comes_next() {
+        let mut p = SseParser::default();
+        let got = events(&mut p, &["data: a\r", "data: b\r", "\r", "\ndata: c\r", "", "\n\r\n"]);
+        // `b\r` then `\r`: the second CR is a blank line; the LF after it is part of that CRLF.
+        assert_eq!(got, vec![message("a\nb"), message("c")]);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_become_replacement_characters() {
+        let mut p = SseParser::default();
+        let got: Vec<SseEvent> = [&b"data: a\xff"[..], b"\xe2\x82", b"\n\n"].iter().flat_map(|c| p.push(c)).collect();
+        assert_eq!(got, vec![message("a\u{fffd}\u{fffd}")]);
     }
 
     #[test]

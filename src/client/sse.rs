@@ -101,7 +101,12 @@ impl SseParser {
             }
             None => (line, &[][..]),
         };
-        let value = String::from_utf8_lossy(value);
+        // `from_utf8` checks a word at a time; `from_utf8_lossy` walks the bytes one by one, so it
+        // only repairs what the first found wrong.
+        let value = match std::str::from_utf8(value) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(value),
+        };
         match field {
             b"event" => self.event = value.into_owned(),
             b"data" => match &mut self.data {

@@ -159,6 +159,10 @@ async fn next_view(watch: &mut Watch) -> Option<(u64, Instant)> {
 /// Everything `watch` sends until `stop`.
 async fn receive(mut watch: Watch, first: u64, mut stop: watch::Receiver<bool>) -> Received {
     let mut received = Received { first, views: Vec::new(), ended_early: false };
+    // One wait for the stop for the whole stream, not one per view: each wait registers with the
+    // channel that every stream shares, under its lock.
+    let stopped = stop.wait_for(|&stopped| stopped);
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             view = next_view(&mut watch) => match view {
@@ -168,7 +172,7 @@ async fn receive(mut watch: Watch, first: u64, mut stop: watch::Receiver<bool>) 
                     return received;
                 }
             },
-            _ = stop.wait_for(|&stopped| stopped) => return received,
+            _ = &mut stopped => return received,
         }
     }
 }

@@ -799,9 +799,9 @@ async fn a_quiet_watch_stream_sends_a_keep_alive_15_s_after_it_last_sent_anythin
     let (view, view_at) = next().await;
     assert!(view.contains("event: view"), "the change, not a keep-alive: {view:?}");
     assert!(view_at.duration_since(keep_alive_at) < Duration::from_secs(10), "the change came at once");
-    let (third, third_at) = next().await;
-    assert_eq!(third, ":\n\n");
-    let quiet = third_at.duration_since(view_at);
+    let (next_keep_alive, next_keep_alive_at) = next().await;
+    assert_eq!(next_keep_alive, ":\n\n");
+    let quiet = next_keep_alive_at.duration_since(view_at);
     assert!(quiet >= Duration::from_secs(12), "a keep-alive only {quiet:?} after the view");
 }
 

@@ -214,7 +214,11 @@ impl Watcher {
     }
 
     async fn line(&mut self) -> String {
-        let next = tokio::time::timeout(DEADLINE, self.lines.next_line()).await.expect("a line in time");
+        self.line_within(DEADLINE).await
+    }
+
+    async fn line_within(&mut self, within: Duration) -> String {
+        let next = tokio::time::timeout(within, self.lines.next_line()).await.expect("a line in time");
         next.expect("read stdout").expect("gm watch printed a line before it ended")
     }
 
@@ -234,6 +238,27 @@ impl Watcher {
         assert!(self.lines.next_line().await.expect("stdout").is_none(), "nothing after the last view");
         (status.code().expect("an exit status"), stderr)
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_gives_up_a_node_that_falls_silent_and_goes_on_from_the_next() {
+    let cluster = Cluster::start(3).await;
+    let follower = cluster.follower().await;
+    let others: Vec<String> = cluster.nodes.iter().filter(|n| n.id != follower).map(|n| n.api.clone()).collect();
+    let silent = cluster.node(follower).api.clone();
+    let mut watcher = Watcher::start(&[&silent, &others[0], &others[1]], &["quiet", "--count", "2", "-o", "json"]);
+    assert!(member_ids(&watcher.view().await).is_empty());
+
+    // A paused node keeps the connection open and sends nothing, not even keep-alives.
+    cluster.pause(follower, true);
+    gm(&[&others[0], &others[1]], &["join", "quiet", "w-1", "--address", "a:1", "--lease", "5m"]).await.assert_ok();
+    // Given up 35 s after its last keep-alive (at most 15 s before the pause), then the next node.
+    let view: Value = serde_json::from_str(&watcher.line_within(Duration::from_secs(120)).await).expect("a view");
+    assert_eq!(member_ids(&view), ["w-1"]);
+    let (status, stderr) = watcher.end().await;
+    cluster.pause(follower, false);
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stderr.contains("nothing came for 35 s"), "the silence is logged: {stderr}");
 }
 
 fn member_ids(view: &Value) -> Vec<&str> {

@@ -86,13 +86,14 @@ pub async fn run(
 /// The stream's next view, or why there will be none.
 async fn next_view(watch: &mut Watch) -> Next {
     loop {
-        let heard = watch.bytes_read();
-        match tokio::time::timeout(SILENT_FOR, watch.next()).await {
+        // Counted from the last bytes that came, keep-alives included, so the stream is given up
+        // [`SILENT_FOR`] after it fell silent, not up to twice that.
+        match tokio::time::timeout_at(watch.received_at() + SILENT_FOR, watch.next()).await {
             Ok(Some(Ok(view))) => return Next::View(view),
             Ok(Some(Err(error))) => return Next::Lost(error.to_string()),
             Ok(None) => return Next::Lost("the node ended the stream".to_owned()),
             // Keep-alives came meanwhile: the node is there, the group has not changed.
-            Err(_) if watch.bytes_read() > heard => continue,
+            Err(_) if watch.received_at().elapsed() < SILENT_FOR => continue,
             Err(_) => return Next::Lost(format!("nothing came for {} s", SILENT_FOR.as_secs())),
         }
     }

@@ -60,8 +60,9 @@ impl Watch {
         self.revision
     }
 
-    /// When the bytes that completed the view handed out last arrived (before it was decoded):
-    /// the moment the node's change was seen here.
+    /// When the stream's last bytes arrived, keep-alives included (when it was opened, before
+    /// any). Right after a view is handed out: when the bytes that completed it arrived (before it
+    /// was decoded), the moment the node's change was seen here.
     pub fn received_at(&self) -> Instant {
         self.received_at
     }

@@ -23,8 +23,6 @@ use crate::wire::{Consistency, GroupView};
 
 /// A stream that sent nothing, not even a keep-alive (every 15 s), for this long is given up.
 const SILENCE: Duration = Duration::from_secs(45);
-/// How often a quiet stream is checked for keep-alives.
-const SILENCE_CHECK: Duration = Duration::from_secs(5);
 /// The pauses between attempts to open a stream: doubling from the first to the last.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(2);
@@ -93,21 +91,19 @@ pub async fn follow(
             Err(error) => tracing::warn!(group = %group, %error, "cannot open the watch stream; trying again"),
             Ok(mut stream) => {
                 tracing::debug!(group = %group, endpoint = stream.endpoint(), "watching");
-                let mut heard = (stream.bytes_read(), Instant::now());
                 loop {
+                    // Timed from the stream's last bytes, keep-alives included.
                     let next = tokio::select! {
                         _ = stop.cancelled() => return,
-                        next = tokio::time::timeout(SILENCE_CHECK, stream.next()) => next,
+                        next = tokio::time::timeout_at(stream.received_at() + SILENCE, stream.next()) => next,
                     };
                     match next {
+                        // Keep-alives came meanwhile: the node is there, the group has not changed.
+                        Err(_) if stream.received_at().elapsed() < SILENCE => {}
                         Err(_) => {
-                            if stream.bytes_read() != heard.0 {
-                                heard = (stream.bytes_read(), Instant::now());
-                            } else if heard.1.elapsed() >= SILENCE {
-                                let endpoint = stream.endpoint();
-                                tracing::warn!(group = %group, endpoint, "the watch stream went silent");
-                                break;
-                            }
+                            let endpoint = stream.endpoint();
+                            tracing::warn!(group = %group, endpoint, "the watch stream went silent");
+                            break;
                         }
                         Ok(None) => {
                             tracing::info!(group = %group, endpoint = stream.endpoint(), "the watch stream ended");
@@ -118,7 +114,6 @@ pub async fn follow(
                             break;
                         }
                         Ok(Some(Ok(view))) => {
-                            heard = (stream.bytes_read(), Instant::now());
                             pause = FIRST_PAUSE;
                             let label = [group.as_str()];
                             metrics.view_revision.with_label_values(&label).set(view.revision as i64);

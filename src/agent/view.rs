@@ -11,13 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::AgentState;
-use crate::client::Client;
+use crate::client::{Client, WatchLost};
 use crate::membership::GroupName;
 use crate::wire::{Consistency, GroupView};
 
@@ -92,28 +91,25 @@ pub async fn follow(
             Ok(mut stream) => {
                 tracing::debug!(group = %group, endpoint = stream.endpoint(), "watching");
                 loop {
-                    // Timed from the stream's last bytes, keep-alives included.
                     let next = tokio::select! {
                         _ = stop.cancelled() => return,
-                        next = tokio::time::timeout_at(stream.received_at() + SILENCE, stream.next()) => next,
+                        next = stream.next_within(SILENCE) => next,
                     };
                     match next {
-                        // Keep-alives came meanwhile: the node is there, the group has not changed.
-                        Err(_) if stream.received_at().elapsed() < SILENCE => {}
-                        Err(_) => {
+                        Err(WatchLost::Silent(_)) => {
                             let endpoint = stream.endpoint();
                             tracing::warn!(group = %group, endpoint, "the watch stream went silent");
                             break;
                         }
-                        Ok(None) => {
+                        Err(WatchLost::Ended) => {
                             tracing::info!(group = %group, endpoint = stream.endpoint(), "the watch stream ended");
                             break;
                         }
-                        Ok(Some(Err(error))) => {
+                        Err(WatchLost::Failed(error)) => {
                             tracing::warn!(group = %group, %error, "the watch stream broke");
                             break;
                         }
-                        Ok(Some(Ok(view))) => {
+                        Ok(view) => {
                             pause = FIRST_PAUSE;
                             let label = [group.as_str()];
                             metrics.view_revision.with_label_values(&label).set(view.revision as i64);

@@ -1,6 +1,6 @@
 //! `gm watch GROUP`: the group's view, then each new view, until Ctrl-C, SIGTERM or `--count`.
 //!
-//! A [`Watch`] stream is not opened again by itself: when it breaks, ends, or goes silent (not
+//! A [`Watch`](crate::client::Watch) stream is not opened again by itself: when it breaks, ends, or goes silent (not
 //! even a keep-alive, which a node sends every 15 s, for [`SILENT_FOR`]), the command opens a new
 //! one, starting at the endpoint after the one that failed. The new stream's first view is the
 //! whole current view, so no change is lost; a view no newer than the last one printed, or with
@@ -8,23 +8,14 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-
 use super::exit::CliError;
 use super::output::{self, Output, Printer};
-use crate::client::{Client, Watch};
+use crate::client::Client;
 use crate::membership::{GroupName, GroupView};
 use crate::wire::Consistency;
 
 /// How long a stream may send nothing before it is given up for a new one: two keep-alives.
 const SILENT_FOR: Duration = Duration::from_secs(35);
-
-/// What came of waiting on a stream.
-enum Next {
-    View(GroupView),
-    /// The stream is of no more use, for this reason.
-    Lost(String),
-}
 
 pub async fn run(
     client: &Client,
@@ -46,11 +37,11 @@ pub async fn run(
     let mut printed = 0;
     loop {
         let next = tokio::select! {
-            next = next_view(&mut watch) => next,
+            next = watch.next_within(SILENT_FOR) => next,
             () = &mut stop => return Ok(()),
         };
         match next {
-            Next::View(view) => {
+            Ok(view) => {
                 if last.as_ref().is_some_and(|l| view.revision <= l.revision || view.members == l.members) {
                     continue;
                 }
@@ -68,8 +59,8 @@ pub async fn run(
                 }
                 last = Some(view);
             }
-            Next::Lost(reason) => {
-                tracing::warn!(group = %group, endpoint = watch.endpoint(), reason, "watch stream lost; opening a new one");
+            Err(lost) => {
+                tracing::warn!(group = %group, endpoint = watch.endpoint(), reason = %lost, "watch stream lost; opening a new one");
                 let after = client.endpoints().iter().position(|e| e == watch.endpoint()).map_or(0, |i| i + 1);
                 let next_first = client.starting_at(after);
                 watch = tokio::select! {
@@ -79,22 +70,6 @@ pub async fn run(
                     () = &mut stop => return Ok(()),
                 };
             }
-        }
-    }
-}
-
-/// The stream's next view, or why there will be none.
-async fn next_view(watch: &mut Watch) -> Next {
-    loop {
-        // Counted from the last bytes that came, keep-alives included, so the stream is given up
-        // [`SILENT_FOR`] after it fell silent, not up to twice that.
-        match tokio::time::timeout_at(watch.received_at() + SILENT_FOR, watch.next()).await {
-            Ok(Some(Ok(view))) => return Next::View(view),
-            Ok(Some(Err(error))) => return Next::Lost(error.to_string()),
-            Ok(None) => return Next::Lost("the node ended the stream".to_owned()),
-            // Keep-alives came meanwhile: the node is there, the group has not changed.
-            Err(_) if watch.received_at().elapsed() < SILENT_FOR => continue,
-            Err(_) => return Next::Lost(format!("nothing came for {} s", SILENT_FOR.as_secs())),
         }
     }
 }

@@ -125,19 +125,32 @@ impl ClientError {
 }
 
 /// reqwest's message and its causes, `: `-separated: its own message alone says only "error
-/// sending request", not whether the connection was refused or timed out.
+/// sending request", not whether the connection was refused or timed out. An answer cut short
+/// (the node died, or the connection was cut, mid-body) is said to be one: reqwest calls it
+/// "error decoding response body", which reads like a bug in the answer.
 fn causes(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
+    let mut chain = vec![error.to_string()];
+    let mut cut_short = false;
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
+        cut_short |= cause.downcast_ref::<std::io::Error>().is_some_and(|e| breaks_a_connection(e.kind()));
         let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
+        if !chain.iter().any(|text| text.contains(&cause_text)) {
+            chain.push(cause_text);
         }
         source = cause.source();
     }
-    text
+    if cut_short && (error.is_body() || error.is_decode()) {
+        let why = chain.last().filter(|_| chain.len() > 1).map_or(String::new(), |last| format!(" ({last})"));
+        return format!("the connection broke before the whole answer came{why}");
+    }
+    chain.join(": ")
+}
+
+/// Whether an I/O error of this kind means the connection is gone.
+fn breaks_a_connection(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(kind, UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe)
 }
 
 #[cfg(test)]

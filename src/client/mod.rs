@@ -51,7 +51,7 @@ use crate::wire::{
 pub use error::{ClientError, ErrorKind};
 pub use retry::RetryPolicy;
 pub use sse::{SseEvent, SseParser};
-pub use watch::Watch;
+pub use watch::{Watch, WatchLost};
 
 /// How long connecting to a node may take, unless [`ClientBuilder::connect_timeout`] says.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

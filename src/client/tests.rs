@@ -269,3 +269,64 @@ async fn after_a_node_hangs_requests_start_where_an_answer_came_from() {
     }
     assert_eq!(hung.all().len(), 1, "the hung node was asked again");
 }
+
+/// An endpoint whose first watch stream is `body`: a view of revision 5 first, then `rest`.
+async fn watch_endpoint(rest: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>) -> String {
+    let view = json!({"group": "g", "revision": 5, "members": [member_json("a", 1)]});
+    let first = Bytes::from(format!("event: view\nid: 5\ndata: {view}\n\n"));
+    let body = Arc::new(Mutex::new(Some(futures::stream::once(async { Ok(first) }).chain(rest).boxed())));
+    let app = Router::new().route(
+        "/v1/groups/{group}/watch",
+        get(move || {
+            let stream = body.lock().unwrap().take().expect("one watch only");
+            async move { axum::body::Body::from_stream(stream) }
+        }),
+    );
+    serve(app).await
+}
+
+#[tokio::test]
+async fn a_watch_cut_short_says_the_connection_broke() {
+    // The node's body fails mid-stream, after the view went out: hyper drops the connection
+    // without the last chunk.
+    let cut = futures::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Err(std::io::Error::other("the node died"))
+    })
+    .boxed();
+    let client = Client::new([watch_endpoint(cut).await]).expect("client");
+    let (group, _) = names();
+    let mut watch = client.watch(&group, Consistency::Stale).await.expect("opens");
+    assert_eq!(watch.next_within(Duration::from_secs(30)).await.expect("the first view").revision, 5);
+    let lost = watch.next_within(Duration::from_secs(30)).await.expect_err("the stream broke");
+    let text = lost.to_string();
+    assert!(matches!(lost, WatchLost::Failed(ClientError::Transport { .. })), "{lost:?}");
+    assert!(
+        text.starts_with(&format!("{}: the connection broke before the whole answer came", watch.endpoint())),
+        "{text}"
+    );
+    assert!(!text.contains("decoding"), "{text}");
+}
+
+#[tokio::test]
+async fn a_watch_is_given_up_after_a_silence_but_not_while_keep_alives_come() {
+    // Keep-alives every 100 ms for 1 s, then nothing (the connection stays open).
+    let keep_alives = futures::stream::iter(0..10)
+        .then(|_| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(Bytes::from_static(b": keep-alive\n\n"))
+        })
+        .chain(futures::stream::pending())
+        .boxed();
+    let client = Client::new([watch_endpoint(keep_alives).await]).expect("client");
+    let (group, _) = names();
+    let mut watch = client.watch(&group, Consistency::Stale).await.expect("opens");
+    watch.next_within(Duration::from_secs(30)).await.expect("the first view");
+    let waited = std::time::Instant::now();
+    let lost = watch.next_within(Duration::from_millis(400)).await.expect_err("given up");
+    assert!(matches!(lost, WatchLost::Silent(_)), "{lost:?}");
+    // Not before the keep-alives stopped (1 s) and a silence of 400 ms followed.
+    assert!(waited.elapsed() >= Duration::from_millis(1300), "given up after {:?}", waited.elapsed());
+    assert!(watch.received_at().elapsed() >= Duration::from_millis(400));
+    assert_eq!(lost.to_string(), "nothing came for 0.4 s");
+}

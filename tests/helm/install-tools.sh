@@ -54,5 +54,5 @@ print(" ".join(pin for pin in sys.argv[1:] if installed(pin.split("==")[0]) != p
 EOF
 )
 if ((${#wanted[@]})); then
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${wanted[@]}"
+  tests/pip_install.sh "${wanted[@]}"
 fi

@@ -54,6 +54,11 @@ fn reads_of_a_whole_view_all_succeed_with_and_without_gzip() {
                 errors == "0" || errors.ends_with(&format!("(503: {})", errors.split(' ').next().unwrap())),
                 "{figures}"
             );
+            // What the phase cost: the nodes served every read, so they used CPU.
+            let cost = line(&out, &phase.replace(':', " CPU: GM nodes "));
+            let nodes: f64 =
+                cost.split("GM nodes ").nth(1).and_then(|s| s.split(' ').next()?.parse().ok()).expect(cost);
+            assert!(nodes > 0.0 && cost.contains("; per 1000 ops: GM nodes "), "{cost}");
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::cluster::{find_leader, wait_ready, ClusterArgs, OwnCluster, READY_DEADLINE};
+use super::fd::process::{CpuMeter, CpuUse, Pid};
 use super::figures::{errors_text, failure, latency, median, millis, Failure, Figures, Tally};
 use super::{interruptible, BenchError, REQUEST_TIMEOUT};
 use crate::client::{Client, ErrorKind, RetryPolicy};
@@ -79,7 +80,8 @@ pub struct LoadConfig {
     #[arg(long, env = "GM_BENCH_CONCURRENCY", default_value_t = 64,
         value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub concurrency: u64,
-    /// Length of the joins phase and of the linearizable reads phase.
+    /// Length of the joins phase and of the linearizable reads phase; the stale reads phase lasts
+    /// a quarter of it, at least 1 s.
     #[arg(long, env = "GM_BENCH_DURATION", default_value = "10s", value_parser = crate::config::duration)]
     pub duration: Duration,
     /// Groups the members are spread over (`bench-0`, `bench-1`, ...).
@@ -130,7 +132,8 @@ pub async fn run(config: LoadConfig) -> Result<(), BenchError> {
         println!("cluster: {}", client.endpoints().join(", "));
         wait_ready(&client, READY_DEADLINE).await?;
         let target = Target::new(client, config.groups);
-        load(&config, &target, &mut report).await?;
+        // The nodes are not this bench's processes: only its own CPU is measured.
+        load(&config, &target, &[], &mut report).await?;
         if config.workload.failover() {
             println!("failover: skipped (it kills nodes, so it needs the bench's own cluster)");
         }
@@ -153,7 +156,7 @@ async fn bench_own_cluster(
 ) -> Result<(), BenchError> {
     own.wait_ready(client).await?;
     let target = Target::new(client.clone(), config.groups);
-    load(config, &target, report).await?;
+    load(config, &target, &super::scale::pids(own)?, report).await?;
     if config.workload.failover() && config.failovers > 0 {
         if own.cluster.nodes.len() < 3 {
             println!("failover: skipped (it needs at least 3 nodes to keep a quorum)");
@@ -167,21 +170,26 @@ async fn bench_own_cluster(
     Ok(())
 }
 
-/// The joins and reads phases, as configured.
-async fn load(config: &LoadConfig, target: &Target, report: &mut Map<String, Value>) -> Result<(), BenchError> {
+/// The joins and reads phases, as configured; `pids`: the nodes' processes, whose CPU is measured
+/// (none for a cluster the bench did not start).
+async fn load(
+    config: &LoadConfig,
+    target: &Target,
+    pids: &[Pid],
+    report: &mut Map<String, Value>,
+) -> Result<(), BenchError> {
     let target = Arc::new(target.clone());
     let clients = config.concurrency;
     if config.workload.joins() {
         let per_worker = (MAX_MEMBERS / clients).max(1);
         let t = Arc::clone(&target);
-        let (tally, elapsed) = drive(clients, Stop::After(config.duration), move |w, seq| {
-            let t = Arc::clone(&t);
-            async move { t.bench_join(w, seq, per_worker).await }
-        })
-        .await?;
-        let figures = Figures::new(&tally, clients, elapsed);
-        println!("{}", figures.line("joins"));
-        report.insert("joins".into(), figures.json());
+        let phase = Phase { name: "joins".into(), key: "joins", clients, stop: Stop::After(config.duration) };
+        phase
+            .run(pids, report, move |w, seq| {
+                let t = Arc::clone(&t);
+                async move { t.bench_join(w, seq, per_worker).await }
+            })
+            .await?;
     }
     if config.workload.reads() {
         let reads = match config.group_size {
@@ -197,18 +205,71 @@ async fn load(config: &LoadConfig, target: &Target, report: &mut Map<String, Val
         ] {
             let t = Arc::clone(&target);
             let r = Arc::clone(&reads);
-            let (tally, elapsed) = drive(clients, Stop::After(length), move |w, seq| {
-                let t = Arc::clone(&t);
-                let r = Arc::clone(&r);
-                async move { r.read(&t, clients, w, seq, stale).await }
-            })
-            .await?;
-            let figures = Figures::new(&tally, clients, elapsed);
-            println!("{}", figures.line(&format!("{name}{what}")));
-            report.insert(if stale { "stale_reads" } else { "reads" }.into(), figures.json());
+            let key = if stale { "stale_reads" } else { "reads" };
+            let phase = Phase { name: format!("{name}{what}"), key, clients, stop: Stop::After(length) };
+            phase
+                .run(pids, report, move |w, seq| {
+                    let t = Arc::clone(&t);
+                    let r = Arc::clone(&r);
+                    async move { r.read(&t, clients, w, seq, stale).await }
+                })
+                .await?;
         }
     }
     Ok(())
+}
+
+/// One load phase: `clients` workers until `stop`.
+struct Phase {
+    /// How its lines start: `joins`, `reads of a 100-member view`.
+    name: String,
+    /// Its figures' key in the JSON report.
+    key: &'static str,
+    clients: u64,
+    stop: Stop,
+}
+
+impl Phase {
+    /// Runs `op` and prints two lines: the figures, and the CPU the phase cost (the nodes' in
+    /// `pids`, and this process's), also per 1000 operations. Both go into `report`.
+    async fn run<F, Fut>(self, pids: &[Pid], report: &mut Map<String, Value>, op: F) -> Result<(), BenchError>
+    where
+        F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Failure>> + Send,
+    {
+        let meter = CpuMeter::start(pids);
+        let (tally, elapsed) = drive(self.clients, self.stop, op).await?;
+        let cpu = meter.read();
+        let figures = Figures::new(&tally, self.clients, elapsed);
+        println!("{}", figures.line(&self.name));
+        println!("{}", cost_line(&self.name, &cpu, figures.ok, !pids.is_empty()));
+        let mut json = figures.json();
+        let per_thousand = cpu.ms_per_thousand(figures.ok);
+        json["cpu"] = cpu.json();
+        json["cpu"]["bench_cpu_ms_per_1000_ops"] = json!(per_thousand.map(|(_, bench)| bench));
+        json["cpu"]["cpu_ms_per_1000_ops"] = json!(per_thousand.map(|(nodes, _)| nodes).filter(|_| !pids.is_empty()));
+        if pids.is_empty() {
+            json["cpu"]["cpu_cores"] = Value::Null;
+        }
+        report.insert(self.key.into(), json);
+        Ok(())
+    }
+}
+
+/// `joins CPU: GM nodes 1.30 cores (node 1 0.55, ...), this bench process 0.39 cores; per 1000
+/// ops: GM nodes 157 ms, bench 47 ms`. Without `nodes_measured` (`--endpoints`), the bench's only.
+fn cost_line(name: &str, cpu: &CpuUse, ops: u64, nodes_measured: bool) -> String {
+    let per_thousand = cpu.ms_per_thousand(ops);
+    if !nodes_measured {
+        let per = per_thousand.map_or(String::new(), |(_, bench)| format!(" ({bench:.0} ms per 1000 ops)"));
+        return format!(
+            "{name} CPU: this bench process {:.2} cores{per}; the nodes' is not measured with --endpoints",
+            cpu.own
+        );
+    }
+    let per = per_thousand
+        .map_or(String::new(), |(nodes, bench)| format!("; per 1000 ops: GM nodes {nodes:.0} ms, bench {bench:.0} ms"));
+    format!("{name} CPU: {}{per}", cpu.text())
 }
 
 /// What the reads phases read.

@@ -497,9 +497,20 @@ fn endpoint_url(endpoint: &str) -> Result<String, ClientError> {
     if trimmed.is_empty() {
         return Err(bad());
     }
-    let url = if trimmed.contains("://") { trimmed.to_owned() } else { format!("http://{trimmed}") };
+    let bare = !trimmed.contains("://");
+    let url = if bare { format!("http://{trimmed}") } else { trimmed.to_owned() };
     let parsed = reqwest::Url::parse(&url).map_err(|_| bad())?;
-    let plain = matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() && parsed.query().is_none();
+    // Nothing but a scheme, a host and a port: a path would be put before every request's own
+    // (`/v1/v1/groups`, a 404 that reads as "no such group"), and `HOST` alone is more likely a
+    // forgotten port than a node on port 80 (which `http://HOST` still names).
+    let plain = matches!(parsed.scheme(), "http" | "https")
+        && parsed.host().is_some()
+        && parsed.path() == "/"
+        && parsed.query().is_none()
+        && parsed.fragment().is_none()
+        && parsed.username().is_empty()
+        && parsed.password().is_none()
+        && (!bare || parsed.port().is_some());
     if !plain {
         return Err(bad());
     }

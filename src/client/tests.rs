@@ -239,7 +239,16 @@ async fn a_watch_yields_views_split_across_chunks_and_ends_with_the_stream() {
 fn endpoints_are_normalised() {
     let client = Client::new(["127.0.0.1:8081", "http://gm:8080/", " https://gm.example "]).expect("client");
     assert_eq!(client.endpoints(), ["http://127.0.0.1:8081", "http://gm:8080", "https://gm.example"]);
-    for bad in [" ", "ftp://gm:1", "http://:80", "gm:8080/x?y=1"] {
+    for bad in [
+        " ",
+        "ftp://gm:1",
+        "http://:80",
+        "gm:8080/x?y=1",
+        "127.0.0.1:8081/v1",
+        "http://gm:8080/v1/",
+        "localhost",
+        "u:p@gm:1",
+    ] {
         assert!(matches!(Client::new([bad]), Err(ClientError::Endpoint(_))), "{bad}");
     }
     assert!(matches!(Client::new(Vec::<String>::new()), Err(ClientError::Endpoint(_))));

@@ -493,15 +493,20 @@ impl Cluster {
 
     /// Every member of every group on `node`, read at `consistency`; `None` if a read failed.
     pub async fn member_set(&self, node: &NodeProc, consistency: Consistency) -> Option<MemberSet> {
+        self.try_member_set(node, consistency).await.ok()
+    }
+
+    /// Like [`Cluster::member_set`], with the error of the read that failed.
+    async fn try_member_set(&self, node: &NodeProc, consistency: Consistency) -> Result<MemberSet, ClientError> {
         let client = self.client(node);
         let mut set = MemberSet::new();
-        for summary in client.groups(consistency).await.ok()?.groups {
-            let view = client.group(&summary.group, consistency).await.ok()?;
+        for summary in client.groups(consistency).await?.groups {
+            let view = client.group(&summary.group, consistency).await?;
             for m in view.members {
                 set.insert((summary.group.to_string(), m.id.to_string()), m);
             }
         }
-        Some(set)
+        Ok(set)
     }
 
     /// Waits until `node` reports, at `consistency`, exactly the members of `expected` with
@@ -516,11 +521,25 @@ impl Cluster {
         }
     }
 
-    /// Asserts that `node` reports, at `consistency`, exactly the members of `expected` now.
+    /// Asserts that `node` reports, at `consistency`, exactly the members of `expected` now. A read
+    /// the node cannot serve yet (`503`, which the contract allows while a leader settles or a
+    /// loaded machine misses a heartbeat) is tried again until [`DEADLINE`]; any answer that is
+    /// not `expected` fails at once.
     pub async fn assert_member_set(&self, node: &NodeProc, consistency: Consistency, expected: &Incarnations) {
-        let got = self.member_set(node, consistency).await.map(|set| incarnations(&set));
-        if let Some(wrong) = member_set_mismatch(got.as_ref(), expected) {
-            panic!("node {} ({consistency:?}): {wrong}", node.id);
+        let start = Instant::now();
+        loop {
+            match self.try_member_set(node, consistency).await {
+                Ok(set) => {
+                    if let Some(wrong) = member_set_mismatch(Some(&incarnations(&set)), expected) {
+                        panic!("node {} ({consistency:?}): {wrong}", node.id);
+                    }
+                    return;
+                }
+                Err(e) if e.is_retryable() && start.elapsed() < DEADLINE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("node {} ({consistency:?}): its reads failed: {e}", node.id),
+            }
         }
     }
 

@@ -88,6 +88,14 @@ impl CpuUse {
     pub fn json(&self) -> Value {
         json!({"cpu_cores": self.nodes_total(), "cpu_cores_per_node": self.nodes, "bench_cpu_cores": self.own})
     }
+
+    /// CPU time per 1000 operations done over the measured stretch, in milliseconds: the
+    /// nodes' together and this process's, a figure that compares builds on any machine (on a
+    /// saturated one, throughput is the cores over the sum). `None` without operations.
+    pub fn ms_per_thousand(&self, ops: u64) -> Option<(f64, f64)> {
+        let per = |cores: f64| cores * self.elapsed.as_secs_f64() * 1e6 / ops as f64;
+        (ops > 0).then(|| (per(self.nodes_total()), per(self.own)))
+    }
 }
 
 /// CPU time over `elapsed`; 0 when either reading is missing (the process is gone).

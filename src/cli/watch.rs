@@ -1,8 +1,8 @@
 //! `gm watch GROUP`: the group's view, then each new view, until Ctrl-C, SIGTERM or `--count`.
 //!
-//! A [`Watch`](crate::client::Watch) stream is not opened again by itself: when it breaks, ends, or goes silent (not
-//! even a keep-alive, which a node sends every 15 s, for [`SILENT_FOR`]), the command opens a new
-//! one, starting at the endpoint after the one that failed. The new stream's first view is the
+//! A [`Watch`](crate::client::Watch) stream is not opened again by itself: when it breaks, ends,
+//! or goes silent (not even a keep-alive, which a node sends every 15 s, for [`SILENT_FOR`]), the
+//! command opens a new one, starting at the endpoint after the one that failed. The new stream's first view is the
 //! whole current view, so no change is lost; a view no newer than the last one printed, or with
 //! the same members (an empty group, read again at a later revision), is not printed twice.
 

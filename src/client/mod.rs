@@ -510,7 +510,8 @@ fn endpoint_url(endpoint: &str) -> Result<String, ClientError> {
         && parsed.fragment().is_none()
         && parsed.username().is_empty()
         && parsed.password().is_none()
-        && (!bare || parsed.port().is_some());
+        // (The URL drops a port that is the scheme's default: `HOST:80` names one too.)
+        && (!bare || parsed.port().is_some() || trimmed.ends_with(":80"));
     if !plain {
         return Err(bad());
     }

@@ -237,8 +237,8 @@ async fn a_watch_yields_views_split_across_chunks_and_ends_with_the_stream() {
 
 #[test]
 fn endpoints_are_normalised() {
-    let client = Client::new(["127.0.0.1:8081", "http://gm:8080/", " https://gm.example "]).expect("client");
-    assert_eq!(client.endpoints(), ["http://127.0.0.1:8081", "http://gm:8080", "https://gm.example"]);
+    let client = Client::new(["127.0.0.1:8081", "http://gm:8080/", " https://gm.example ", "gm:80"]).expect("client");
+    assert_eq!(client.endpoints(), ["http://127.0.0.1:8081", "http://gm:8080", "https://gm.example", "http://gm:80"]);
     for bad in [
         " ",
         "ftp://gm:1",
@@ -252,7 +252,7 @@ fn endpoints_are_normalised() {
         assert!(matches!(Client::new([bad]), Err(ClientError::Endpoint(_))), "{bad}");
     }
     assert!(matches!(Client::new(Vec::<String>::new()), Err(ClientError::Endpoint(_))));
-    assert_eq!(client.at(4).endpoints(), ["http://gm:8080"]);
+    assert_eq!(client.at(5).endpoints(), ["http://gm:8080"]);
     assert_eq!(client.starting_at(2).first, 2);
 }
 

@@ -96,9 +96,9 @@ pub async fn follow(
                         next = stream.next_within(SILENCE) => next,
                     };
                     match next {
-                        Err(WatchLost::Silent(_)) => {
+                        Err(lost @ WatchLost::Silent(_)) => {
                             let endpoint = stream.endpoint();
-                            tracing::warn!(group = %group, endpoint, "the watch stream went silent");
+                            tracing::warn!(group = %group, endpoint, reason = %lost, "the watch stream went silent");
                             break;
                         }
                         Err(WatchLost::Ended) => {

@@ -241,10 +241,10 @@ impl Phase {
         let (tally, elapsed) = drive(self.clients, self.stop, op).await?;
         let cpu = meter.read();
         let figures = Figures::new(&tally, self.clients, elapsed);
-        println!("{}", figures.line(&self.name));
-        println!("{}", cost_line(&self.name, &cpu, figures.ok, !pids.is_empty()));
-        let mut json = figures.json();
         let per_thousand = cpu.ms_per_thousand(figures.ok);
+        println!("{}", figures.line(&self.name));
+        println!("{}", cost_line(&self.name, &cpu, per_thousand, !pids.is_empty()));
+        let mut json = figures.json();
         json["cpu"] = cpu.json();
         json["cpu"]["bench_cpu_ms_per_1000_ops"] = json!(per_thousand.map(|(_, bench)| bench));
         json["cpu"]["cpu_ms_per_1000_ops"] = json!(per_thousand.map(|(nodes, _)| nodes).filter(|_| !pids.is_empty()));
@@ -257,9 +257,9 @@ impl Phase {
 }
 
 /// `joins CPU: GM nodes 1.30 cores (node 1 0.55, ...), this bench process 0.39 cores; per 1000
-/// ops: GM nodes 157 ms, bench 47 ms`. Without `nodes_measured` (`--endpoints`), the bench's only.
-fn cost_line(name: &str, cpu: &CpuUse, ops: u64, nodes_measured: bool) -> String {
-    let per_thousand = cpu.ms_per_thousand(ops);
+/// ops: GM nodes 157 ms, bench 47 ms`, with `per_thousand` from [`CpuUse::ms_per_thousand`].
+/// Without `nodes_measured` (`--endpoints`), the bench's only.
+fn cost_line(name: &str, cpu: &CpuUse, per_thousand: Option<(f64, f64)>, nodes_measured: bool) -> String {
     if !nodes_measured {
         let per = per_thousand.map_or(String::new(), |(_, bench)| format!(" ({bench:.0} ms per 1000 ops)"));
         return format!(

@@ -86,6 +86,7 @@ pub struct Metrics {
     pub proposals_failed: IntCounter,
     pub proposals_pending: IntGauge,
     pub proposal_batch_size: Histogram,
+    pub read_indexes: IntCounterVec,
     pub log_fsync_duration: Histogram,
     pub log_size: IntGauge,
     pub snapshots: IntCounter,
@@ -223,6 +224,14 @@ impl Metrics {
                 "Commands per proposed log entry",
                 exponential_buckets(1.0, 2.0, 12)?,
             )?,
+            read_indexes: with_labels(
+                counters(
+                    "gm_raft_read_indexes_total",
+                    "Read indexes this node gave as leader, by how it knew it still led",
+                    "by",
+                )?,
+                &["lease", "round"],
+            ),
             log_fsync_duration: histogram(
                 "gm_raft_log_fsync_duration_seconds",
                 "Time to flush and fsync one group of Raft log appends",
@@ -304,6 +313,7 @@ impl Metrics {
             Box::new(self.proposals_failed.clone()),
             Box::new(self.proposals_pending.clone()),
             Box::new(self.proposal_batch_size.clone()),
+            Box::new(self.read_indexes.clone()),
             Box::new(self.log_fsync_duration.clone()),
             Box::new(self.log_size.clone()),
             Box::new(self.snapshots.clone()),

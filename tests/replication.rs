@@ -229,6 +229,38 @@ async fn paused_leader_is_replaced_and_catches_up() {
     assert_everywhere(&c, &expected).await;
 }
 
+/// The read lease (`--linearizable-reads lease`, the default) must run out while a leader is
+/// frozen: reads that reach it as it resumes, after another leader took writes, see those writes
+/// or fail (503); none answers the state from before the freeze.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_reaching_a_resumed_old_leader_see_the_new_leaders_writes() {
+    let c = Cluster::start(3).await;
+    let mut expected = c.join_many(lease_joins("before", 0..10, 2), 4).await;
+    let old = c.leader().await;
+    // Reads at the leader hold the lease before the freeze.
+    c.assert_member_set(c.node(old), Consistency::Linearizable, &expected).await;
+    c.pause(old, true);
+    let new = c.leader().await;
+    assert_ne!(new, old, "the others elect a new leader");
+    expected.extend(c.join_many(lease_joins("during", 0..10, 2), 4).await);
+
+    let back = c.node(old);
+    let reads = futures::future::join_all((0..8).map(|_| c.member_set(back, Consistency::Linearizable)));
+    // The reads are sent first, so that they wait in the frozen node's sockets; some may
+    // arrive just after it resumes, which is as telling.
+    let resume = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.pause(old, false);
+    };
+    let (answers, ()) = tokio::join!(reads, resume);
+    let served = answers.iter().flatten().count();
+    for set in answers.into_iter().flatten() {
+        assert_eq!(common::incarnations(&set), expected, "a read at the resumed old leader");
+    }
+    println!("{served} of 8 reads served by the resumed old leader, all with the new leader's writes");
+    assert_everywhere(&c, &expected).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_install_catches_up_a_restarted_follower() {
     let mut c = Cluster::start_with(3, &["--snapshot-every", "100"]).await;

@@ -1,5 +1,6 @@
 //! A GM node as the API sees it: writes that reach the leader from any node, linearizable
-//! reads by read-index (batched, never a log write), and what the node knows of the cluster.
+//! reads by the leader's read lease or by read-index (batched, never a log write), and what the
+//! node knows of the cluster.
 //! The Raft handle is private: the rest of gm asks the node, never Raft itself.
 
 mod batcher;
@@ -7,7 +8,7 @@ pub mod leadership;
 pub mod peer;
 pub mod voters;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use tracing::Instrument;
 use crate::membership::{Command, NodeAdvert, NodeId};
 use crate::metrics::{Metrics, RaftFigures};
 use crate::raft::network::{PeerClient, PeerError};
+use crate::raft::read_lease::{Leadership, ReadLease};
 use crate::raft::state_machine::StateHandle;
 use crate::raft::{Applied, Batch, NodeInfo, Raft};
 use batcher::{Batcher, Limits};
@@ -165,6 +167,8 @@ pub struct Node {
     pub advert: NodeAdvert,
     peers: PeerClient,
     request_timeout: Duration,
+    /// The leader's read lease, when reads may use it (`--linearizable-reads lease`).
+    read_lease: Option<ReadLease>,
     /// Read-index rounds, one at a time: a reader waits for a round that starts after it came.
     reads: Batcher<(), Result<u64, NodeError>>,
     /// The leader's quorum rounds, one at a time, shared by its own readers and every
@@ -186,13 +190,14 @@ pub struct NodeParts {
     pub advert: NodeAdvert,
     pub peers: PeerClient,
     pub request_timeout: Duration,
+    pub read_lease: Option<ReadLease>,
     pub metrics: Arc<Metrics>,
 }
 
 impl Node {
     /// Creates the node and starts its batchers, which stop with `cancel`.
     pub fn start(id: NodeId, parts: NodeParts, cancel: CancellationToken) -> (Arc<Node>, Vec<JoinHandle<()>>) {
-        let NodeParts { raft, state, advert, peers, request_timeout, metrics } = parts;
+        let NodeParts { raft, state, advert, peers, request_timeout, read_lease, metrics } = parts;
         let mut tasks = Vec::new();
         let node = Arc::new_cyclic(|me: &Weak<Node>| {
             let (reads, task) = node_batcher(me, READS, &cancel, |node, waiters: Vec<()>| async move {
@@ -218,6 +223,7 @@ impl Node {
                 advert,
                 peers,
                 request_timeout,
+                read_lease,
                 reads,
                 leader_reads,
                 forwards,
@@ -462,7 +468,10 @@ impl Node {
     /// Like [`Node::linearize`], with a caller's deadline.
     pub async fn linearize_until(&self, deadline: Instant) -> Result<u64, NodeError> {
         tokio::time::timeout_at(deadline, async {
-            let index = self.reads.submit(()).await.unwrap_or(Err(NodeError::ShuttingDown))?;
+            let index = match self.leased_read_index() {
+                Some(index) => index,
+                None => self.reads.submit(()).await.unwrap_or(Err(NodeError::ShuttingDown))?,
+            };
             let remaining = deadline.saturating_duration_since(Instant::now());
             if !self.state.wait_applied(index, remaining).await {
                 return Err(NodeError::Timeout);
@@ -477,14 +486,49 @@ impl Node {
     /// the index a reader must have applied. Concurrent callers (this node's readers and the
     /// rounds followers forward) share one quorum round that starts after they called.
     pub async fn local_read_index(&self) -> Result<u64, NodeError> {
+        if let Some(index) = self.leased_read_index() {
+            return Ok(index);
+        }
         self.leader_reads.submit(()).await.unwrap_or(Err(NodeError::ShuttingDown))
+    }
+
+    /// The leader's read index without a round, while it holds the read lease
+    /// ([`ReadLease::floor`]): its applied index, which holds every write it acknowledged (it
+    /// answers a write once applied), and at least the read index of its first round in this
+    /// leadership, which covers what earlier leaders committed. `None` otherwise, or on a
+    /// follower.
+    fn leased_read_index(&self) -> Option<u64> {
+        let lease = self.read_lease.as_ref()?;
+        let (leadership, configs) = self.leadership()?;
+        let floor = lease.floor(self.id, leadership, &configs, std::time::Instant::now())?;
+        self.metrics.read_indexes.with_label_values(&["lease"]).inc();
+        Some(floor.max(self.state.applied_index()))
+    }
+
+    /// This node's leadership and its voter sets, if its metrics say it leads.
+    fn leadership(&self) -> Option<(Leadership, Vec<BTreeSet<NodeId>>)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leads = m.state == ServerState::Leader && m.current_leader == Some(self.id) && m.vote.is_committed();
+        leads.then(|| (m.vote.leader_id, m.membership_config.membership().get_joint_config().clone()))
     }
 
     /// One quorum round (Raft's ReadIndex, Ongaro's thesis §6.4): the commit index when it
     /// starts, once a majority confirmed this node still leads.
     async fn confirm_read_index(&self) -> Result<u64, NodeError> {
+        let before = self.leadership().map(|(leadership, _)| leadership);
         match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _)) => Ok(read_log_id.map_or(0, |id| id.index)),
+            Ok((read_log_id, _)) => {
+                self.metrics.read_indexes.with_label_values(&["round"]).inc();
+                let index = read_log_id.map_or(0, |id| id.index);
+                // The round ran in a leadership between the two the metrics showed around it.
+                if let (Some(lease), Some(leadership)) = (&self.read_lease, before) {
+                    if self.leadership().is_some_and(|(after, _)| after == leadership) {
+                        lease.confirmed(leadership, index);
+                    }
+                }
+                Ok(index)
+            }
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => {
                 Err(NodeError::NotLeader)
             }

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{NetworkError, RPCError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::codec::{self, CodecError};
 use super::contact::Contacts;
 use super::fence::{self, ClusterFence, Refusal};
+use super::read_lease::ReadLease;
 use super::{NodeInfo, RaftError, Snapshot, TypeConfig, Vote};
 use crate::membership::NodeId;
 use crate::metrics::Metrics;
@@ -250,16 +251,19 @@ impl reqwest::dns::Resolve for PreferredResolver {
 #[derive(Clone)]
 pub struct PeerNetwork {
     client: PeerClient,
+    lease: ReadLease,
 }
 
 impl PeerNetwork {
-    pub fn new(client: PeerClient) -> Self {
-        PeerNetwork { client }
+    /// The network of a node whose followers' acknowledgements go to `lease`.
+    pub fn new(client: PeerClient, lease: ReadLease) -> Self {
+        PeerNetwork { client, lease }
     }
 }
 
 pub struct PeerConnection {
     client: PeerClient,
+    lease: ReadLease,
     target: NodeId,
     addr: String,
 }
@@ -268,7 +272,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerConnection {
-        PeerConnection { client: self.client.clone(), target, addr: node.peer_addr.clone() }
+        PeerConnection { client: self.client.clone(), lease: self.lease.clone(), target, addr: node.peer_addr.clone() }
     }
 }
 
@@ -314,7 +318,15 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
-        self.rpc("/raft/append", &rpc, &option).await
+        let (leadership, leading) = (rpc.vote.leader_id, rpc.vote.is_committed());
+        let sent = Instant::now();
+        let answer = self.rpc("/raft/append", &rpc, &option).await;
+        // Any answer but a higher vote means the follower took this leader's vote as its own
+        // (a conflict is found after that): it refuses other candidates for its leader lease.
+        if leading && matches!(answer, Ok(ref a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+            self.lease.acknowledged(self.target, leadership, sent);
+        }
+        answer
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcError> {

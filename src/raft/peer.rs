@@ -14,21 +14,23 @@ use axum::response::{IntoResponse, Response};
 
 use super::codec::Binary;
 use super::network::{decode_snapshot, PEER_BODY_LIMIT, TARGET_NODE_HEADER};
+use super::read_lease::ReadLease;
 use super::{Raft, RaftError, TypeConfig};
 use crate::membership::NodeId;
 
 /// Snapshots of large clusters travel in one body.
 const SNAPSHOT_BODY_LIMIT: usize = 1 << 30;
 
-/// The Raft RPC routes of node `me`; a call meant for another node is refused with 421.
-pub fn router(raft: Raft, me: NodeId) -> Router {
+/// The Raft RPC routes of node `me`; a call meant for another node is refused with 421. A vote
+/// request suspends `lease` while it is answered.
+pub fn router(raft: Raft, me: NodeId, lease: ReadLease) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot).layer(DefaultBodyLimit::max(SNAPSHOT_BODY_LIMIT)))
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
         .route_layer(axum::middleware::from_fn(move |req: Request, next: Next| for_me(me, req, next)))
-        .with_state(raft)
+        .with_state((raft, lease))
 }
 
 /// Passes on a Raft RPC only if it names this node as its target (see [`TARGET_NODE_HEADER`]).
@@ -46,21 +48,22 @@ async fn for_me(me: NodeId, req: Request, next: Next) -> Response {
 }
 
 async fn append(
-    State(raft): State<Raft>,
+    State((raft, _)): State<(Raft, ReadLease)>,
     Binary(req): Binary<AppendEntriesRequest<TypeConfig>>,
 ) -> Binary<Result<AppendEntriesResponse<NodeId>, RaftError>> {
     Binary(raft.append_entries(req).await)
 }
 
 async fn vote(
-    State(raft): State<Raft>,
+    State((raft, lease)): State<(Raft, ReadLease)>,
     Binary(req): Binary<VoteRequest<NodeId>>,
 ) -> Binary<Result<VoteResponse<NodeId>, RaftError>> {
+    let _in_flight = lease.vote_begins();
     Binary(raft.vote(req).await)
 }
 
 async fn snapshot(
-    State(raft): State<Raft>,
+    State((raft, _)): State<(Raft, ReadLease)>,
     body: Bytes,
 ) -> Result<Binary<Result<SnapshotResponse<NodeId>, openraft::error::Fatal<NodeId>>>, (StatusCode, String)> {
     let (vote, snapshot) = decode_snapshot(&body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;

@@ -90,6 +90,11 @@ impl StateHandle {
         self.inner.revision.load(Ordering::Acquire)
     }
 
+    /// The index of the last log entry applied.
+    pub fn applied_index(&self) -> u64 {
+        *self.inner.applied.borrow()
+    }
+
     /// Waits until the log is applied up to `index`; false if `timeout` passes first.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         let mut rx = self.inner.applied.subscribe();

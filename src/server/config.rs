@@ -14,6 +14,17 @@ pub enum Discovery {
     Kubernetes,
 }
 
+/// How the leader confirms, for a linearizable read, that it still leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LinearizableReads {
+    /// By the read lease: a majority acknowledged one of its heartbeats within the last
+    /// election timeout (`raft::read_lease`). No round per read; assumes the nodes' clocks run
+    /// at rates within a factor of two. Falls back to a read-index round when the lease lapses.
+    Lease,
+    /// By a read-index round: one heartbeat to the voters per batch of reads (Raft thesis §6.4).
+    ReadIndex,
+}
+
 fn request_timeout(s: &str) -> Result<Duration, String> {
     match duration(s) {
         Ok(d) if d <= Duration::from_secs(10) && !d.is_zero() => Ok(d),
@@ -82,6 +93,12 @@ pub struct ServerConfig {
     /// before it votes for a new leader, so failover takes 2 to 3 times this.
     #[arg(long, env = "GM_ELECTION_TIMEOUT", default_value = "250ms", value_parser = duration)]
     pub election_timeout: Duration,
+    /// How a linearizable read learns that the leader still leads: `lease` (a majority
+    /// acknowledged its heartbeats within the last `--election-timeout`, no extra round; assumes
+    /// clocks that run at rates within a factor of two) or `read-index` (a quorum round shared by
+    /// the reads queued meanwhile).
+    #[arg(long, env = "GM_LINEARIZABLE_READS", value_enum, default_value = "lease")]
+    pub linearizable_reads: LinearizableReads,
     /// Log entries between snapshots; older entries are then purged. A backstop: an entry
     /// batches many commands, so `--snapshot-every-commands` usually comes first.
     #[arg(long, env = "GM_SNAPSHOT_EVERY", default_value_t = 20_000)]

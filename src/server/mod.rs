@@ -31,11 +31,12 @@ use crate::probe::{self, handover, lease, prober, ProbeConfig};
 use crate::raft::fence::{self, ClusterFence};
 use crate::raft::log_store::{LogStore, LogStoreError};
 use crate::raft::network::{PeerClient, PeerNetwork};
+use crate::raft::read_lease::ReadLease;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{self, Raft};
 use crate::tasks::{TaskError, Tasks};
 use crate::telemetry;
-use config::{Discovery, ServerConfig};
+use config::{Discovery, LinearizableReads, ServerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -114,7 +115,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     .with_fence(fence.clone())
     .with_metrics(Arc::clone(&metrics));
-    let network = PeerNetwork::new(peer_client.clone());
+    let read_lease = ReadLease::new(config.election_timeout);
+    let network = PeerNetwork::new(peer_client.clone(), read_lease.clone());
     let raft = Raft::new(id, raft_config(&config)?, network, log_store, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
@@ -136,6 +138,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         advert,
         peers: peer_client,
         request_timeout: config.request_timeout,
+        read_lease: (config.linearizable_reads == LinearizableReads::Lease).then(|| read_lease.clone()),
         metrics: Arc::clone(&metrics),
     };
     let (node, batchers) = Node::start(id, parts, cancel.clone());
@@ -160,7 +163,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     };
     let checker = Checker::new(probe.timeout)?;
     let probe_peers = ProbePeers { node: Arc::clone(&node), checker: checker.clone(), leases: Arc::clone(&leases) };
-    let peer_routes = raft::peer::router(raft.clone(), id)
+    let peer_routes = raft::peer::router(raft.clone(), id, read_lease)
         .merge(node::peer::router(Arc::clone(&node)))
         .merge(probe::peer::router(Arc::new(probe_peers)))
         .layer(axum::middleware::from_fn_with_state(fence.clone(), fence::check))

@@ -259,6 +259,8 @@ async fn watch_gives_up_a_node_that_falls_silent_and_goes_on_from_the_next() {
     cluster.pause(follower, false);
     assert_eq!(status, 0, "{stderr}");
     assert!(stderr.contains("nothing came for 35 s"), "the silence is logged: {stderr}");
+    let reopened = stderr.lines().find(|l| l.contains("watch stream open again")).expect("the new stream is logged");
+    assert!(reopened.contains(&others[0]), "at the next endpoint: {reopened}");
 }
 
 fn member_ids(view: &Value) -> Vec<&str> {

@@ -89,7 +89,7 @@ pub async fn follow(
         match opened {
             Err(error) => tracing::warn!(group = %group, %error, "cannot open the watch stream; trying again"),
             Ok(mut stream) => {
-                tracing::debug!(group = %group, endpoint = stream.endpoint(), "watching");
+                tracing::info!(group = %group, endpoint = stream.endpoint(), "watch stream open");
                 loop {
                     let next = tokio::select! {
                         _ = stop.cancelled() => return,

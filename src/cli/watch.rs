@@ -69,6 +69,7 @@ pub async fn run(
                     }
                     () = &mut stop => return Ok(()),
                 };
+                tracing::info!(group = %group, endpoint = watch.endpoint(), "watch stream open again");
             }
         }
     }

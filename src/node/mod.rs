@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::membership::{Command, NodeAdvert, NodeId};
 use crate::metrics::{Metrics, RaftFigures};
 use crate::raft::network::{PeerClient, PeerError};
-use crate::raft::read_lease::{Leadership, ReadLease};
+use crate::raft::read_lease::{self, Leadership, ReadLease};
 use crate::raft::state_machine::StateHandle;
 use crate::raft::{Applied, Batch, NodeInfo, Raft};
 use batcher::{Batcher, Limits};
@@ -169,6 +169,9 @@ pub struct Node {
     request_timeout: Duration,
     /// The leader's read lease, when reads may use it (`--linearizable-reads lease`).
     read_lease: Option<ReadLease>,
+    /// The leadership this node held when it stopped, if it starts as its leader again, and
+    /// the last index of its log then.
+    restored: Option<(Leadership, u64)>,
     /// Read-index rounds, one at a time: a reader waits for a round that starts after it came.
     reads: Batcher<(), Result<u64, NodeError>>,
     /// The leader's quorum rounds, one at a time, shared by its own readers and every
@@ -191,13 +194,15 @@ pub struct NodeParts {
     pub peers: PeerClient,
     pub request_timeout: Duration,
     pub read_lease: Option<ReadLease>,
+    /// See [`crate::raft::log_store::LogStore::restored_leadership`].
+    pub restored: Option<(Leadership, u64)>,
     pub metrics: Arc<Metrics>,
 }
 
 impl Node {
     /// Creates the node and starts its batchers, which stop with `cancel`.
     pub fn start(id: NodeId, parts: NodeParts, cancel: CancellationToken) -> (Arc<Node>, Vec<JoinHandle<()>>) {
-        let NodeParts { raft, state, advert, peers, request_timeout, read_lease, metrics } = parts;
+        let NodeParts { raft, state, advert, peers, request_timeout, read_lease, restored, metrics } = parts;
         let mut tasks = Vec::new();
         let node = Arc::new_cyclic(|me: &Weak<Node>| {
             let (reads, task) = node_batcher(me, READS, &cancel, |node, waiters: Vec<()>| async move {
@@ -224,6 +229,7 @@ impl Node {
                 peers,
                 request_timeout,
                 read_lease,
+                restored,
                 reads,
                 leader_reads,
                 forwards,
@@ -500,7 +506,7 @@ impl Node {
     fn leased_read_index(&self) -> Option<u64> {
         let lease = self.read_lease.as_ref()?;
         let (leadership, configs) = self.leadership()?;
-        let floor = lease.floor(self.id, leadership, &configs, std::time::Instant::now())?;
+        let floor = lease.floor(self.id, leadership, &configs, read_lease::now())?;
         self.metrics.read_indexes.with_label_values(&["lease"]).inc();
         Some(floor.max(self.state.applied_index()))
     }
@@ -516,15 +522,26 @@ impl Node {
     /// One quorum round (Raft's ReadIndex, Ongaro's thesis §6.4): the commit index when it
     /// starts, once a majority confirmed this node still leads.
     async fn confirm_read_index(&self) -> Result<u64, NodeError> {
+        let start = self.read_lease.as_ref().map(ReadLease::round_begins);
         let before = self.leadership().map(|(leadership, _)| leadership);
         match self.raft.get_read_log_id().await {
             Ok((read_log_id, _)) => {
                 self.metrics.read_indexes.with_label_values(&["round"]).inc();
-                let index = read_log_id.map_or(0, |id| id.index);
+                let after = self.leadership().map(|(leadership, _)| leadership);
+                let mut index = read_log_id.map_or(0, |id| id.index);
+                // A leader restored at start leads the term it led before it stopped: openraft's
+                // read index is then no later than its first entry of that term and the commit
+                // point it saved, which may miss writes acknowledged just before the stop (the
+                // log saves it without waiting). All of its log commits in this term.
+                if let Some((restored, last)) = self.restored {
+                    if before == Some(restored) || after == Some(restored) {
+                        index = index.max(last);
+                    }
+                }
                 // The round ran in a leadership between the two the metrics showed around it.
-                if let (Some(lease), Some(leadership)) = (&self.read_lease, before) {
-                    if self.leadership().is_some_and(|(after, _)| after == leadership) {
-                        lease.confirmed(leadership, index);
+                if let (Some(lease), Some(start), Some(leadership)) = (&self.read_lease, start, before) {
+                    if after == Some(leadership) {
+                        lease.confirmed(start, leadership, index);
                     }
                 }
                 Ok(index)

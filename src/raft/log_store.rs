@@ -56,7 +56,9 @@ use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use serde::{Deserialize, Serialize};
 
 use super::codec::{self, CodecError};
+use super::read_lease::Leadership;
 use super::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::membership::NodeId;
 use crate::metrics::Metrics;
 
 /// Where the store reports fsync durations, its size on disk and the commit index, once
@@ -298,6 +300,16 @@ impl LogStore {
     pub fn report_to(&self, metrics: Arc<Metrics>) {
         metrics.commit_index.set(self.lock().mem.pointers.committed.map_or(0, |c| c.index) as i64);
         let _ = self.inner.reporter.set(metrics);
+    }
+
+    /// If the vote on disk is `me`'s own committed leadership (openraft then starts as that
+    /// term's leader again, without a new entry): the leadership and the index of the log's last
+    /// entry, which a read index of that leadership must cover.
+    pub fn restored_leadership(&self, me: NodeId) -> Option<(Leadership, u64)> {
+        let pointers = self.lock().mem.pointers;
+        let vote = pointers.vote?;
+        (vote.is_committed() && vote.leader_id.voted_for() == Some(me))
+            .then(|| (vote.leader_id, pointers.last.map_or(0, |l| l.index)))
     }
 
     /// Whether the log holds nothing at all: no vote, no entry, nothing purged (a new data dir).
@@ -886,6 +898,21 @@ mod tests {
         assert_eq!(store.read_committed().await.expect("committed"), Some(log_id(1, 4)));
         assert_eq!(log_state(&store).await, (Some(log_id(1, 1)), Some(log_id(1, 5))));
         assert_eq!(read_all(&store).await, (2..6).map(|i| log_id(1, i)).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_committed_vote_of_its_own_is_a_leadership_restored_with_the_last_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = LogStore::open(dir.path()).expect("open");
+        append(&store, 3, 0..6).await;
+        assert_eq!(store.restored_leadership(2), None, "no vote");
+        store.save_vote(&Vote::new(3, 2)).await.expect("vote");
+        assert_eq!(store.restored_leadership(2), None, "a candidate's vote, not committed");
+        store.save_vote(&Vote::new_committed(3, 2)).await.expect("vote");
+        assert_eq!(store.restored_leadership(1), None, "node 2's leadership, not node 1's");
+        drop(store);
+        let store = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.restored_leadership(2), Some((openraft::LeaderId::new(3, 2), 5)));
     }
 
     #[tokio::test]

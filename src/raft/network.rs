@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::error::{NetworkError, RPCError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::codec::{self, CodecError};
 use super::contact::Contacts;
 use super::fence::{self, ClusterFence, Refusal};
-use super::read_lease::ReadLease;
+use super::read_lease::{self, ReadLease};
 use super::{NodeInfo, RaftError, Snapshot, TypeConfig, Vote};
 use crate::membership::NodeId;
 use crate::metrics::Metrics;
@@ -319,7 +319,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
         let (leadership, leading) = (rpc.vote.leader_id, rpc.vote.is_committed());
-        let sent = Instant::now();
+        let sent = read_lease::now();
         let answer = self.rpc("/raft/append", &rpc, &option).await;
         // Any answer but a higher vote means the follower took this leader's vote as its own
         // (a conflict is found after that): it refuses other candidates for its leader lease.

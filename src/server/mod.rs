@@ -116,6 +116,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     .with_fence(fence.clone())
     .with_metrics(Arc::clone(&metrics));
     let read_lease = ReadLease::new(config.election_timeout);
+    let restored = log_store.restored_leadership(id);
     let network = PeerNetwork::new(peer_client.clone(), read_lease.clone());
     let raft = Raft::new(id, raft_config(&config)?, network, log_store, state_machine)
         .await
@@ -139,6 +140,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         peers: peer_client,
         request_timeout: config.request_timeout,
         read_lease: (config.linearizable_reads == LinearizableReads::Lease).then(|| read_lease.clone()),
+        restored,
         metrics: Arc::clone(&metrics),
     };
     let (node, batchers) = Node::start(id, parts, cancel.clone());

@@ -382,20 +382,31 @@ impl Run<'_> {
 
         let patience = (config.probe_interval * config.suspect_after + config.probe_timeout) * 10;
         let deadline = t0 + DEADLINE_FLOOR.max(patience);
-        while !watches.book().removed_everywhere(victims.all()) && Instant::now() < deadline {
+        let mut complete = watches.book().removed_everywhere(victims.all());
+        while !complete && Instant::now() < deadline {
             tokio::time::sleep(POLL).await;
+            complete = watches.book().removed_everywhere(victims.all());
         }
         let cpu = meter.read();
         let (views, bytes) = watches.book().traffic();
         let (views, bytes) = (views - views_before, bytes - bytes_before);
+        let until = if complete {
+            "until every node showed the last removal".to_owned()
+        } else {
+            format!(
+                "and gave up waiting (ten times probe interval x suspect-after + probe timeout, at least {} s): \
+                 some node still shows a crashed member",
+                DEADLINE_FLOOR.as_secs()
+            )
+        };
         println!(
-            "fd removal: {:.1} s from the crash until every node showed the last removal (or gave up): {}; \
-             the watch streams brought {views} views, {:.0} MB",
+            "fd removal: {:.1} s from the crash {until}: {}; the watch streams brought {views} views, {:.0} MB",
             cpu.elapsed.as_secs_f64(),
             cpu.text(),
             bytes as f64 / 1e6,
         );
         let mut removal = cpu.json();
+        removal["complete"] = json!(complete);
         removal["seconds"] = json!(cpu.elapsed.as_secs_f64());
         removal["views"] = json!(views);
         removal["view_bytes"] = json!(bytes);

@@ -11,7 +11,7 @@ use gm::client::ErrorKind;
 use reqwest::Method;
 use serde_json::json;
 
-use common::{lease_joins, lease_member, poll, poll_json, timed, Cluster, Consistency, Incarnations, Watch};
+use common::{lease_joins, lease_member, poll, poll_json, timed, wait_for, Cluster, Consistency, Incarnations, Watch};
 
 /// The contract's bound for a write or read without quorum (10 s), with room for a slow machine.
 const UNAVAILABLE_WITHIN: Duration = Duration::from_secs(12);
@@ -237,8 +237,13 @@ async fn reads_reaching_a_resumed_old_leader_see_the_new_leaders_writes() {
     let c = Cluster::start(3).await;
     let mut expected = c.join_many(lease_joins("before", 0..10, 2), 4).await;
     let old = c.leader().await;
-    // Reads at the leader hold the lease before the freeze.
-    c.assert_member_set(c.node(old), Consistency::Linearizable, &expected).await;
+    // Before the freeze, the leader gives reads their index by its lease (after one round).
+    let leased = r#"gm_raft_read_indexes_total{by="lease"}"#;
+    wait_for("the leader to read by its lease", || async {
+        c.assert_member_set(c.node(old), Consistency::Linearizable, &expected).await;
+        c.metric(c.node(old), leased).await > 0.0
+    })
+    .await;
     c.pause(old, true);
     let new = c.leader().await;
     assert_ne!(new, old, "the others elect a new leader");

@@ -30,6 +30,12 @@ pub const PEER_BODY_LIMIT: usize = 64 << 20;
 /// reach it (openraft's leader would see that follower's log go back, and stop).
 pub const TARGET_NODE_HEADER: &str = "gm-target-node";
 
+/// The header with which a node answers an AppendEntries: for how long (whole milliseconds) after
+/// accepting it, it refuses to vote for another leader, openraft's `leader_lease` (its longest
+/// election timeout). A leader's read lease ([`super::read_lease`]) counts on what each follower
+/// promises, whatever the leader's own settings are.
+pub const LEADER_LEASE_HEADER: &str = "gm-leader-lease-ms";
+
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -115,10 +121,11 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
         let req = self.http.post(format!("http://{addr}{path}")).headers(crate::telemetry::trace_headers());
-        self.send(addr, path, with_body(req, addr, body)?.timeout(timeout)).await
+        Ok(self.send(addr, path, with_body(req, addr, body)?.timeout(timeout)).await?.0)
     }
 
-    /// Like [`PeerClient::call`], for node `target` only (see [`TARGET_NODE_HEADER`]).
+    /// Like [`PeerClient::call`], for node `target` only (see [`TARGET_NODE_HEADER`]); with the
+    /// answer, the lease the node promised in [`LEADER_LEASE_HEADER`], if it sent one.
     pub async fn call_node<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
         &self,
         target: NodeId,
@@ -126,7 +133,7 @@ impl PeerClient {
         path: &str,
         body: &Req,
         timeout: Duration,
-    ) -> Result<Resp, PeerError> {
+    ) -> Result<(Resp, Option<Duration>), PeerError> {
         let req = self.http.post(format!("http://{addr}{path}")).header(TARGET_NODE_HEADER, target);
         self.send(addr, path, with_body(req, addr, body)?.timeout(timeout)).await
     }
@@ -148,7 +155,7 @@ impl PeerClient {
             .header(TARGET_NODE_HEADER, target)
             .body(body)
             .timeout(timeout);
-        self.send(addr, path, req).await
+        Ok(self.send(addr, path, req).await?.0)
     }
 
     async fn send<Resp: DeserializeOwned>(
@@ -156,7 +163,7 @@ impl PeerClient {
         addr: &str,
         path: &str,
         req: reqwest::RequestBuilder,
-    ) -> Result<Resp, PeerError> {
+    ) -> Result<(Resp, Option<Duration>), PeerError> {
         let start = tokio::time::Instant::now();
         let answer = self.exchange(addr, req).await;
         if let Some(metrics) = &self.metrics {
@@ -169,7 +176,7 @@ impl PeerClient {
         &self,
         addr: &str,
         mut req: reqwest::RequestBuilder,
-    ) -> Result<Resp, PeerError> {
+    ) -> Result<(Resp, Option<Duration>), PeerError> {
         let transport = |source: reqwest::Error| {
             if source.is_connect() {
                 PeerError::Unreachable { addr: addr.to_owned(), source }
@@ -193,8 +200,10 @@ impl PeerClient {
             }
             return Err(PeerError::Status { addr: addr.to_owned(), status, body });
         }
+        let lease = resp.headers().get(LEADER_LEASE_HEADER).and_then(|v| v.to_str().ok()?.parse().ok());
         let body = resp.bytes().await.map_err(transport)?;
-        codec::decode(&body).map_err(|source| PeerError::Codec { addr: addr.to_owned(), source })
+        let answer = codec::decode(&body).map_err(|source| PeerError::Codec { addr: addr.to_owned(), source })?;
+        Ok((answer, lease.map(Duration::from_millis)))
     }
 }
 
@@ -279,13 +288,14 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 type RpcError = RPCError<NodeId, NodeInfo, RaftError>;
 
 impl PeerConnection {
+    /// The answer, and the lease the peer promised with it ([`LEADER_LEASE_HEADER`]).
     async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
         req: &Req,
         option: &RPCOption,
-    ) -> Result<Resp, RpcError> {
-        let answer: Result<Resp, RaftError> = self
+    ) -> Result<(Resp, Option<Duration>), RpcError> {
+        let (answer, lease): (Result<Resp, RaftError>, _) = self
             .record(self.client.call_node(self.target, &self.addr, path, req, option.hard_ttl()).await)
             .map_err(|e| match e {
                 PeerError::Unreachable { .. } | PeerError::OtherCluster { .. } | PeerError::OtherNode { .. } => {
@@ -293,7 +303,8 @@ impl PeerConnection {
                 }
                 _ => RPCError::Network(NetworkError::new(&e)),
             })?;
-        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        let answer = answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?;
+        Ok((answer, lease))
     }
 
     /// Notes whether the peer answered: any HTTP answer counts (one it could not decode too),
@@ -320,17 +331,19 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
         let (leadership, leading) = (rpc.vote.leader_id, rpc.vote.is_committed());
         let sent = read_lease::now();
-        let answer = self.rpc("/raft/append", &rpc, &option).await;
+        let (answer, promise) = self.rpc("/raft/append", &rpc, &option).await?;
         // Any answer but a higher vote means the follower took this leader's vote as its own
-        // (a conflict is found after that): it refuses other candidates for its leader lease.
-        if leading && matches!(answer, Ok(ref a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
-            self.lease.acknowledged(self.target, leadership, sent);
+        // (a conflict is found after that): it refuses other candidates for what it promised.
+        if let (true, Some(sent), Some(promise)) = (leading, sent, promise) {
+            if !matches!(answer, AppendEntriesResponse::HigherVote(_)) {
+                self.lease.acknowledged(self.target, leadership, sent, promise);
+            }
         }
-        answer
+        Ok(answer)
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcError> {
-        self.rpc("/raft/vote", &rpc, &option).await
+        Ok(self.rpc("/raft/vote", &rpc, &option).await?.0)
     }
 
     async fn full_snapshot(

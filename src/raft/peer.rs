@@ -1,6 +1,8 @@
 //! The peer network, server side: answers Raft RPCs on `--peer-addr`, apart from the public API.
 //! The node and failure detection serve their own node-to-node routes beside these.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -13,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::codec::Binary;
-use super::network::{decode_snapshot, PEER_BODY_LIMIT, TARGET_NODE_HEADER};
+use super::network::{decode_snapshot, LEADER_LEASE_HEADER, PEER_BODY_LIMIT, TARGET_NODE_HEADER};
 use super::read_lease::ReadLease;
 use super::{Raft, RaftError, TypeConfig};
 use crate::membership::NodeId;
@@ -21,16 +23,26 @@ use crate::membership::NodeId;
 /// Snapshots of large clusters travel in one body.
 const SNAPSHOT_BODY_LIMIT: usize = 1 << 30;
 
-/// The Raft RPC routes of node `me`; a call meant for another node is refused with 421. A vote
-/// request suspends `lease` while it is answered.
-pub fn router(raft: Raft, me: NodeId, lease: ReadLease) -> Router {
+/// What the Raft routes reach.
+#[derive(Clone)]
+struct Routes {
+    raft: Raft,
+    /// This node's read lease, which a vote request suspends while it is answered.
+    lease: ReadLease,
+    /// This node's `leader_lease` in whole milliseconds, promised with each AppendEntries answer.
+    leader_lease_ms: String,
+}
+
+/// The Raft RPC routes of node `me`, whose openraft refuses votes for `leader_lease` after it
+/// accepts an AppendEntries; a call meant for another node is refused with 421.
+pub fn router(raft: Raft, me: NodeId, lease: ReadLease, leader_lease: Duration) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot).layer(DefaultBodyLimit::max(SNAPSHOT_BODY_LIMIT)))
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
         .route_layer(axum::middleware::from_fn(move |req: Request, next: Next| for_me(me, req, next)))
-        .with_state((raft, lease))
+        .with_state(Routes { raft, lease, leader_lease_ms: leader_lease.as_millis().to_string() })
 }
 
 /// Passes on a Raft RPC only if it names this node as its target (see [`TARGET_NODE_HEADER`]).
@@ -48,22 +60,23 @@ async fn for_me(me: NodeId, req: Request, next: Next) -> Response {
 }
 
 async fn append(
-    State((raft, _)): State<(Raft, ReadLease)>,
+    State(routes): State<Routes>,
     Binary(req): Binary<AppendEntriesRequest<TypeConfig>>,
-) -> Binary<Result<AppendEntriesResponse<NodeId>, RaftError>> {
-    Binary(raft.append_entries(req).await)
+) -> ([(&'static str, String); 1], Binary<Result<AppendEntriesResponse<NodeId>, RaftError>>) {
+    let answer = routes.raft.append_entries(req).await;
+    ([(LEADER_LEASE_HEADER, routes.leader_lease_ms)], Binary(answer))
 }
 
 async fn vote(
-    State((raft, lease)): State<(Raft, ReadLease)>,
+    State(routes): State<Routes>,
     Binary(req): Binary<VoteRequest<NodeId>>,
 ) -> Binary<Result<VoteResponse<NodeId>, RaftError>> {
-    let _in_flight = lease.vote_begins();
-    Binary(raft.vote(req).await)
+    let _in_flight = routes.lease.vote_begins();
+    Binary(routes.raft.vote(req).await)
 }
 
 async fn snapshot(
-    State((raft, _)): State<(Raft, ReadLease)>,
+    State(Routes { raft, .. }): State<Routes>,
     body: Bytes,
 ) -> Result<Binary<Result<SnapshotResponse<NodeId>, openraft::error::Fatal<NodeId>>>, (StatusCode, String)> {
     let (vote, snapshot) = decode_snapshot(&body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;

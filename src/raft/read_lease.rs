@@ -1,13 +1,14 @@
 //! The leader's read lease (Ongaro's thesis §6.4.1; TiKV and CockroachDB serve reads the same
 //! way): while a majority of the voters has acknowledged one of this leader's AppendEntries (a
-//! heartbeat counts) sent within the last `duration`, no other leader can have been elected, so
-//! the leader may give a linearizable read its read index without a quorum round.
+//! heartbeat counts) recently enough, no other leader can have been elected, so the leader may
+//! give a linearizable read its read index without a quorum round.
 //!
 //! Why no other leader: openraft 0.9 followers refuse every vote, their own included, for
-//! `leader_lease` (= the longest election timeout, twice the lease's duration) after they
-//! accepted the leader's AppendEntries, and for as long again after they start (the vote read
-//! from disk counts as just touched). A new leader needs the vote of a majority, and every
-//! majority holds one of the acknowledging voters. The one voter of that majority whose refusal
+//! `leader_lease` (their longest election timeout) after they accepted the leader's
+//! AppendEntries, and for as long again after they start (the vote read from disk counts as just
+//! touched). Each follower says how long with its answer ([`LEADER_LEASE_HEADER`]); the leader
+//! counts on half of it from when it sent the request. A new leader needs the vote of a
+//! majority, and every majority holds one of the acknowledging voters. The one voter of that majority whose refusal
 //! openraft does not promise is the leader itself, whose own lease as a follower ran out long
 //! ago. So the lease also needs a quorum round of this leadership that openraft handled after
 //! every vote request this node answered ([`ReadLease::confirmed`]): had the leader granted one,
@@ -23,6 +24,8 @@
 //! leader's send). The leader's clock is [`now`], which counts a suspend of the machine too. The
 //! network layer ([`super::network`]) records each acknowledgement; the node asks
 //! [`ReadLease::floor`] before a read and falls back to a quorum round when it gets none.
+//!
+//! [`LEADER_LEASE_HEADER`]: super::network::LEADER_LEASE_HEADER
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -34,29 +37,33 @@ use crate::membership::NodeId;
 pub type Leadership = openraft::LeaderId<NodeId>;
 
 /// The lease's clock: time since the machine booted, including time it spent suspended
-/// (Linux's `CLOCK_BOOTTIME`), so a leader whose machine slept finds its lease run out. Never
-/// goes back.
-pub fn now() -> Duration {
+/// (Linux's `CLOCK_BOOTTIME`; the monotonic clock elsewhere), so a leader whose machine slept
+/// finds its lease run out. Never goes back. `None` if the clock cannot be read: no lease then.
+pub fn now() -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    const CLOCK: libc::clockid_t = libc::CLOCK_BOOTTIME;
+    #[cfg(not(target_os = "linux"))]
+    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid timespec to write to; CLOCK_BOOTTIME exists on every Linux since
-    // 2.6.39, and on failure `ts` stays zero, which only makes every lease look old.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    let read = unsafe { libc::clock_gettime(CLOCK, &mut ts) };
+    let (secs, nanos) = (u64::try_from(ts.tv_sec).ok()?, u32::try_from(ts.tv_nsec).ok()?);
+    (read == 0 && nanos < 1_000_000_000).then(|| Duration::new(secs, nanos))
 }
 
 /// The acknowledgements a leader has, shared by the network layer that records them, the vote
 /// route that suspends them, and the node that reads by them. Cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ReadLease {
     book: Arc<Mutex<Book>>,
-    duration: Duration,
 }
 
 #[derive(Default)]
 struct Book {
     /// The leadership the acknowledgements below were given to.
     leadership: Option<Leadership>,
-    /// Each follower's latest acknowledgement: when (by [`now`]) the request it accepted was sent.
+    /// Until when (by [`now`]) each follower's acknowledgements keep the lease: from when the
+    /// request it accepted was sent, half of what it promised.
     acked: HashMap<NodeId, Duration>,
     /// Vote requests this node is answering now.
     votes_in_flight: usize,
@@ -75,19 +82,15 @@ pub struct RoundStart {
 }
 
 impl ReadLease {
-    /// A book for leases of `duration` each: at most half the followers' `leader_lease`.
-    pub fn new(duration: Duration) -> Self {
-        ReadLease { book: Arc::new(Mutex::new(Book::default())), duration }
-    }
-
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `follower` accepted an AppendEntries of `leadership` that was sent at `sent` (by [`now`],
-    /// taken before sending): its vote then was this leadership's, and stays so for its
-    /// `leader_lease`.
-    pub fn acknowledged(&self, follower: NodeId, leadership: Leadership, sent: Duration) {
+    /// taken before sending): its vote then was this leadership's, and stays so for the
+    /// `leader_lease` it `promised` with its answer. The leader counts on half of that, in case
+    /// its clock runs up to twice as slow as the follower's.
+    pub fn acknowledged(&self, follower: NodeId, leadership: Leadership, sent: Duration, promised: Duration) {
         let mut book = self.book();
         match book.leadership {
             Some(held) if held == leadership => {}
@@ -98,8 +101,9 @@ impl ReadLease {
                 book.acked.clear();
             }
         }
-        let at = book.acked.entry(follower).or_insert(sent);
-        *at = (*at).max(sent);
+        let until = sent + promised / 2;
+        let at = book.acked.entry(follower).or_insert(until);
+        *at = (*at).max(until);
     }
 
     /// Suspends the lease while this node answers a vote request; once answered (the guard's
@@ -132,42 +136,36 @@ impl ReadLease {
         me: NodeId,
         leadership: Leadership,
         configs: &[BTreeSet<NodeId>],
-        now: Duration,
+        now: Option<Duration>,
     ) -> Option<u64> {
+        let now = now?;
         let book = self.book();
         let (confirmed, index, answered) = book.confirmed?;
         if book.votes_in_flight > 0 || answered != book.votes_answered || confirmed != leadership {
             return None;
         }
         let holds = !configs.is_empty()
-            && configs.iter().all(|voters| match book.majority_acked_since(me, leadership, voters, now) {
-                Some(since) => now < since + self.duration,
-                None => false,
-            });
+            && configs
+                .iter()
+                .all(|voters| book.majority_holds_until(me, leadership, voters).is_some_and(|end| now < end));
         holds.then_some(index)
     }
 }
 
 impl Book {
-    /// The latest time a majority of `voters` acknowledged `leadership`: the majority-th newest
-    /// of their acknowledgements, the leader's own being `now`. `None` without a majority.
-    fn majority_acked_since(
-        &self,
-        me: NodeId,
-        leadership: Leadership,
-        voters: &BTreeSet<NodeId>,
-        now: Duration,
-    ) -> Option<Duration> {
+    /// Until when a majority of `voters` keeps the lease of `leadership`: the majority-th latest
+    /// of their acknowledgements' ends, the leader's own never ending. `None` without a majority.
+    fn majority_holds_until(&self, me: NodeId, leadership: Leadership, voters: &BTreeSet<NodeId>) -> Option<Duration> {
         let ours = self.leadership == Some(leadership);
         let acked = |v: &NodeId| if ours { self.acked.get(v).copied() } else { None };
-        let mut times: Vec<Duration> =
-            voters.iter().filter_map(|v| if *v == me { Some(now) } else { acked(v) }).collect();
+        let mut ends: Vec<Duration> =
+            voters.iter().filter_map(|v| if *v == me { Some(Duration::MAX) } else { acked(v) }).collect();
         let majority = voters.len() / 2 + 1;
-        if times.len() < majority {
+        if ends.len() < majority {
             return None;
         }
-        times.sort_unstable_by(|a, b| b.cmp(a));
-        Some(times[majority - 1])
+        ends.sort_unstable_by(|a, b| b.cmp(a));
+        Some(ends[majority - 1])
     }
 }
 
@@ -188,6 +186,8 @@ impl Drop for VoteInFlight {
 mod tests {
     use super::*;
 
+    /// What a follower promises with the default settings: a lease of half, 250 ms.
+    const PROMISE: Duration = Duration::from_millis(500);
     const LEASE: Duration = Duration::from_millis(250);
     const T0: Duration = Duration::from_secs(1000);
 
@@ -201,30 +201,45 @@ mod tests {
 
     /// A book whose leadership of `t` had a quorum round that gave read index 7.
     fn confirmed_in(t: u64) -> ReadLease {
-        let lease = ReadLease::new(LEASE);
+        let lease = ReadLease::default();
         lease.confirmed(lease.round_begins(), term(t), 7);
         lease
     }
 
+    fn acked(lease: &ReadLease, follower: NodeId, t: u64, sent: Duration) {
+        lease.acknowledged(follower, term(t), sent, PROMISE);
+    }
+
     fn holds(lease: &ReadLease, t: u64, configs: &[BTreeSet<NodeId>], now: Duration) -> bool {
-        lease.floor(1, term(t), configs, now).is_some()
+        lease.floor(1, term(t), configs, Some(now)).is_some()
     }
 
     #[test]
     fn the_clock_counts_up() {
-        let (a, b) = (now(), now());
+        let (a, b) = (now().expect("the clock"), now().expect("the clock"));
         assert!(a > Duration::ZERO && b >= a);
     }
 
     #[test]
-    fn a_majority_of_recent_acknowledgements_holds_the_lease_until_it_runs_out() {
+    fn a_majority_of_recent_acknowledgements_holds_the_lease_until_half_the_promise_runs_out() {
         let lease = confirmed_in(2);
         assert!(!holds(&lease, 2, &voters(&[1, 2, 3]), T0), "no acknowledgement yet");
-        lease.acknowledged(2, term(2), T0);
-        assert_eq!(lease.floor(1, term(2), &voters(&[1, 2, 3]), T0 + LEASE / 2), Some(7));
+        acked(&lease, 2, 2, T0);
+        assert_eq!(lease.floor(1, term(2), &voters(&[1, 2, 3]), Some(T0 + LEASE / 2)), Some(7));
         assert!(!holds(&lease, 2, &voters(&[1, 2, 3]), T0 + LEASE), "it runs out");
         assert!(!holds(&lease, 2, &voters(&[1, 2, 3, 4, 5]), T0), "one of four is not a majority");
         assert!(!holds(&lease, 2, &[], T0), "no voters, no majority");
+        assert_eq!(lease.floor(1, term(2), &voters(&[1, 2, 3]), None), None, "no clock, no lease");
+    }
+
+    #[test]
+    fn a_follower_that_promises_less_gives_a_shorter_lease() {
+        let lease = confirmed_in(2);
+        lease.acknowledged(2, term(2), T0, Duration::from_millis(100));
+        assert!(holds(&lease, 2, &voters(&[1, 2, 3]), T0 + Duration::from_millis(49)));
+        assert!(!holds(&lease, 2, &voters(&[1, 2, 3]), T0 + Duration::from_millis(50)));
+        lease.acknowledged(3, term(2), T0, Duration::from_secs(2));
+        assert!(holds(&lease, 2, &voters(&[1, 2, 3]), T0 + Duration::from_millis(999)), "the longer one counts");
     }
 
     #[test]
@@ -235,28 +250,28 @@ mod tests {
 
     #[test]
     fn no_lease_before_a_quorum_round_of_the_same_leadership() {
-        let lease = ReadLease::new(LEASE);
-        lease.acknowledged(2, term(2), T0);
+        let lease = ReadLease::default();
+        acked(&lease, 2, 2, T0);
         assert!(!holds(&lease, 2, &voters(&[1, 2, 3]), T0), "no round yet: what earlier leaders committed is unknown");
         lease.confirmed(lease.round_begins(), term(1), 5);
         assert!(!holds(&lease, 2, &voters(&[1, 2, 3]), T0), "a round of an earlier leadership");
         lease.confirmed(lease.round_begins(), term(2), 9);
-        assert_eq!(lease.floor(1, term(2), &voters(&[1, 2, 3]), T0), Some(9));
+        assert_eq!(lease.floor(1, term(2), &voters(&[1, 2, 3]), Some(T0)), Some(9));
     }
 
     #[test]
     fn the_lease_runs_from_the_majoritys_oldest_acknowledgement() {
         let lease = confirmed_in(2);
         let five = voters(&[1, 2, 3, 4, 5]);
-        lease.acknowledged(2, term(2), T0);
-        lease.acknowledged(3, term(2), T0 + LEASE / 2);
+        acked(&lease, 2, 2, T0);
+        acked(&lease, 3, 2, T0 + LEASE / 2);
         // The majority {1, 3, 2} holds from T0: 3's newer acknowledgement does not extend it.
         assert!(holds(&lease, 2, &five, T0 + LEASE - Duration::from_millis(1)));
         assert!(!holds(&lease, 2, &five, T0 + LEASE));
-        lease.acknowledged(4, term(2), T0 + LEASE / 2);
+        acked(&lease, 4, 2, T0 + LEASE / 2);
         assert!(holds(&lease, 2, &five, T0 + LEASE), "now {{1, 3, 4}} holds it from T0 + lease/2");
         // An earlier send answered late does not move an acknowledgement back.
-        lease.acknowledged(3, term(2), T0);
+        acked(&lease, 3, 2, T0);
         assert!(holds(&lease, 2, &five, T0 + LEASE));
     }
 
@@ -264,19 +279,19 @@ mod tests {
     fn a_joint_change_needs_a_majority_of_the_old_voters_and_of_the_new() {
         let lease = confirmed_in(2);
         let joint = vec![BTreeSet::from([1, 2, 3]), BTreeSet::from([1, 4, 5])];
-        lease.acknowledged(2, term(2), T0);
+        acked(&lease, 2, 2, T0);
         assert!(!holds(&lease, 2, &joint, T0), "no majority of the new voters");
-        lease.acknowledged(5, term(2), T0);
+        acked(&lease, 5, 2, T0);
         assert!(holds(&lease, 2, &joint, T0));
     }
 
     #[test]
     fn a_new_leadership_starts_a_new_book_and_an_old_one_is_ignored() {
         let lease = confirmed_in(3);
-        lease.acknowledged(2, term(2), T0);
-        lease.acknowledged(3, term(3), T0);
+        acked(&lease, 2, 2, T0);
+        acked(&lease, 3, 3, T0);
         assert!(holds(&lease, 3, &voters(&[1, 2, 3]), T0));
-        lease.acknowledged(2, term(2), T0 + LEASE / 2);
+        acked(&lease, 2, 2, T0 + LEASE / 2);
         assert!(!holds(&lease, 3, &voters(&[1, 2, 3]), T0 + LEASE), "term 2's acknowledgement is not term 3's");
         assert!(!holds(&lease, 2, &voters(&[1, 2, 3]), T0), "nor is term 2 confirmed");
     }
@@ -285,25 +300,22 @@ mod tests {
     fn a_vote_request_suspends_the_lease_until_a_round_begun_after_its_answer() {
         let lease = confirmed_in(2);
         let three = voters(&[1, 2, 3]);
-        lease.acknowledged(2, term(2), T0);
+        let t1 = T0 + Duration::from_millis(1);
+        acked(&lease, 2, 2, T0);
         assert!(holds(&lease, 2, &three, T0));
         let vote = lease.vote_begins();
         assert!(!holds(&lease, 2, &three, T0), "suspended while the vote is answered");
         let during = lease.round_begins();
         drop(vote);
-        lease.acknowledged(2, term(2), T0 + Duration::from_millis(1));
-        assert!(!holds(&lease, 2, &three, T0 + Duration::from_millis(1)), "the leader may have voted for another");
+        acked(&lease, 2, 2, t1);
+        assert!(!holds(&lease, 2, &three, t1), "the leader may have voted for another");
         lease.confirmed(during, term(2), 8);
-        assert!(
-            !holds(&lease, 2, &three, T0 + Duration::from_millis(1)),
-            "a round begun during the vote proves nothing"
-        );
+        assert!(!holds(&lease, 2, &three, t1), "a round begun during the vote proves nothing");
         let before_next = lease.round_begins();
-        let next = lease.vote_begins();
-        drop(next);
+        drop(lease.vote_begins());
         lease.confirmed(before_next, term(2), 8);
-        assert!(!holds(&lease, 2, &three, T0 + Duration::from_millis(1)), "nor one begun before a vote answered since");
+        assert!(!holds(&lease, 2, &three, t1), "nor one begun before a vote answered since");
         lease.confirmed(lease.round_begins(), term(2), 9);
-        assert_eq!(lease.floor(1, term(2), &three, T0 + Duration::from_millis(1)), Some(9), "one begun after it does");
+        assert_eq!(lease.floor(1, term(2), &three, Some(t1)), Some(9), "one begun after it does");
     }
 }

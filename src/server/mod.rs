@@ -115,10 +115,13 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     .with_fence(fence.clone())
     .with_metrics(Arc::clone(&metrics));
-    let read_lease = ReadLease::new(config.election_timeout);
+    let read_lease = ReadLease::default();
     let restored = log_store.restored_leadership(id);
     let network = PeerNetwork::new(peer_client.clone(), read_lease.clone());
-    let raft = Raft::new(id, raft_config(&config)?, network, log_store, state_machine)
+    let raft_config = raft_config(&config)?;
+    // openraft's followers refuse votes for their longest election timeout (`leader_lease`).
+    let leader_lease = std::time::Duration::from_millis(raft_config.election_timeout_max);
+    let raft = Raft::new(id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
     // Raft has re-applied the committed log: a node with state knows its cluster before it talks.
@@ -165,7 +168,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     };
     let checker = Checker::new(probe.timeout)?;
     let probe_peers = ProbePeers { node: Arc::clone(&node), checker: checker.clone(), leases: Arc::clone(&leases) };
-    let peer_routes = raft::peer::router(raft.clone(), id, read_lease)
+    let peer_routes = raft::peer::router(raft.clone(), id, read_lease, leader_lease)
         .merge(node::peer::router(Arc::clone(&node)))
         .merge(probe::peer::router(Arc::new(probe_peers)))
         .layer(axum::middleware::from_fn_with_state(fence.clone(), fence::check))

@@ -266,6 +266,46 @@ async fn reads_reaching_a_resumed_old_leader_see_the_new_leaders_writes() {
     assert_everywhere(&c, &expected).await;
 }
 
+/// The lease counts on what each follower promises, not on the leader's own election timeout:
+/// a leader that waits longer than its followers (in the middle of a rolling change of
+/// `--election-timeout`) must not answer from its old state when it resumes after a freeze.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_with_a_longer_election_timeout_than_its_followers_reads_no_stale_view() {
+    let mut c = Cluster::start_with_env(3, &[], &[("GM_ELECTION_TIMEOUT", Some("3s"))]).await;
+    let mut expected = c.join_many(lease_joins("before", 0..4, 1), 2).await;
+    let old = c.leader().await;
+    // The followers come back with the default timeout (250 ms): they vote again 0.5 s after
+    // the leader's last heartbeat, where the leader's own setting would have it wait 6 s.
+    c.set_env("GM_ELECTION_TIMEOUT", None);
+    for id in (1..=3).filter(|&id| id != old) {
+        c.kill(id).await;
+        c.spawn(id);
+        c.wait_ready_all().await;
+    }
+    assert_eq!(c.leader().await, old, "the leader stayed");
+    let leased = r#"gm_raft_read_indexes_total{by="lease"}"#;
+    wait_for("the leader to read by its lease", || async {
+        c.assert_member_set(c.node(old), Consistency::Linearizable, &expected).await;
+        c.metric(c.node(old), leased).await > 0.0
+    })
+    .await;
+
+    c.pause(old, true);
+    let new = c.leader().await;
+    assert_ne!(new, old, "the followers elect a new leader");
+    expected.extend(c.join_many(lease_joins("during", 0..4, 1), 2).await);
+    let back = c.node(old);
+    let reads = futures::future::join_all((0..8).map(|_| c.member_set(back, Consistency::Linearizable)));
+    let resume = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.pause(old, false);
+    };
+    let (answers, ()) = tokio::join!(reads, resume);
+    for set in answers.into_iter().flatten() {
+        assert_eq!(common::incarnations(&set), expected, "a read at the resumed old leader");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_install_catches_up_a_restarted_follower() {
     let mut c = Cluster::start_with(3, &["--snapshot-every", "100"]).await;

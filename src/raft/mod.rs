@@ -12,6 +12,7 @@ pub mod read_lease;
 pub mod recover;
 pub mod snapshot_file;
 pub mod state_machine;
+pub mod vote_quarantine;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! The peer network, server side: answers Raft RPCs on `--peer-addr`, apart from the public API.
 //! The node and failure detection serve their own node-to-node routes beside these.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -31,18 +31,28 @@ struct Routes {
     lease: ReadLease,
     /// This node's `leader_lease` in whole milliseconds, promised with each AppendEntries answer.
     leader_lease_ms: String,
+    /// Until when this node refuses every vote request: what its data dir's last process
+    /// promised ([`super::vote_quarantine`]).
+    refuse_votes_until: Option<Instant>,
 }
 
 /// The Raft RPC routes of node `me`, whose openraft refuses votes for `leader_lease` after it
-/// accepts an AppendEntries; a call meant for another node is refused with 421.
-pub fn router(raft: Raft, me: NodeId, lease: ReadLease, leader_lease: Duration) -> Router {
+/// accepts an AppendEntries, and which refuses vote requests until `refuse_votes_until` (503);
+/// a call meant for another node is refused with 421.
+pub fn router(
+    raft: Raft,
+    me: NodeId,
+    lease: ReadLease,
+    leader_lease: Duration,
+    refuse_votes_until: Option<Instant>,
+) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot).layer(DefaultBodyLimit::max(SNAPSHOT_BODY_LIMIT)))
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
         .route_layer(axum::middleware::from_fn(move |req: Request, next: Next| for_me(me, req, next)))
-        .with_state(Routes { raft, lease, leader_lease_ms: leader_lease.as_millis().to_string() })
+        .with_state(Routes { raft, lease, leader_lease_ms: leader_lease.as_millis().to_string(), refuse_votes_until })
 }
 
 /// Passes on a Raft RPC only if it names this node as its target (see [`TARGET_NODE_HEADER`]).
@@ -67,12 +77,14 @@ async fn append(
     ([(LEADER_LEASE_HEADER, routes.leader_lease_ms)], Binary(answer))
 }
 
-async fn vote(
-    State(routes): State<Routes>,
-    Binary(req): Binary<VoteRequest<NodeId>>,
-) -> Binary<Result<VoteResponse<NodeId>, RaftError>> {
+async fn vote(State(routes): State<Routes>, Binary(req): Binary<VoteRequest<NodeId>>) -> Response {
+    if routes.refuse_votes_until.is_some_and(|until| Instant::now() < until) {
+        let message = "this node votes for no one yet: its last process promised leaders a longer leader lease";
+        return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+    }
     let _in_flight = routes.lease.vote_begins();
-    Binary(routes.raft.vote(req).await)
+    let answer: Result<VoteResponse<NodeId>, RaftError> = routes.raft.vote(req).await;
+    Binary(answer).into_response()
 }
 
 async fn snapshot(

@@ -18,7 +18,7 @@ pub enum Discovery {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LinearizableReads {
     /// By the read lease: a majority acknowledged one of its heartbeats within the last
-    /// election timeout (`raft::read_lease`). No round per read; assumes the nodes' clocks run
+    /// election timeout (docs/durability.md). No round per read; assumes the nodes' clocks run
     /// at rates within a factor of two. Falls back to a read-index round when the lease lapses.
     Lease,
     /// By a read-index round: one heartbeat to the voters per batch of reads (Raft thesis §6.4).

@@ -33,7 +33,7 @@ use crate::raft::log_store::{LogStore, LogStoreError};
 use crate::raft::network::{PeerClient, PeerNetwork};
 use crate::raft::read_lease::ReadLease;
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::{self, Raft};
+use crate::raft::{self, vote_quarantine, Raft};
 use crate::tasks::{TaskError, Tasks};
 use crate::telemetry;
 use config::{Discovery, LinearizableReads, ServerConfig};
@@ -48,6 +48,8 @@ pub enum ServerError {
     DataDirInUse { dir: String },
     #[error("cannot lock {dir}: {source}")]
     DataDirLock { dir: String, source: std::io::Error },
+    #[error("cannot read or record the leader lease this node promises in {dir}: {source}")]
+    LeaderLease { dir: String, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
     #[error("cannot open the Raft log: {0}")]
@@ -121,9 +123,21 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let raft_config = raft_config(&config)?;
     // openraft's followers refuse votes for their longest election timeout (`leader_lease`).
     let leader_lease = std::time::Duration::from_millis(raft_config.election_timeout_max);
+    let quarantine = vote_quarantine::begin(&config.data_dir, leader_lease)
+        .map_err(|source| ServerError::LeaderLease { dir: config.data_dir.display().to_string(), source })?;
+    let refuse_votes_until = quarantine.map(|wait| std::time::Instant::now() + wait);
     let raft = Raft::new(id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
+    if let Some(wait) = quarantine {
+        raft.runtime_config().elect(false);
+        tracing::warn!(
+            node = id,
+            wait_ms = wait.as_millis() as u64,
+            "this data dir's last process promised leaders a longer leader lease (a longer --election-timeout): \
+             voting for no one until it has run out"
+        );
+    }
     // Raft has re-applied the committed log: a node with state knows its cluster before it talks.
     fence.learn(&state);
 
@@ -153,6 +167,19 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         });
     }
     tasks.spawn("raft", raft_running(raft.clone()));
+    if let Some(wait) = quarantine {
+        let (raft, dir, cancel) = (raft.clone(), config.data_dir.clone(), cancel.clone());
+        tasks.spawn("vote quarantine", async move {
+            tokio::time::sleep(wait).await;
+            if let Err(error) = vote_quarantine::end(&dir, leader_lease) {
+                tracing::error!(%error, "cannot record this node's leader lease; it keeps voting for no one");
+            } else {
+                raft.runtime_config().elect(true);
+                tracing::info!("the longer leader lease has run out: voting again");
+            }
+            cancel.cancelled().await;
+        });
+    }
     tasks.spawn(
         "snapshot trigger",
         raft::compaction::run(raft.clone(), state.clone(), config.snapshot_every_commands, cancel.clone()),
@@ -168,7 +195,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     };
     let checker = Checker::new(probe.timeout)?;
     let probe_peers = ProbePeers { node: Arc::clone(&node), checker: checker.clone(), leases: Arc::clone(&leases) };
-    let peer_routes = raft::peer::router(raft.clone(), id, read_lease, leader_lease)
+    let peer_routes = raft::peer::router(raft.clone(), id, read_lease, leader_lease, refuse_votes_until)
         .merge(node::peer::router(Arc::clone(&node)))
         .merge(probe::peer::router(Arc::new(probe_peers)))
         .layer(axum::middleware::from_fn_with_state(fence.clone(), fence::check))
@@ -178,7 +205,14 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     tasks.spawn("advert", Arc::clone(&node).keep_advert(cancel.clone()));
     let duties = leader_duties(&node, probe, &leases, &metrics, &discovery);
     tasks.spawn("leadership", leadership::run(Arc::clone(&node), duties, cancel.clone()));
-    tracing::info!(node = id, api = %config.api_addr, peer = %config.peer_addr, data_dir = %config.data_dir.display(), "gm server started");
+    tracing::info!(
+        node = id,
+        api = %config.api_addr,
+        peer = %config.peer_addr,
+        data_dir = %config.data_dir.display(),
+        linearizable_reads = ?config.linearizable_reads,
+        "gm server started"
+    );
 
     if let Peers::Kubernetes(kube) = &discovery {
         tasks.spawn("pod watch", kube.clone().watch_pods(cancel.clone()));

@@ -165,6 +165,11 @@ impl Cluster {
         self.local.spawn(id).unwrap_or_else(|e| panic!("spawn node {id}: {e}"));
     }
 
+    /// Sets (`Some`) or removes (`None`) an environment variable for the nodes started from now on.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.local.set_env(key, value);
+    }
+
     /// kill -9 of node `id`, waiting until it is gone.
     pub async fn kill(&mut self, id: u64) {
         self.local.kill(id).await;

@@ -274,8 +274,8 @@ async fn a_leader_with_a_longer_election_timeout_than_its_followers_reads_no_sta
     let mut c = Cluster::start_with_env(3, &[], &[("GM_ELECTION_TIMEOUT", Some("3s"))]).await;
     let mut expected = c.join_many(lease_joins("before", 0..4, 1), 2).await;
     let old = c.leader().await;
-    // The followers come back with the default timeout (250 ms): they vote again 0.5 s after
-    // the leader's last heartbeat, where the leader's own setting would have it wait 6 s.
+    // The followers come back with the default timeout (250 ms), and promise a leader lease of
+    // 0.5 s from now on; first they wait out the 6 s their last processes promised.
     c.set_env("GM_ELECTION_TIMEOUT", None);
     for id in (1..=3).filter(|&id| id != old) {
         c.kill(id).await;

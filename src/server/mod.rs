@@ -120,17 +120,18 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let read_lease = ReadLease::default();
     let restored = log_store.restored_leadership(id);
     let network = PeerNetwork::new(peer_client.clone(), read_lease.clone());
-    let raft_config = raft_config(&config)?;
+    let mut raft_config = raft_config(&config)?;
     // openraft's followers refuse votes for their longest election timeout (`leader_lease`).
     let leader_lease = std::time::Duration::from_millis(raft_config.election_timeout_max);
     let quarantine = vote_quarantine::begin(&config.data_dir, leader_lease)
         .map_err(|source| ServerError::LeaderLease { dir: config.data_dir.display().to_string(), source })?;
     let refuse_votes_until = quarantine.map(|wait| std::time::Instant::now() + wait);
+    // Off from the first tick: a single voter elects itself at once.
+    Arc::make_mut(&mut raft_config).enable_elect = quarantine.is_none();
     let raft = Raft::new(id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
     if let Some(wait) = quarantine {
-        raft.runtime_config().elect(false);
         tracing::warn!(
             node = id,
             wait_ms = wait.as_millis() as u64,
@@ -171,12 +172,16 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         let (raft, dir, cancel) = (raft.clone(), config.data_dir.clone(), cancel.clone());
         tasks.spawn("vote quarantine", async move {
             tokio::time::sleep(wait).await;
-            if let Err(error) = vote_quarantine::end(&dir, leader_lease) {
-                tracing::error!(%error, "cannot record this node's leader lease; it keeps voting for no one");
-            } else {
-                raft.runtime_config().elect(true);
-                tracing::info!("the longer leader lease has run out: voting again");
+            // Until the shorter lease is on disk, a restart must wait out the longer one again.
+            while let Err(error) = vote_quarantine::end(&dir, leader_lease) {
+                tracing::error!(%error, "cannot record this node's leader lease; it starts no election until it can");
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    () = cancel.cancelled() => return,
+                }
             }
+            raft.runtime_config().elect(true);
+            tracing::info!("the longer leader lease has run out: voting again");
             cancel.cancelled().await;
         });
     }

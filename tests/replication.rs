@@ -229,25 +229,21 @@ async fn paused_leader_is_replaced_and_catches_up() {
     assert_everywhere(&c, &expected).await;
 }
 
-/// The read lease (`--linearizable-reads lease`, the default) must run out while a leader is
-/// frozen: reads that reach it as it resumes, after another leader took writes, see those writes
-/// or fail (503); none answers the state from before the freeze.
-#[tokio::test(flavor = "multi_thread")]
-async fn reads_reaching_a_resumed_old_leader_see_the_new_leaders_writes() {
-    let c = Cluster::start(3).await;
-    let mut expected = c.join_many(lease_joins("before", 0..10, 2), 4).await;
-    let old = c.leader().await;
-    // Before the freeze, the leader gives reads their index by its lease (after one round).
+/// Waits until leader `old` gives reads their index by its lease (after one round), freezes it,
+/// joins `during` members through the leader the others elect, and sends 8 linearizable reads to
+/// `old` as it resumes: each must hold the new members, or fail (503), never answer the state
+/// from before the freeze. Returns how many `old` served.
+async fn reads_at_a_resumed_old_leader(c: &Cluster, old: u64, expected: &mut Incarnations, during: usize) -> usize {
     let leased = r#"gm_raft_read_indexes_total{by="lease"}"#;
     wait_for("the leader to read by its lease", || async {
-        c.assert_member_set(c.node(old), Consistency::Linearizable, &expected).await;
+        c.assert_member_set(c.node(old), Consistency::Linearizable, expected).await;
         c.metric(c.node(old), leased).await > 0.0
     })
     .await;
     c.pause(old, true);
     let new = c.leader().await;
     assert_ne!(new, old, "the others elect a new leader");
-    expected.extend(c.join_many(lease_joins("during", 0..10, 2), 4).await);
+    expected.extend(c.join_many(lease_joins("during", 0..during, 2), 4).await);
 
     let back = c.node(old);
     let reads = futures::future::join_all((0..8).map(|_| c.member_set(back, Consistency::Linearizable)));
@@ -260,8 +256,19 @@ async fn reads_reaching_a_resumed_old_leader_see_the_new_leaders_writes() {
     let (answers, ()) = tokio::join!(reads, resume);
     let served = answers.iter().flatten().count();
     for set in answers.into_iter().flatten() {
-        assert_eq!(common::incarnations(&set), expected, "a read at the resumed old leader");
+        assert_eq!(&common::incarnations(&set), expected, "a read at the resumed old leader");
     }
+    served
+}
+
+/// The read lease (`--linearizable-reads lease`, the default) must run out while a leader is
+/// frozen.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_reaching_a_resumed_old_leader_see_the_new_leaders_writes() {
+    let c = Cluster::start(3).await;
+    let mut expected = c.join_many(lease_joins("before", 0..10, 2), 4).await;
+    let old = c.leader().await;
+    let served = reads_at_a_resumed_old_leader(&c, old, &mut expected, 10).await;
     println!("{served} of 8 reads served by the resumed old leader, all with the new leader's writes");
     assert_everywhere(&c, &expected).await;
 }
@@ -283,27 +290,7 @@ async fn a_leader_with_a_longer_election_timeout_than_its_followers_reads_no_sta
         c.wait_ready_all().await;
     }
     assert_eq!(c.leader().await, old, "the leader stayed");
-    let leased = r#"gm_raft_read_indexes_total{by="lease"}"#;
-    wait_for("the leader to read by its lease", || async {
-        c.assert_member_set(c.node(old), Consistency::Linearizable, &expected).await;
-        c.metric(c.node(old), leased).await > 0.0
-    })
-    .await;
-
-    c.pause(old, true);
-    let new = c.leader().await;
-    assert_ne!(new, old, "the followers elect a new leader");
-    expected.extend(c.join_many(lease_joins("during", 0..4, 1), 2).await);
-    let back = c.node(old);
-    let reads = futures::future::join_all((0..8).map(|_| c.member_set(back, Consistency::Linearizable)));
-    let resume = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        c.pause(old, false);
-    };
-    let (answers, ()) = tokio::join!(reads, resume);
-    for set in answers.into_iter().flatten() {
-        assert_eq!(common::incarnations(&set), expected, "a read at the resumed old leader");
-    }
+    reads_at_a_resumed_old_leader(&c, old, &mut expected, 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -500,9 +500,9 @@ impl Node {
 
     /// The leader's read index without a round, while it holds the read lease
     /// ([`ReadLease::floor`]): its applied index, which holds every write it acknowledged (it
-    /// answers a write once applied), and at least the read index of its first round in this
-    /// leadership, which covers what earlier leaders committed. `None` otherwise, or on a
-    /// follower.
+    /// answers a write once applied), and at least the read index of the quorum round that
+    /// confirmed this leadership, which covers what earlier leaders committed. `None` otherwise,
+    /// or on a follower.
     fn leased_read_index(&self) -> Option<u64> {
         let lease = self.read_lease.as_ref()?;
         let (leadership, configs) = self.leadership()?;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
@@ -30,7 +30,7 @@ struct Routes {
     /// This node's read lease, which a vote request suspends while it is answered.
     lease: ReadLease,
     /// This node's `leader_lease` in whole milliseconds, promised with each AppendEntries answer.
-    leader_lease_ms: String,
+    leader_lease_ms: HeaderValue,
     /// Until when this node refuses every vote request: what its data dir's last process
     /// promised ([`super::vote_quarantine`]).
     refuse_votes_until: Option<Instant>,
@@ -52,7 +52,12 @@ pub fn router(
         .route("/raft/snapshot", post(snapshot).layer(DefaultBodyLimit::max(SNAPSHOT_BODY_LIMIT)))
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
         .route_layer(axum::middleware::from_fn(move |req: Request, next: Next| for_me(me, req, next)))
-        .with_state(Routes { raft, lease, leader_lease_ms: leader_lease.as_millis().to_string(), refuse_votes_until })
+        .with_state(Routes {
+            raft,
+            lease,
+            leader_lease_ms: HeaderValue::from(leader_lease.as_millis() as u64),
+            refuse_votes_until,
+        })
 }
 
 /// Passes on a Raft RPC only if it names this node as its target (see [`TARGET_NODE_HEADER`]).
@@ -72,7 +77,7 @@ async fn for_me(me: NodeId, req: Request, next: Next) -> Response {
 async fn append(
     State(routes): State<Routes>,
     Binary(req): Binary<AppendEntriesRequest<TypeConfig>>,
-) -> ([(&'static str, String); 1], Binary<Result<AppendEntriesResponse<NodeId>, RaftError>>) {
+) -> ([(&'static str, HeaderValue); 1], Binary<Result<AppendEntriesResponse<NodeId>, RaftError>>) {
     let answer = routes.raft.append_entries(req).await;
     ([(LEADER_LEASE_HEADER, routes.leader_lease_ms)], Binary(answer))
 }

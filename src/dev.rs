@@ -622,7 +622,7 @@ fn shell_quote(arg: &str) -> String {
 }
 
 /// `exited with status 1`, `was killed by signal 9 (SIGKILL)`.
-fn describe_exit(status: &Result<ExitStatus, String>) -> String {
+pub fn describe_exit(status: &Result<ExitStatus, String>) -> String {
     let status = match status {
         Ok(status) => status,
         Err(e) => return format!("exited (its status cannot be read: {e})"),

@@ -80,3 +80,20 @@ fn every_change_reaches_every_watch_stream_in_order() {
     assert_eq!((report["missed"].as_u64(), report["streams"].as_u64()), (Some(0), Some(60)), "{report}");
     assert!(report["p99_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{report}");
 }
+
+#[test]
+fn a_node_that_cannot_start_stops_the_bench_at_once_with_its_error() {
+    let started = std::time::Instant::now();
+    let Output { status, stderr, .. } = Command::new(env!("CARGO_BIN_EXE_gm"))
+        .args(["bench", "--workload", "reads", "--duration", "1s"])
+        // Ports no other run takes: the nodes exit before they would bind them.
+        .args(["--api-port", "1", "--peer-port", "11"])
+        .env("GM_LINEARIZABLE_READS", "bogus")
+        .output()
+        .expect("gm bench runs");
+    let err = String::from_utf8_lossy(&stderr);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("invalid value 'bogus'"), "the node's own error is shown: {err}");
+    assert!(err.contains("exited with status 2 before it was ready"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "not the 60 s readiness wait: {err}");
+}

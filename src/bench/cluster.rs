@@ -12,7 +12,7 @@ use super::figures::latency;
 use super::BenchError;
 use crate::client::{Client, RetryPolicy};
 use crate::dev::DevConfig;
-use crate::dev::{LocalCluster, NodeOutput};
+use crate::dev::{describe_exit, LocalCluster, NodeOutput};
 use crate::wire::Consistency;
 
 /// Pause between polls of `/readyz` and `/v1/cluster`.
@@ -84,12 +84,29 @@ impl OwnCluster {
         Ok(OwnCluster { cluster, data_dir, endpoints })
     }
 
-    /// Waits until every node is ready and prints how long that took.
-    pub async fn wait_ready(&self, client: &Client) -> Result<(), BenchError> {
+    /// Waits until every node is ready and prints how long that took. Fails at once if a node
+    /// exits first (a bad flag or `GM_*` variable: its own message is above).
+    pub async fn wait_ready(&mut self, client: &Client) -> Result<(), BenchError> {
         let started = Instant::now();
-        wait_ready(client, READY_DEADLINE).await?;
+        tokio::select! {
+            ready = wait_ready(client, READY_DEADLINE) => ready?,
+            exited = self.first_exit() => return Err(exited),
+        }
         println!("cluster: ready after {}", latency(started.elapsed()));
         Ok(())
+    }
+
+    /// Waits until a node's process exits, and says which and how.
+    async fn first_exit(&mut self) -> BenchError {
+        let ids: Vec<u64> = self.cluster.nodes.iter().map(|n| n.id).collect();
+        loop {
+            for &id in &ids {
+                if let Some(exit) = self.cluster.reap(id) {
+                    return BenchError::NodeExited { id, how: describe_exit(&exit.status) };
+                }
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 
     /// Stops every node and removes the data dir.

@@ -64,20 +64,20 @@ struct Received {
 }
 
 pub async fn run(config: WatchConfig) -> Result<(), BenchError> {
-    let own = OwnCluster::start(&config.cluster, &[])?;
+    let mut own = OwnCluster::start(&config.cluster, &[])?;
     let client = Client::builder(&own.endpoints)
         .pool_max_idle_per_host(OPENING)
         .policy(RetryPolicy::once(REQUEST_TIMEOUT))
         .build();
     let result = match client {
-        Ok(client) => interruptible(bench(&config, &client, &own)).await,
+        Ok(client) => interruptible(bench(&config, &client, &mut own)).await,
         Err(e) => Err(e.into()),
     };
     own.stop().await;
     result
 }
 
-async fn bench(config: &WatchConfig, client: &Client, own: &OwnCluster) -> Result<(), BenchError> {
+async fn bench(config: &WatchConfig, client: &Client, own: &mut OwnCluster) -> Result<(), BenchError> {
     own.wait_ready(client).await?;
     let group = bench_name(GroupName::parse, GROUP).map_err(BenchError::Flags)?;
     for i in 0..config.group_size {

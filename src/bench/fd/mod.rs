@@ -150,7 +150,7 @@ pub async fn run(config: FdConfig) -> Result<(), BenchError> {
         "--suspect-after".to_owned(),
         config.suspect_after.to_string(),
     ];
-    let own = match OwnCluster::start(&config.cluster, &server_args) {
+    let mut own = match OwnCluster::start(&config.cluster, &server_args) {
         Ok(own) => own,
         Err(e) => {
             servers.stop().await;
@@ -164,7 +164,7 @@ pub async fn run(config: FdConfig) -> Result<(), BenchError> {
         .policy(RetryPolicy::once(REQUEST_TIMEOUT))
         .build();
     let result = match client {
-        Ok(client) => interruptible(bench(&config, layout, &client, &own, &servers, &mut report)).await,
+        Ok(client) => interruptible(bench(&config, layout, &client, &mut own, &servers, &mut report)).await,
         Err(e) => Err(e.into()),
     };
     own.stop().await;
@@ -189,7 +189,7 @@ async fn bench(
     config: &FdConfig,
     layout: Layout,
     client: &Client,
-    own: &OwnCluster,
+    own: &mut OwnCluster,
     servers: &MemberServers,
     report: &mut Map<String, Value>,
 ) -> Result<Summary, BenchError> {

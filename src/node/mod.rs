@@ -8,7 +8,7 @@ pub mod leadership;
 pub mod peer;
 pub mod voters;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use crate::metrics::{Metrics, RaftFigures};
 use crate::raft::network::{PeerClient, PeerError};
 use crate::raft::read_lease::{self, Leadership, ReadLease};
 use crate::raft::state_machine::StateHandle;
-use crate::raft::{Applied, Batch, NodeInfo, Raft};
+use crate::raft::{Applied, Batch, NodeInfo, Raft, StoredMembership};
 use batcher::{Batcher, Limits};
 
 /// Why a write or a linearizable read could not be served now. Retrying later may succeed.
@@ -505,18 +505,20 @@ impl Node {
     /// or on a follower.
     fn leased_read_index(&self) -> Option<u64> {
         let lease = self.read_lease.as_ref()?;
-        let (leadership, configs) = self.leadership()?;
-        let floor = lease.floor(self.id, leadership, &configs, read_lease::now())?;
+        let (leadership, membership) = self.leadership()?;
+        let configs = membership.membership().get_joint_config();
+        let floor = lease.floor(self.id, leadership, configs, read_lease::now())?;
         self.metrics.read_indexes.with_label_values(&["lease"]).inc();
         Some(floor.max(self.state.applied_index()))
     }
 
-    /// This node's leadership and its voter sets, if its metrics say it leads.
-    fn leadership(&self) -> Option<(Leadership, Vec<BTreeSet<NodeId>>)> {
+    /// This node's leadership and its membership (shared, not copied: every leased read asks),
+    /// if its metrics say it leads.
+    fn leadership(&self) -> Option<(Leadership, Arc<StoredMembership>)> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let leads = m.state == ServerState::Leader && m.current_leader == Some(self.id) && m.vote.is_committed();
-        leads.then(|| (m.vote.leader_id, m.membership_config.membership().get_joint_config().clone()))
+        leads.then(|| (m.vote.leader_id, Arc::clone(&m.membership_config)))
     }
 
     /// One quorum round (Raft's ReadIndex, Ongaro's thesis §6.4): the commit index when it

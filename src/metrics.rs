@@ -87,6 +87,7 @@ pub struct Metrics {
     pub proposals_pending: IntGauge,
     pub proposal_batch_size: Histogram,
     pub read_indexes: IntCounterVec,
+    pub pre_votes: IntCounterVec,
     pub log_fsync_duration: Histogram,
     pub log_size: IntGauge,
     pub snapshots: IntCounter,
@@ -232,6 +233,14 @@ impl Metrics {
                 )?,
                 &["lease", "round"],
             ),
+            pre_votes: with_labels(
+                counters(
+                    "gm_raft_pre_votes_total",
+                    "Pre-votes this node asked for before an election, by whether a majority granted it",
+                    "outcome",
+                )?,
+                &["won", "lost"],
+            ),
             log_fsync_duration: histogram(
                 "gm_raft_log_fsync_duration_seconds",
                 "Time to flush and fsync one group of Raft log appends",
@@ -314,6 +323,7 @@ impl Metrics {
             Box::new(self.proposals_pending.clone()),
             Box::new(self.proposal_batch_size.clone()),
             Box::new(self.read_indexes.clone()),
+            Box::new(self.pre_votes.clone()),
             Box::new(self.log_fsync_duration.clone()),
             Box::new(self.log_size.clone()),
             Box::new(self.snapshots.clone()),

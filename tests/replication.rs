@@ -229,6 +229,40 @@ async fn paused_leader_is_replaced_and_catches_up() {
     assert_everywhere(&c, &expected).await;
 }
 
+/// Pre-vote: a follower that missed the leader's heartbeats for many election timeouts (frozen
+/// here, as a paused or CPU-throttled pod is) asks before it elects, finds the leader alive
+/// through the others, and starts no election: the leader and the term stay. Without pre-vote it
+/// raised the term on resuming, and the leader stepped down for an election.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_resumed_after_a_freeze_does_not_unseat_the_leader() {
+    // Long timeouts, so that a loaded machine's late heartbeats cause no election of their own.
+    let c = Cluster::start_with(3, &["--election-timeout", "1s"]).await;
+    let mut expected = c.join_many(lease_joins("before", 0..10, 2), 4).await;
+    let leader = c.leader().await;
+    let term = || async {
+        let (_, cluster) = c.get_json(c.node(leader), "/v1/cluster?consistency=stale").await.expect("cluster");
+        (cluster["leader_id"].as_u64(), cluster["term"].as_u64())
+    };
+    let (_, before) = term().await;
+    let follower = others(leader)[0];
+    c.pause(follower, true);
+    // Twice the longest wait for an election (2 s + up to 2 s).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    expected.extend(c.join_many(lease_joins("during", 0..10, 2), 4).await);
+    c.pause(follower, false);
+
+    let lost = r#"gm_raft_pre_votes_total{outcome="lost"}"#;
+    wait_for("the resumed follower to ask for a pre-vote", || async { c.metric(c.node(follower), lost).await >= 1.0 })
+        .await;
+    c.wait_member_set(c.node(follower), Consistency::Stale, &expected).await;
+    // Time for an election, had one started.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(term().await, (Some(leader), before), "the leader and the term stayed");
+    let won = r#"gm_raft_pre_votes_total{outcome="won"}"#;
+    assert_eq!(c.metric(c.node(follower), won).await, 0.0, "the follower never elected");
+    assert_everywhere(&c, &expected).await;
+}
+
 /// Waits until leader `old` gives reads their index by its lease (after one round), freezes it,
 /// joins `during` members through the leader the others elect, and sends 8 linearizable reads to
 /// `old` as it resumes: each must hold the new members, or fail (503), never answer the state

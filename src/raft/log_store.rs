@@ -312,6 +312,12 @@ impl LogStore {
             .then(|| (vote.leader_id, pointers.last.map_or(0, |l| l.index)))
     }
 
+    /// The id of the log's last entry (appended, maybe not yet on disk), or of the purge point
+    /// when no entry is left; `None` for an empty log.
+    pub fn last_log_id(&self) -> Option<LogId> {
+        self.lock().mem.pointers.last
+    }
+
     /// Whether the log holds nothing at all: no vote, no entry, nothing purged (a new data dir).
     pub fn is_blank(&self) -> bool {
         self.lock().mem.pointers == Checkpoint::default()

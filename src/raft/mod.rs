@@ -8,6 +8,7 @@ pub mod fence;
 pub mod log_store;
 pub mod network;
 pub mod peer;
+pub mod pre_vote;
 pub mod read_lease;
 pub mod recover;
 pub mod snapshot_file;

@@ -223,6 +223,7 @@ pub fn rpc_label(path: &str) -> &'static str {
     match path {
         "/raft/append" => "append",
         "/raft/vote" => "vote",
+        "/raft/pre-vote" => "pre_vote",
         "/raft/snapshot" => "snapshot",
         "/forward/writes" => "forward_writes",
         "/forward/read-index" => "read_index",

@@ -15,13 +15,30 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::codec::Binary;
+use super::log_store::LogStore;
 use super::network::{decode_snapshot, LEADER_LEASE_HEADER, PEER_BODY_LIMIT, TARGET_NODE_HEADER};
+use super::pre_vote::{self, LeaderContact, PreVoteRequest, PreVoteResponse, Standing};
 use super::read_lease::ReadLease;
 use super::{Raft, RaftError, TypeConfig};
 use crate::membership::NodeId;
 
 /// Snapshots of large clusters travel in one body.
 const SNAPSHOT_BODY_LIMIT: usize = 1 << 30;
+
+/// How a node answers votes and pre-votes.
+pub struct Voting {
+    /// openraft's `leader_lease`: how long it refuses votes after it accepts an AppendEntries.
+    pub leader_lease: Duration,
+    /// openraft's shortest election timeout: how long a leader stays live to pre-votes.
+    pub election_timeout: Duration,
+    /// Until when this node refuses every vote request: what its data dir's last process
+    /// promised ([`super::vote_quarantine`]).
+    pub refuse_votes_until: Option<Instant>,
+    /// Where the routes record that a leader was heard from, for pre-votes.
+    pub contact: LeaderContact,
+    /// This node's log, whose last entry a pre-vote's candidate must have caught up with.
+    pub log: LogStore,
+}
 
 /// What the Raft routes reach.
 #[derive(Clone)]
@@ -31,24 +48,21 @@ struct Routes {
     lease: ReadLease,
     /// This node's `leader_lease` in whole milliseconds, promised with each AppendEntries answer.
     leader_lease_ms: HeaderValue,
-    /// Until when this node refuses every vote request: what its data dir's last process
-    /// promised ([`super::vote_quarantine`]).
+    election_timeout: Duration,
     refuse_votes_until: Option<Instant>,
+    contact: LeaderContact,
+    log: LogStore,
 }
 
-/// The Raft RPC routes of node `me`, whose openraft refuses votes for `leader_lease` after it
-/// accepts an AppendEntries, and which refuses vote requests until `refuse_votes_until` (503);
-/// a call meant for another node is refused with 421.
-pub fn router(
-    raft: Raft,
-    me: NodeId,
-    lease: ReadLease,
-    leader_lease: Duration,
-    refuse_votes_until: Option<Instant>,
-) -> Router {
+/// The Raft RPC routes of node `me`, and its pre-vote route ([`pre_vote`]). Its openraft
+/// refuses votes for `leader_lease` after it accepts an AppendEntries; it refuses votes and
+/// pre-votes until `refuse_votes_until` (503); a call meant for another node is refused with 421.
+pub fn router(raft: Raft, me: NodeId, lease: ReadLease, voting: Voting) -> Router {
+    let Voting { leader_lease, election_timeout, refuse_votes_until, contact, log } = voting;
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
+        .route(pre_vote::PATH, post(pre_vote))
         .route("/raft/snapshot", post(snapshot).layer(DefaultBodyLimit::max(SNAPSHOT_BODY_LIMIT)))
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
         .route_layer(axum::middleware::from_fn(move |req: Request, next: Next| for_me(me, req, next)))
@@ -56,8 +70,20 @@ pub fn router(
             raft,
             lease,
             leader_lease_ms: HeaderValue::from(leader_lease.as_millis() as u64),
+            election_timeout,
             refuse_votes_until,
+            contact,
+            log,
         })
+}
+
+impl Routes {
+    /// A 503 while this node votes for no one ([`super::vote_quarantine`]).
+    fn quarantined(&self) -> Option<Response> {
+        let until = self.refuse_votes_until?;
+        let message = "this node votes for no one yet: its last process promised leaders a longer leader lease";
+        (Instant::now() < until).then(|| (StatusCode::SERVICE_UNAVAILABLE, message).into_response())
+    }
 }
 
 /// Passes on a Raft RPC only if it names this node as its target (see [`TARGET_NODE_HEADER`]).
@@ -79,23 +105,46 @@ async fn append(
     Binary(req): Binary<AppendEntriesRequest<TypeConfig>>,
 ) -> ([(&'static str, HeaderValue); 1], Binary<Result<AppendEntriesResponse<NodeId>, RaftError>>) {
     let answer = routes.raft.append_entries(req).await;
+    // Any answer but a higher vote: openraft took the sender as its leader.
+    if matches!(answer, Ok(ref a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+        routes.contact.touch();
+    }
     ([(LEADER_LEASE_HEADER, routes.leader_lease_ms)], Binary(answer))
 }
 
 async fn vote(State(routes): State<Routes>, Binary(req): Binary<VoteRequest<NodeId>>) -> Response {
-    if routes.refuse_votes_until.is_some_and(|until| Instant::now() < until) {
-        let message = "this node votes for no one yet: its last process promised leaders a longer leader lease";
-        return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+    if let Some(refused) = routes.quarantined() {
+        return refused;
     }
     let _in_flight = routes.lease.vote_begins();
     let answer: Result<VoteResponse<NodeId>, RaftError> = routes.raft.vote(req).await;
+    if answer.as_ref().is_ok_and(|a| a.vote_granted) {
+        routes.contact.touch();
+    }
     Binary(answer).into_response()
 }
 
+async fn pre_vote(State(routes): State<Routes>, Binary(req): Binary<PreVoteRequest>) -> Response {
+    if let Some(refused) = routes.quarantined() {
+        return refused;
+    }
+    let standing = Standing::of(&routes.raft.metrics().borrow(), &routes.log, &routes.contact);
+    let granted = standing.grants(&req, routes.election_timeout);
+    tracing::debug!(candidate = req.candidate, last_log_id = ?req.last_log_id, granted, "pre-vote");
+    Binary(PreVoteResponse { granted }).into_response()
+}
+
 async fn snapshot(
-    State(Routes { raft, .. }): State<Routes>,
+    State(Routes { raft, contact, .. }): State<Routes>,
     body: Bytes,
 ) -> Result<Binary<Result<SnapshotResponse<NodeId>, openraft::error::Fatal<NodeId>>>, (StatusCode, String)> {
     let (vote, snapshot) = decode_snapshot(&body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-    Ok(Binary(raft.install_full_snapshot(vote, snapshot).await))
+    let sender = vote;
+    let answer = raft.install_full_snapshot(vote, snapshot).await;
+    // A snapshot comes from a leader: accepted (this node took its vote), openraft restarts
+    // its election timer for it.
+    if answer.as_ref().is_ok_and(|a| a.vote == sender) {
+        contact.touch();
+    }
+    Ok(Binary(answer))
 }

@@ -31,6 +31,8 @@ use crate::probe::{self, handover, lease, prober, ProbeConfig};
 use crate::raft::fence::{self, ClusterFence};
 use crate::raft::log_store::{LogStore, LogStoreError};
 use crate::raft::network::{PeerClient, PeerNetwork};
+use crate::raft::peer::Voting;
+use crate::raft::pre_vote::{Elections, LeaderContact};
 use crate::raft::read_lease::ReadLease;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{self, vote_quarantine, Raft};
@@ -126,8 +128,13 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let quarantine = vote_quarantine::begin(&config.data_dir, leader_lease)
         .map_err(|source| ServerError::LeaderLease { dir: config.data_dir.display().to_string(), source })?;
     let refuse_votes_until = quarantine.map(|wait| std::time::Instant::now() + wait);
-    // Off from the first tick: a single voter elects itself at once.
-    Arc::make_mut(&mut raft_config).enable_elect = quarantine.is_none();
+    // openraft's election timer is off from the first tick: pre-vote's takes its place.
+    Arc::make_mut(&mut raft_config).enable_elect = false;
+    let timeouts = (
+        std::time::Duration::from_millis(raft_config.election_timeout_min),
+        std::time::Duration::from_millis(raft_config.election_timeout_max),
+    );
+    let log = log_store.clone();
     let raft = Raft::new(id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
@@ -155,7 +162,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         raft: raft.clone(),
         state: state.clone(),
         advert,
-        peers: peer_client,
+        peers: peer_client.clone(),
         request_timeout: config.request_timeout,
         read_lease: (config.linearizable_reads == LinearizableReads::Lease).then(|| read_lease.clone()),
         restored,
@@ -168,23 +175,32 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         });
     }
     tasks.spawn("raft", raft_running(raft.clone()));
-    if let Some(wait) = quarantine {
-        let (raft, dir, cancel) = (raft.clone(), config.data_dir.clone(), cancel.clone());
-        tasks.spawn("vote quarantine", async move {
+    let contact = LeaderContact::default();
+    let elections = Elections {
+        raft: raft.clone(),
+        log: log.clone(),
+        me: id,
+        peers: peer_client,
+        contact: contact.clone(),
+        timeout: timeouts,
+        metrics: Arc::clone(&metrics),
+    };
+    let (dir, elections_cancel) = (config.data_dir.clone(), cancel.clone());
+    tasks.spawn("elections", async move {
+        if let Some(wait) = quarantine {
             tokio::time::sleep(wait).await;
             // Until the shorter lease is on disk, a restart must wait out the longer one again.
             while let Err(error) = vote_quarantine::end(&dir, leader_lease) {
                 tracing::error!(%error, "cannot record this node's leader lease; it starts no election until it can");
                 tokio::select! {
                     () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    () = cancel.cancelled() => return,
+                    () = elections_cancel.cancelled() => return,
                 }
             }
-            raft.runtime_config().elect(true);
             tracing::info!("the longer leader lease has run out: voting again");
-            cancel.cancelled().await;
-        });
-    }
+        }
+        elections.run(elections_cancel).await;
+    });
     tasks.spawn(
         "snapshot trigger",
         raft::compaction::run(raft.clone(), state.clone(), config.snapshot_every_commands, cancel.clone()),
@@ -200,7 +216,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     };
     let checker = Checker::new(probe.timeout)?;
     let probe_peers = ProbePeers { node: Arc::clone(&node), checker: checker.clone(), leases: Arc::clone(&leases) };
-    let peer_routes = raft::peer::router(raft.clone(), id, read_lease, leader_lease, refuse_votes_until)
+    let voting = Voting { leader_lease, election_timeout: timeouts.0, refuse_votes_until, contact, log };
+    let peer_routes = raft::peer::router(raft.clone(), id, read_lease, voting)
         .merge(node::peer::router(Arc::clone(&node)))
         .merge(probe::peer::router(Arc::new(probe_peers)))
         .layer(axum::middleware::from_fn_with_state(fence.clone(), fence::check))

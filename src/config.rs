@@ -12,3 +12,13 @@ pub const DATA_DIR_LOCK: &str = "lock";
 pub fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
 }
+
+/// A duration flag that must be more than zero: a period, a deadline or a timeout, which zero
+/// would make a busy loop or a failure at once.
+pub fn positive_duration(s: &str) -> Result<Duration, String> {
+    match duration(s) {
+        Ok(d) if d.is_zero() => Err("must be more than 0".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -57,13 +57,13 @@ pub struct DevConfig {
     #[arg(long, env = "GM_DATA_DIR", default_value = "./gm-dev-data")]
     pub data_dir: PathBuf,
     /// Delete the data directory first: a new, empty cluster.
-    #[arg(long, env = "GM_CLEAN")]
+    #[arg(long, env = "GM_CLEAN", value_parser = clap::builder::FalseyValueParser::new())]
     pub clean: bool,
     /// First API port; node N listens on this plus N - 1.
-    #[arg(long, env = "GM_API_PORT", default_value_t = 8081)]
+    #[arg(long, env = "GM_API_PORT", default_value_t = 8081, value_parser = clap::value_parser!(u16).range(1..))]
     pub api_port: u16,
     /// First peer (Raft) port; node N listens on this plus N - 1.
-    #[arg(long, env = "GM_PEER_PORT", default_value_t = 7001)]
+    #[arg(long, env = "GM_PEER_PORT", default_value_t = 7001, value_parser = clap::value_parser!(u16).range(1..))]
     pub peer_port: u16,
 }
 
@@ -1103,6 +1103,26 @@ mod tests {
 
     fn config(api_port: u16, peer_port: u16, nodes: u64) -> DevConfig {
         DevConfig { nodes, data_dir: PathBuf::from("unused"), clean: false, api_port, peer_port }
+    }
+
+    /// A boolean variable is on for anything but `false`, `0`, `no`, `off` or empty, as cli.md
+    /// says. `GM_CLEAN` is this test's alone: no other test reads it.
+    #[test]
+    fn a_boolean_variable_is_on_unless_it_says_off() {
+        #[derive(clap::Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            dev: DevConfig,
+        }
+        let cases = [("1", true), ("yes", true), ("TRUE", true), ("on", true), ("0", false), ("no", false)];
+        for (value, on) in cases.into_iter().chain([("off", false), ("false", false), ("", false)]) {
+            std::env::set_var("GM_CLEAN", value);
+            let cmd = <Cmd as clap::Parser>::try_parse_from(["gm"]).expect("parse");
+            assert_eq!(cmd.dev.clean, on, "GM_CLEAN={value:?}");
+        }
+        std::env::remove_var("GM_CLEAN");
+        let cmd = <Cmd as clap::Parser>::try_parse_from(["gm", "--clean"]).expect("parse");
+        assert!(cmd.dev.clean, "the flag itself");
     }
 
     #[test]

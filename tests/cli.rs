@@ -37,6 +37,36 @@ fn configuration_errors_are_one_line() {
     let other_port =
         ["server", "--node-id", "1", "--peer-addr", "127.0.0.1:7199", "--peers", "1=127.0.0.1:7101,2=b:7102"];
     assert_one_line_error(&gm(&other_port, dir.path()), "another port than this node's entry in --peers");
+
+    // Raft timings that do not fit are refused before the data dir is touched.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let timings = ["--peers", "1=127.0.0.1:7101", "--election-timeout", "50ms", "--heartbeat-interval", "100ms"];
+    let out = gm(&[&base[..], &timings[..]].concat(), fresh.path());
+    assert_one_line_error(&out, "--election-timeout (50 ms) must be longer than --heartbeat-interval (100 ms)");
+    assert_eq!(std::fs::read_dir(fresh.path()).expect("read dir").count(), 0, "the data dir stays empty");
+}
+
+/// A period or timeout of zero (a timer that would fire without end, or panic) is refused by
+/// the flag parser, with exit status 2, from a flag or its variable.
+#[test]
+fn zero_periods_and_timeouts_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ["server", "--node-id", "1", "--peers", "1=127.0.0.1:7101"];
+    for flag in ["--probe-interval", "--probe-timeout", "--heartbeat-interval", "--election-timeout"] {
+        let out = gm(&[&server[..], &[flag, "0s"]].concat(), dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} 0s: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains("must be more than 0"), "{stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_gm"))
+        .args(["bench", "watch"])
+        .env("GM_BENCH_EVERY", "0s")
+        .output()
+        .expect("run gm bench watch");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--every") && stderr.contains("must be more than 0"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).expect("read dir").count(), 0, "nothing was started");
 }
 
 /// A port free now, below the ephemeral range so no outgoing connection takes it meanwhile.

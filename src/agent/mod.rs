@@ -66,7 +66,7 @@ pub struct AgentConfig {
     pub probe_path: String,
     /// Lease mode, for pods GM cannot reach: keep the membership alive with heartbeats every third
     /// of this TTL instead of answering probes (for example `10s`).
-    #[arg(long, env = "GM_LEASE", value_parser = crate::config::duration)]
+    #[arg(long, env = "GM_LEASE", value_parser = crate::config::positive_duration)]
     pub lease: Option<Duration>,
     /// The app is healthy while `GET URL` answers 2xx (for example `http://127.0.0.1:8080/ready`).
     #[arg(long, env = "GM_APP_HEALTH_URL", conflicts_with = "app_health_tcp")]
@@ -75,10 +75,10 @@ pub struct AgentConfig {
     #[arg(long, env = "GM_APP_HEALTH_TCP")]
     pub app_health_tcp: Option<String>,
     /// How often the app is checked.
-    #[arg(long, env = "GM_APP_HEALTH_INTERVAL", default_value = "1s", value_parser = crate::config::duration)]
+    #[arg(long, env = "GM_APP_HEALTH_INTERVAL", default_value = "1s", value_parser = crate::config::positive_duration)]
     pub app_health_interval: Duration,
     /// One app check's deadline.
-    #[arg(long, env = "GM_APP_HEALTH_TIMEOUT", default_value = "1s", value_parser = crate::config::duration)]
+    #[arg(long, env = "GM_APP_HEALTH_TIMEOUT", default_value = "1s", value_parser = crate::config::positive_duration)]
     pub app_health_timeout: Duration,
     /// Failed app checks in a row before the app counts as unhealthy (one success heals it).
     #[arg(
@@ -104,7 +104,7 @@ pub struct AgentConfig {
     #[arg(long, env = "GM_VIEW_FILE")]
     pub view_file: Option<String>,
     /// How long the leaves at SIGTERM may take, all groups together.
-    #[arg(long, env = "GM_LEAVE_TIMEOUT", default_value = "3s", value_parser = crate::config::duration)]
+    #[arg(long, env = "GM_LEAVE_TIMEOUT", default_value = "3s", value_parser = crate::config::positive_duration)]
     pub leave_timeout: Duration,
 }
 

@@ -29,10 +29,10 @@ pub struct ClusterArgs {
     #[arg(long, env = "GM_BENCH_NODES", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
     pub nodes: u64,
     /// Own cluster: first API port; node N listens on this plus N - 1.
-    #[arg(long, env = "GM_BENCH_API_PORT", default_value_t = 18081)]
+    #[arg(long, env = "GM_BENCH_API_PORT", default_value_t = 18081, value_parser = clap::value_parser!(u16).range(1..))]
     pub api_port: u16,
     /// Own cluster: first peer port; node N listens on this plus N - 1.
-    #[arg(long, env = "GM_BENCH_PEER_PORT", default_value_t = 17001)]
+    #[arg(long, env = "GM_BENCH_PEER_PORT", default_value_t = 17001, value_parser = clap::value_parser!(u16).range(1..))]
     pub peer_port: u16,
     /// Own cluster: the nodes' log filter (their logs go to this terminal). openraft's errors
     /// about a node the bench killed or paused are expected, so they are off by default.

@@ -82,7 +82,7 @@ pub struct LoadConfig {
     pub concurrency: u64,
     /// Length of the joins phase and of the linearizable reads phase; the stale reads phase lasts
     /// a quarter of it, at least 1 s.
-    #[arg(long, env = "GM_BENCH_DURATION", default_value = "10s", value_parser = crate::config::duration)]
+    #[arg(long, env = "GM_BENCH_DURATION", default_value = "10s", value_parser = crate::config::positive_duration)]
     pub duration: Duration,
     /// Groups the members are spread over (`bench-0`, `bench-1`, ...).
     #[arg(long, env = "GM_BENCH_GROUPS", default_value_t = 16,
@@ -96,13 +96,13 @@ pub struct LoadConfig {
     #[arg(long, env = "GM_BENCH_GROUP_SIZE", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub group_size: Option<u64>,
     /// With `--group-size`: reads accept gzip, so views of 4 KiB or more come gzipped.
-    #[arg(long, env = "GM_BENCH_GZIP", requires = "group_size")]
+    #[arg(long, env = "GM_BENCH_GZIP", value_parser = clap::builder::FalseyValueParser::new(), requires = "group_size")]
     pub gzip: bool,
     /// Which phases run.
     #[arg(long, env = "GM_BENCH_WORKLOAD", value_enum, default_value = "all")]
     pub workload: Workload,
     /// Also print all figures as one JSON object.
-    #[arg(long, env = "GM_BENCH_JSON")]
+    #[arg(long, env = "GM_BENCH_JSON", value_parser = clap::builder::FalseyValueParser::new())]
     pub json: bool,
 }
 

@@ -41,17 +41,17 @@ pub struct WatchConfig {
         value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub streams: u32,
     /// Time between two changes of the group.
-    #[arg(long, env = "GM_BENCH_EVERY", default_value = "100ms", value_parser = crate::config::duration)]
+    #[arg(long, env = "GM_BENCH_EVERY", default_value = "100ms", value_parser = crate::config::positive_duration)]
     pub every: Duration,
     /// How long changes are made.
-    #[arg(long, env = "GM_BENCH_DURATION", default_value = "10s", value_parser = crate::config::duration)]
+    #[arg(long, env = "GM_BENCH_DURATION", default_value = "10s", value_parser = crate::config::positive_duration)]
     pub duration: Duration,
     /// Members of the group besides the one that changes: the size of every view sent.
     #[arg(long, env = "GM_BENCH_GROUP_SIZE", default_value_t = 10,
         value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub group_size: u32,
     /// Also print all figures as one JSON object.
-    #[arg(long, env = "GM_BENCH_JSON")]
+    #[arg(long, env = "GM_BENCH_JSON", value_parser = clap::builder::FalseyValueParser::new())]
     pub json: bool,
 }
 

@@ -68,7 +68,7 @@ pub struct Connection {
     pub output: Output,
     /// How long to keep trying: one attempt may take this long, and no retry (on the next
     /// endpoint) starts after it.
-    #[arg(long, env = "GM_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    #[arg(long, env = "GM_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = crate::config::positive_duration)]
     pub timeout: Duration,
 }
 
@@ -112,7 +112,7 @@ pub struct JoinArgs {
     pub metadata: Vec<String>,
     /// Lease mode: the member keeps itself alive with heartbeats and is removed if none comes
     /// within TTL (500ms to 24h). Without it the member is probed.
-    #[arg(long, env = "GM_LEASE", value_name = "TTL", value_parser = positive_duration,
+    #[arg(long, env = "GM_LEASE", value_name = "TTL", value_parser = crate::config::positive_duration,
         conflicts_with = "probe_path")]
     pub lease: Option<Duration>,
     /// Probe mode (the default): the path GM probes at the address.
@@ -303,15 +303,6 @@ fn member_spec(args: &JoinArgs) -> Result<MemberSpec, CliError> {
     let failure_detection: FailureDetection =
         serde_json::from_value(detection).map_err(|e| bad(flag, e.to_string()))?;
     Ok(MemberSpec { address, metadata, instance, failure_detection })
-}
-
-/// A duration flag that must be more than zero.
-fn positive_duration(s: &str) -> Result<Duration, String> {
-    match crate::config::duration(s) {
-        Ok(d) if d.is_zero() => Err("must be more than 0".to_owned()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 #[cfg(test)]

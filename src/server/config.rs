@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::config::duration;
+use crate::config::{duration, positive_duration};
 use crate::membership::NodeId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -68,10 +68,10 @@ pub struct ServerConfig {
     #[command(flatten)]
     pub kubernetes: KubernetesFlags,
     /// Probe period per member.
-    #[arg(long, env = "GM_PROBE_INTERVAL", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "GM_PROBE_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     pub probe_interval: Duration,
     /// One probe's deadline.
-    #[arg(long, env = "GM_PROBE_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    #[arg(long, env = "GM_PROBE_TIMEOUT", default_value = "500ms", value_parser = positive_duration)]
     pub probe_timeout: Duration,
     /// Consecutive failed probes before a member is suspected; it is removed if no other node
     /// reaches it either.
@@ -87,11 +87,11 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Leader heartbeat period.
     /// openraft also gives each AppendEntries this long to complete.
-    #[arg(long, env = "GM_HEARTBEAT_INTERVAL", default_value = "100ms", value_parser = duration)]
+    #[arg(long, env = "GM_HEARTBEAT_INTERVAL", default_value = "100ms", value_parser = positive_duration)]
     pub heartbeat_interval: Duration,
     /// Shortest election timeout; the longest is twice this. A follower waits for the longest
     /// before it votes for a new leader, so failover takes 2 to 3 times this.
-    #[arg(long, env = "GM_ELECTION_TIMEOUT", default_value = "250ms", value_parser = duration)]
+    #[arg(long, env = "GM_ELECTION_TIMEOUT", default_value = "250ms", value_parser = positive_duration)]
     pub election_timeout: Duration,
     /// How a linearizable read learns that the leader still leads: `lease` (a majority
     /// acknowledged its heartbeats within the last `--election-timeout`, no extra round; assumes
@@ -101,7 +101,7 @@ pub struct ServerConfig {
     pub linearizable_reads: LinearizableReads,
     /// Log entries between snapshots; older entries are then purged. A backstop: an entry
     /// batches many commands, so `--snapshot-every-commands` usually comes first.
-    #[arg(long, env = "GM_SNAPSHOT_EVERY", default_value_t = 20_000)]
+    #[arg(long, env = "GM_SNAPSHOT_EVERY", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every: u64,
     /// Commands applied between snapshots (joins, leaves, ...), however they were batched into
     /// entries; 0 leaves snapshots to `--snapshot-every` alone.

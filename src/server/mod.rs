@@ -76,6 +76,8 @@ pub enum ServerError {
 
 /// Runs a node until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    // Checked before anything is touched: the data dir stays as it was.
+    let mut raft_config = raft_config(&config)?;
     let discovery = discover(&config).await?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let metrics = Arc::new(Metrics::new(config.metrics_group_limit)?);
@@ -122,7 +124,6 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let read_lease = ReadLease::default();
     let restored = log_store.restored_leadership(id);
     let network = PeerNetwork::new(peer_client.clone(), read_lease.clone());
-    let mut raft_config = raft_config(&config)?;
     // openraft's followers refuse votes for their longest election timeout (`leader_lease`).
     let leader_lease = std::time::Duration::from_millis(raft_config.election_timeout_max);
     let quarantine = vote_quarantine::begin(&config.data_dir, leader_lease)
@@ -572,9 +573,16 @@ async fn serve(listener: TcpListener, router: axum::Router, cancel: Cancellation
 fn raft_config(config: &ServerConfig) -> Result<Arc<openraft::Config>, ServerError> {
     let ms = |d: std::time::Duration| d.as_millis() as u64;
     let election = ms(config.election_timeout);
+    let heartbeat = ms(config.heartbeat_interval);
+    if heartbeat == 0 || election <= heartbeat {
+        return Err(ServerError::Config(format!(
+            "--election-timeout ({election} ms) must be longer than --heartbeat-interval ({heartbeat} ms), \
+             which must be at least 1 ms: a follower would give up on a leader between its heartbeats"
+        )));
+    }
     let raft = openraft::Config {
         cluster_name: "gm".into(),
-        heartbeat_interval: ms(config.heartbeat_interval),
+        heartbeat_interval: heartbeat,
         election_timeout_min: election,
         election_timeout_max: election * 2,
         // Each entry is a batch of up to `WRITE_BATCH` commands, and openraft gives an

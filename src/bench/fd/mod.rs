@@ -71,10 +71,10 @@ pub struct FdConfig {
     #[arg(long, env = "GM_BENCH_KILL", default_value_t = 100)]
     pub kill: u32,
     /// The cluster's `--probe-interval`.
-    #[arg(long, env = "GM_BENCH_PROBE_INTERVAL", default_value = "1s", value_parser = crate::config::duration)]
+    #[arg(long, env = "GM_BENCH_PROBE_INTERVAL", default_value = "1s", value_parser = crate::config::positive_duration)]
     pub probe_interval: Duration,
     /// The cluster's `--probe-timeout`.
-    #[arg(long, env = "GM_BENCH_PROBE_TIMEOUT", default_value = "500ms", value_parser = crate::config::duration)]
+    #[arg(long, env = "GM_BENCH_PROBE_TIMEOUT", default_value = "500ms", value_parser = crate::config::positive_duration)]
     pub probe_timeout: Duration,
     /// The cluster's `--suspect-after`.
     #[arg(long, env = "GM_BENCH_SUSPECT_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
@@ -94,7 +94,7 @@ pub struct FdConfig {
     #[arg(long, env = "GM_BENCH_PAUSE_FOR", default_value = "30s", value_parser = crate::config::duration)]
     pub pause_for: Duration,
     /// Also print all figures as one JSON object.
-    #[arg(long, env = "GM_BENCH_JSON")]
+    #[arg(long, env = "GM_BENCH_JSON", value_parser = clap::builder::FalseyValueParser::new())]
     pub json: bool,
 }
 

@@ -25,9 +25,10 @@ use tracing::Instrument;
 use crate::membership::{Command, NodeAdvert, NodeId};
 use crate::metrics::{Metrics, RaftFigures};
 use crate::raft::network::{PeerClient, PeerError};
+use crate::raft::pre_vote::LeaderContact;
 use crate::raft::read_lease::{self, Leadership, ReadLease};
 use crate::raft::state_machine::StateHandle;
-use crate::raft::{Applied, Batch, NodeInfo, Raft, StoredMembership};
+use crate::raft::{Applied, Batch, NodeInfo, Raft, RaftMetrics, StoredMembership};
 use batcher::{Batcher, Limits};
 
 /// Why a write or a linearizable read could not be served now. Retrying later may succeed.
@@ -57,6 +58,8 @@ impl From<PeerError> for NodeError {
 
 /// How long a follower waits for the leader's view of the nodes' health.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a node without a live leader looks again while a request waits for one.
+const LEADER_RECHECK: Duration = Duration::from_millis(50);
 
 pub use crate::wire::NodeHealth;
 
@@ -172,6 +175,9 @@ pub struct Node {
     /// The leadership this node held when it stopped, if it starts as its leader again, and
     /// the last index of its log then.
     restored: Option<(Leadership, u64)>,
+    /// When this node last heard from a leader, and for how long after that it counts the
+    /// leader as live (its `leader_lease`).
+    leader_contact: (LeaderContact, Duration),
     /// Read-index rounds, one at a time: a reader waits for a round that starts after it came.
     reads: Batcher<(), Result<u64, NodeError>>,
     /// The leader's quorum rounds, one at a time, shared by its own readers and every
@@ -196,13 +202,16 @@ pub struct NodeParts {
     pub read_lease: Option<ReadLease>,
     /// See [`crate::raft::log_store::LogStore::restored_leadership`].
     pub restored: Option<(Leadership, u64)>,
+    /// Where the Raft routes record that a leader was heard from, and openraft's `leader_lease`.
+    pub leader_contact: (LeaderContact, Duration),
     pub metrics: Arc<Metrics>,
 }
 
 impl Node {
     /// Creates the node and starts its batchers, which stop with `cancel`.
     pub fn start(id: NodeId, parts: NodeParts, cancel: CancellationToken) -> (Arc<Node>, Vec<JoinHandle<()>>) {
-        let NodeParts { raft, state, advert, peers, request_timeout, read_lease, restored, metrics } = parts;
+        let NodeParts { raft, state, advert, peers, request_timeout, read_lease, restored, leader_contact, metrics } =
+            parts;
         let mut tasks = Vec::new();
         let node = Arc::new_cyclic(|me: &Weak<Node>| {
             let (reads, task) = node_batcher(me, READS, &cancel, |node, waiters: Vec<()>| async move {
@@ -230,6 +239,7 @@ impl Node {
                 request_timeout,
                 read_lease,
                 restored,
+                leader_contact,
                 reads,
                 leader_reads,
                 forwards,
@@ -245,7 +255,7 @@ impl Node {
     pub fn leader(&self) -> Option<Leader> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        let id = m.current_leader?;
+        let id = self.live_leader(&m)?;
         let info = m.membership_config.membership().get_node(&id)?.clone();
         Some(Leader { id, info })
     }
@@ -259,7 +269,7 @@ impl Node {
             membership.nodes().map(|(&id, info)| (id, info.clone(), membership.voter_ids().any(|v| v == id))).collect();
         RaftView {
             term: m.current_term,
-            leader: m.current_leader,
+            leader: self.live_leader(&m),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             nodes,
         }
@@ -571,12 +581,25 @@ impl Node {
             if let Some(leader) = self.leader() {
                 return Ok(leader);
             }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(NodeError::ShuttingDown),
-                Err(_) => return Err(NodeError::NoLeader),
+            if Instant::now() >= deadline {
+                return Err(NodeError::NoLeader);
+            }
+            // A leader heard from again (a heartbeat) changes no metric: look again soon.
+            let next = deadline.min(Instant::now() + LEADER_RECHECK);
+            if let Ok(Err(_)) = tokio::time::timeout_at(next, metrics.changed()).await {
+                return Err(NodeError::ShuttingDown);
             }
         }
+    }
+
+    /// The leader openraft names, if it is live as far as this node knows: this node itself, or
+    /// one it heard from within its leader lease. openraft keeps naming the leader a follower
+    /// last followed, however long ago; with pre-vote a follower cut off from it starts no
+    /// election, which would have cleared it (etcd's pre-candidates forget their leader too).
+    fn live_leader(&self, m: &RaftMetrics) -> Option<NodeId> {
+        let id = m.current_leader?;
+        let (contact, lease) = &self.leader_contact;
+        (id == self.id || contact.last().elapsed() < *lease).then_some(id)
     }
 
     /// The leader's half of [`Node::health`]: every node of the membership, if this node leads.
@@ -635,7 +658,7 @@ impl Node {
                 _ => Vec::new(),
             };
             RaftFigures {
-                has_leader: m.current_leader.is_some(),
+                has_leader: self.live_leader(&m).is_some(),
                 is_leader,
                 term: m.current_term,
                 applied_index: m.last_applied.map_or(0, |l| l.index),

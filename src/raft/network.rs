@@ -111,6 +111,19 @@ impl PeerClient {
         &self.contacts
     }
 
+    /// Notes in [`Contacts`] whether node `target` at `addr` answered a Raft call: any HTTP
+    /// answer counts (one that could not be decoded too), except a node of another cluster's
+    /// refusal: the node we want is not there.
+    pub fn record<T>(&self, target: NodeId, addr: &str, result: Result<T, PeerError>) -> Result<T, PeerError> {
+        match &result {
+            Ok(_) | Err(PeerError::Status { .. } | PeerError::Codec { .. }) => self.contacts.answered(target, addr),
+            Err(e) => {
+                self.contacts.failed(target, addr, e);
+            }
+        }
+        result
+    }
+
     /// POSTs `body` to `http://{addr}{path}` and decodes the answer. The request carries the
     /// current span's trace context (Raft's own RPCs, below, do not).
     pub async fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
@@ -308,19 +321,8 @@ impl PeerConnection {
         Ok((answer, lease))
     }
 
-    /// Notes whether the peer answered: any HTTP answer counts (one it could not decode too),
-    /// except a node of another cluster's refusal: the node we want is not there.
     fn record<T>(&self, result: Result<T, PeerError>) -> Result<T, PeerError> {
-        let contacts = self.client.contacts();
-        match &result {
-            Ok(_) | Err(PeerError::Status { .. } | PeerError::Codec { .. }) => {
-                contacts.answered(self.target, &self.addr)
-            }
-            Err(e) => {
-                contacts.failed(self.target, &self.addr, e);
-            }
-        }
-        result
+        self.client.record(self.target, &self.addr, result)
     }
 }
 

@@ -27,10 +27,9 @@ const SNAPSHOT_BODY_LIMIT: usize = 1 << 30;
 
 /// How a node answers votes and pre-votes.
 pub struct Voting {
-    /// openraft's `leader_lease`: how long it refuses votes after it accepts an AppendEntries.
+    /// openraft's `leader_lease`: how long it refuses votes after it accepts an AppendEntries,
+    /// and pre-votes after it heard from a leader.
     pub leader_lease: Duration,
-    /// openraft's shortest election timeout: how long a leader stays live to pre-votes.
-    pub election_timeout: Duration,
     /// Until when this node refuses every vote request: what its data dir's last process
     /// promised ([`super::vote_quarantine`]).
     pub refuse_votes_until: Option<Instant>,
@@ -48,7 +47,7 @@ struct Routes {
     lease: ReadLease,
     /// This node's `leader_lease` in whole milliseconds, promised with each AppendEntries answer.
     leader_lease_ms: HeaderValue,
-    election_timeout: Duration,
+    leader_lease: Duration,
     refuse_votes_until: Option<Instant>,
     contact: LeaderContact,
     log: LogStore,
@@ -58,7 +57,7 @@ struct Routes {
 /// refuses votes for `leader_lease` after it accepts an AppendEntries; it refuses votes and
 /// pre-votes until `refuse_votes_until` (503); a call meant for another node is refused with 421.
 pub fn router(raft: Raft, me: NodeId, lease: ReadLease, voting: Voting) -> Router {
-    let Voting { leader_lease, election_timeout, refuse_votes_until, contact, log } = voting;
+    let Voting { leader_lease, refuse_votes_until, contact, log } = voting;
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
@@ -70,7 +69,7 @@ pub fn router(raft: Raft, me: NodeId, lease: ReadLease, voting: Voting) -> Route
             raft,
             lease,
             leader_lease_ms: HeaderValue::from(leader_lease.as_millis() as u64),
-            election_timeout,
+            leader_lease,
             refuse_votes_until,
             contact,
             log,
@@ -129,7 +128,7 @@ async fn pre_vote(State(routes): State<Routes>, Binary(req): Binary<PreVoteReque
         return refused;
     }
     let standing = Standing::of(&routes.raft.metrics().borrow(), &routes.log, &routes.contact);
-    let granted = standing.grants(&req, routes.election_timeout);
+    let granted = standing.grants(&req, routes.leader_lease);
     tracing::debug!(candidate = req.candidate, last_log_id = ?req.last_log_id, granted, "pre-vote");
     Binary(PreVoteResponse { granted }).into_response()
 }

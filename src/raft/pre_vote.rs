@@ -6,13 +6,15 @@
 //! election the moment it runs again. Its higher term then reaches the leader, which steps down:
 //! writes stop for an election, for a leader that was alive all along.
 //!
-//! So openraft's own election timer is off (`Config::enable_elect`), and [`Elections`] takes its
-//! place with the same timing: a voter that has heard from no leader for openraft's election
-//! timeout (plus `leader_lease` if its vote was committed) asks the others first. A node grants
-//! a pre-vote only if the candidate's log is at least as new as its own (as a real vote needs:
-//! a stale node could not win, and its elections would only raise the term) and it has no live
-//! leader itself: as a follower, none heard from within its shortest election timeout; as the
-//! leader, no quorum acknowledgement within it. Granting changes nothing on the granting node.
+//! So openraft's own election timer is off (`Config::enable_elect`), and [`Elections`] decides
+//! when it may run, with the same timing: a voter that has heard from no leader for openraft's
+//! election timeout (plus `leader_lease` if its vote was committed) asks the others first, and
+//! only with a majority of grants switches openraft's timer on for a window, which then elects
+//! as before. A node grants a pre-vote only if the candidate's log is at least as new as its own
+//! (as a real vote needs: a stale node could not win, and its elections would only raise the
+//! term) and it has no live leader itself: as a follower, none heard from within its
+//! `leader_lease` (the time it would refuse the real vote anyway); as the leader, no quorum
+//! acknowledgement within that time. Granting changes nothing on the granting node.
 //!
 //! Safety does not rest on this: the real vote, in openraft, decides; a pre-vote only decides
 //! whether to ask for it.
@@ -22,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -101,11 +102,11 @@ impl Standing {
         }
     }
 
-    /// Whether a node of this standing, whose shortest election timeout is `election_timeout`,
-    /// grants `request`: the candidate's log is at least as new, and this node has no live leader.
-    pub fn grants(&self, request: &PreVoteRequest, election_timeout: Duration) -> bool {
-        let leads = self.since_quorum_ack.is_some_and(|acked| acked < election_timeout);
-        request.last_log_id >= self.last_log_id && !leads && self.since_contact >= election_timeout
+    /// Whether a node of this standing, whose `leader_lease` is `lease`, grants `request`: the
+    /// candidate's log is at least as new, and this node has no live leader.
+    pub fn grants(&self, request: &PreVoteRequest, lease: Duration) -> bool {
+        let leads = self.since_quorum_ack.is_some_and(|acked| acked < lease);
+        request.last_log_id >= self.last_log_id && !leads && self.since_contact >= lease
     }
 }
 
@@ -126,19 +127,23 @@ pub struct Elections {
     /// openraft's `election_timeout_min` and `election_timeout_max`; the latter is also its
     /// `leader_lease`.
     pub timeout: (Duration, Duration),
+    /// When the node started: its first wait runs from here, however long it then waited to
+    /// vote again ([`super::vote_quarantine`]).
+    pub started: Instant,
     pub metrics: Arc<Metrics>,
 }
 
 impl Elections {
     /// Runs the timer until `cancel`.
     pub async fn run(self, cancel: CancellationToken) {
-        // The last attempt's end: the timer runs from it or from the last contact, whichever is
-        // later. Not a contact: this node's own attempts must not make it refuse others'.
-        let mut attempted = Instant::now();
+        // The timer runs from the last contact or the last attempt, whichever is later. An
+        // attempt is not a contact: this node's own attempts must not make it refuse others'.
+        let mut attempted = self.started;
+        // The shortest election timeout: the pre-vote is asked by the time openraft's timer,
+        // whose own timeout is drawn between the shortest and the longest, could elect, so that
+        // it elects as early as it would have without pre-vote.
+        let timeout = self.timeout.0;
         loop {
-            // Drawn anew for each wait, as openraft draws its election timeout, so that nodes
-            // that lost their leader together do not all ask at once.
-            let timeout = rand::thread_rng().gen_range(self.timeout.0..=self.timeout.1);
             loop {
                 let (committed, alone) = {
                     let m = self.raft.metrics();
@@ -166,29 +171,18 @@ impl Elections {
             let voters = metrics.membership_config.membership().get_joint_config().clone();
             let leads = metrics.state == openraft::ServerState::Leader;
             if !leads && voters.iter().any(|set| set.contains(&self.me)) {
-                let asked = Instant::now();
-                let granted = tokio::select! {
+                let won = tokio::select! {
                     won = self.pre_vote(&metrics, &voters) => won,
                     () = cancel.cancelled() => return,
                 };
-                // A leader heard from meanwhile (this node may have voted for another
-                // candidate) makes the answers stale: electing now would unseat that leader.
-                let won = granted
-                    && self.contact.last() <= asked
-                    && self.raft.metrics().borrow().current_term == metrics.current_term;
                 self.metrics.pre_votes.with_label_values(&[if won { "won" } else { "lost" }]).inc();
                 if won {
-                    tracing::info!(node = self.me, term = metrics.current_term + 1, "no leader heard from: electing");
-                    if self.raft.trigger().elect().await.is_err() {
+                    tracing::info!(node = self.me, term = metrics.current_term, "no leader heard from: elections on");
+                    if !self.let_openraft_elect(metrics.current_term, &cancel).await {
                         return;
                     }
-                    // Time for the election before another, for a single voter too.
-                    tokio::select! {
-                        () = tokio::time::sleep(timeout) => {}
-                        () = cancel.cancelled() => return,
-                    }
                 } else {
-                    tracing::debug!(node = self.me, "pre-vote lost: a majority hears from a leader or has a newer log");
+                    tracing::debug!(node = self.me, "pre-vote lost: no majority would vote for this node now");
                 }
             }
             // The next attempt waits a whole timeout from here, as openraft's timer would.
@@ -196,9 +190,30 @@ impl Elections {
         }
     }
 
+    /// Switches openraft's own election timer on for one window: longer than the gap between
+    /// this timer and openraft's (each draws between the shortest and the longest election
+    /// timeout), or until a leader of a later term than `term` is known. openraft's timer
+    /// checks, inside its core and in order with the AppendEntries it accepted, that no leader
+    /// was heard from for its election timeout, so a heartbeat that arrived after the pre-vote
+    /// still stops the election, and the promise that heartbeat's answer made holds. False if
+    /// cancelled.
+    async fn let_openraft_elect(&self, term: u64, cancel: &CancellationToken) -> bool {
+        let runtime = self.raft.runtime_config();
+        runtime.elect(true);
+        let mut metrics = self.raft.metrics();
+        let elected = metrics.wait_for(|m| m.current_term > term && m.current_leader.is_some());
+        let window = self.timeout.0 + self.timeout.1;
+        let running = tokio::select! {
+            _ = tokio::time::timeout(window, elected) => true,
+            () = cancel.cancelled() => false,
+        };
+        runtime.elect(false);
+        running
+    }
+
     /// Asks every other voter in `configs`; true once a majority of each set would vote for this
-    /// node. A peer of an older gm, which has no pre-vote route (404), counts as granting: it
-    /// behaves as before, and so does the cluster while it is upgraded.
+    /// node. A peer of an older gm, whose router has no pre-vote route (404 with an empty body),
+    /// counts as granting: it behaves as before, and so does the cluster while it is upgraded.
     async fn pre_vote(&self, metrics: &RaftMetrics, configs: &[BTreeSet<NodeId>]) -> bool {
         let request = PreVoteRequest { candidate: self.me, last_log_id: self.log.last_log_id() };
         let membership = metrics.membership_config.membership();
@@ -208,9 +223,9 @@ impl Elections {
             Some(async move {
                 let answer =
                     self.peers.call_node::<_, PreVoteResponse>(id, &addr, PATH, &request, self.timeout.0).await;
-                let granted = match answer {
+                let granted = match self.peers.record(id, &addr, answer) {
                     Ok((answer, _)) => answer.granted,
-                    Err(PeerError::Status { status: 404, .. }) => true,
+                    Err(PeerError::Status { status: 404, body, .. }) => body.is_empty(),
                     Err(_) => false,
                 };
                 granted.then_some(id)

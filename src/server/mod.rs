@@ -129,7 +129,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let quarantine = vote_quarantine::begin(&config.data_dir, leader_lease)
         .map_err(|source| ServerError::LeaderLease { dir: config.data_dir.display().to_string(), source })?;
     let refuse_votes_until = quarantine.map(|wait| std::time::Instant::now() + wait);
-    // openraft's election timer is off from the first tick: pre-vote's takes its place.
+    // openraft's election timer is off from the first tick: pre-vote's decides when it runs.
     Arc::make_mut(&mut raft_config).enable_elect = false;
     let timeouts = (
         std::time::Duration::from_millis(raft_config.election_timeout_min),
@@ -159,6 +159,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
 
     let cancel = CancellationToken::new();
     let mut tasks = Tasks::default();
+    let contact = LeaderContact::default();
     let parts = NodeParts {
         raft: raft.clone(),
         state: state.clone(),
@@ -167,6 +168,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         request_timeout: config.request_timeout,
         read_lease: (config.linearizable_reads == LinearizableReads::Lease).then(|| read_lease.clone()),
         restored,
+        leader_contact: (contact.clone(), leader_lease),
         metrics: Arc::clone(&metrics),
     };
     let (node, batchers) = Node::start(id, parts, cancel.clone());
@@ -176,7 +178,6 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         });
     }
     tasks.spawn("raft", raft_running(raft.clone()));
-    let contact = LeaderContact::default();
     let elections = Elections {
         raft: raft.clone(),
         log: log.clone(),
@@ -184,6 +185,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         peers: peer_client,
         contact: contact.clone(),
         timeout: timeouts,
+        started: tokio::time::Instant::now(),
         metrics: Arc::clone(&metrics),
     };
     let (dir, elections_cancel) = (config.data_dir.clone(), cancel.clone());
@@ -217,7 +219,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     };
     let checker = Checker::new(probe.timeout)?;
     let probe_peers = ProbePeers { node: Arc::clone(&node), checker: checker.clone(), leases: Arc::clone(&leases) };
-    let voting = Voting { leader_lease, election_timeout: timeouts.0, refuse_votes_until, contact, log };
+    let voting = Voting { leader_lease, refuse_votes_until, contact, log };
     let peer_routes = raft::peer::router(raft.clone(), id, read_lease, voting)
         .merge(node::peer::router(Arc::clone(&node)))
         .merge(probe::peer::router(Arc::new(probe_peers)))

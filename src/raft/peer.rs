@@ -106,7 +106,7 @@ async fn append(
     let answer = routes.raft.append_entries(req).await;
     // Any answer but a higher vote: openraft took the sender as its leader.
     if matches!(answer, Ok(ref a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
-        routes.contact.touch();
+        routes.contact.heard();
     }
     ([(LEADER_LEASE_HEADER, routes.leader_lease_ms)], Binary(answer))
 }
@@ -118,7 +118,7 @@ async fn vote(State(routes): State<Routes>, Binary(req): Binary<VoteRequest<Node
     let _in_flight = routes.lease.vote_begins();
     let answer: Result<VoteResponse<NodeId>, RaftError> = routes.raft.vote(req).await;
     if answer.as_ref().is_ok_and(|a| a.vote_granted) {
-        routes.contact.touch();
+        routes.contact.voted();
     }
     Binary(answer).into_response()
 }
@@ -143,7 +143,7 @@ async fn snapshot(
     // A snapshot comes from a leader: accepted (this node took its vote), openraft restarts
     // its election timer for it.
     if answer.as_ref().is_ok_and(|a| a.vote == sender) {
-        contact.touch();
+        contact.heard();
     }
     Ok(Binary(answer))
 }

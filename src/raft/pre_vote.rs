@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,10 @@ use crate::metrics::Metrics;
 
 /// The peer route of pre-votes, beside Raft's own.
 pub const PATH: &str = "/raft/pre-vote";
+
+/// How often an open election window looks whether a leader was heard from: a heartbeat
+/// changes no Raft metric.
+const WINDOW_RECHECK: Duration = Duration::from_millis(20);
 
 /// A would-be candidate's question: would you vote for `candidate`, whose log ends at
 /// `last_log_id`?
@@ -51,31 +56,51 @@ pub struct PreVoteResponse {
     pub granted: bool,
 }
 
-/// When this node last heard from a leader: an AppendEntries or a snapshot it accepted, or a vote
-/// it granted (openraft restarts its election timer for the same). Clones share one clock, which
-/// starts when the node does.
+/// When this node last heard from a leader (an AppendEntries or a snapshot it accepted), and
+/// when its election timer last started again: on the same, and on a vote it granted, as
+/// openraft's does. Granting a vote is no news of a leader, so only the first decides whether
+/// this node grants pre-votes or names a leader. Clones share one record, which starts when the
+/// node does.
 #[derive(Clone)]
-pub struct LeaderContact(Arc<Mutex<Instant>>);
+pub struct LeaderContact(Arc<Mutex<Clocks>>);
+
+#[derive(Clone, Copy)]
+struct Clocks {
+    heard: Instant,
+    reset: Instant,
+}
 
 impl Default for LeaderContact {
     fn default() -> Self {
-        LeaderContact(Arc::new(Mutex::new(Instant::now())))
+        let now = Instant::now();
+        LeaderContact(Arc::new(Mutex::new(Clocks { heard: now, reset: now })))
     }
 }
 
 impl LeaderContact {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Instant> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Clocks> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records contact now.
-    pub fn touch(&self) {
-        *self.lock() = Instant::now();
+    /// Records that a leader was heard from now.
+    pub fn heard(&self) {
+        let now = Instant::now();
+        *self.lock() = Clocks { heard: now, reset: now };
     }
 
-    /// When contact was last recorded.
+    /// Records that this node granted a vote now: its election timer starts again.
+    pub fn voted(&self) {
+        self.lock().reset = Instant::now();
+    }
+
+    /// When a leader was last heard from.
     pub fn last(&self) -> Instant {
-        *self.lock()
+        self.lock().heard
+    }
+
+    /// When the election timer last started again.
+    fn reset(&self) -> Instant {
+        self.lock().reset
     }
 }
 
@@ -84,8 +109,8 @@ impl LeaderContact {
 pub struct Standing {
     /// The id of its log's last entry.
     pub last_log_id: Option<LogId>,
-    /// As the leader, the time since a quorum last acknowledged it; `None` on a node that does
-    /// not lead, or leads unacknowledged yet.
+    /// As the leader, the time since a quorum last acknowledged it (zero before the first
+    /// acknowledgement of a new leadership); `None` on a node that does not lead.
     pub since_quorum_ack: Option<Duration>,
     /// The time since it last heard from a leader ([`LeaderContact`]).
     pub since_contact: Duration,
@@ -97,7 +122,8 @@ impl Standing {
         let leading = metrics.state == openraft::ServerState::Leader;
         Standing {
             last_log_id: log.last_log_id(),
-            since_quorum_ack: metrics.millis_since_quorum_ack.filter(|_| leading).map(Duration::from_millis),
+            since_quorum_ack: leading
+                .then(|| metrics.millis_since_quorum_ack.map_or(Duration::ZERO, Duration::from_millis)),
             since_contact: contact.last().elapsed(),
         }
     }
@@ -136,7 +162,7 @@ pub struct Elections {
 impl Elections {
     /// Runs the timer until `cancel`.
     pub async fn run(self, cancel: CancellationToken) {
-        // The timer runs from the last contact or the last attempt, whichever is later. An
+        // The timer runs from its last reset or the last attempt, whichever is later. An
         // attempt is not a contact: this node's own attempts must not make it refuse others'.
         let mut attempted = self.started;
         // The shortest election timeout: the pre-vote is asked by the time openraft's timer,
@@ -149,16 +175,19 @@ impl Elections {
                     let m = self.raft.metrics();
                     let m = m.borrow();
                     let alone = m.membership_config.membership().voter_ids().eq([self.me]);
-                    (m.vote.is_committed(), alone && m.state != openraft::ServerState::Leader)
+                    let for_another = m.vote.leader_id().voted_for().is_some_and(|v| v != self.me);
+                    (m.vote.is_committed(), (alone && m.state != openraft::ServerState::Leader).then_some(for_another))
                 };
                 // A node whose vote was committed knows a leader: openraft waits out that
-                // leader's lease as well. A single voter needs no one: it elects at once.
+                // leader's lease as well. A single voter needs no one: it elects at once, unless
+                // it promised another leader a lease (that leader just made it the only voter).
                 let wait = match (alone, committed) {
-                    (true, _) => Duration::ZERO,
-                    (false, true) => timeout + self.timeout.1,
-                    (false, false) => timeout,
+                    (Some(false), _) => Duration::ZERO,
+                    (Some(true), true) => self.timeout.1,
+                    (_, true) => timeout + self.timeout.1,
+                    (_, false) => timeout,
                 };
-                let deadline = self.contact.last().max(attempted) + wait;
+                let deadline = self.contact.reset().max(attempted) + wait;
                 if Instant::now() >= deadline {
                     break;
                 }
@@ -170,6 +199,7 @@ impl Elections {
             let metrics = self.raft.metrics().borrow().clone();
             let voters = metrics.membership_config.membership().get_joint_config().clone();
             let leads = metrics.state == openraft::ServerState::Leader;
+            let mut settled = true;
             if !leads && voters.iter().any(|set| set.contains(&self.me)) {
                 let won = tokio::select! {
                     won = self.pre_vote(&metrics, &voters) => won,
@@ -178,37 +208,61 @@ impl Elections {
                 self.metrics.pre_votes.with_label_values(&[if won { "won" } else { "lost" }]).inc();
                 if won {
                     tracing::info!(node = self.me, term = metrics.current_term, "no leader heard from: elections on");
-                    if !self.let_openraft_elect(metrics.current_term, &cancel).await {
-                        return;
+                    match self.let_openraft_elect(metrics.current_term, &cancel).await {
+                        None => return,
+                        Some(elected) => settled = elected,
                     }
                 } else {
                     tracing::debug!(node = self.me, "pre-vote lost: no majority would vote for this node now");
                 }
             }
-            // The next attempt waits a whole timeout from here, as openraft's timer would.
-            attempted = Instant::now();
+            // The next attempt waits a whole timeout from here, as openraft's timer would; after
+            // an election that found no leader, up to one more, drawn: nodes that lost their
+            // leader together asked together, and must not split the vote again and again.
+            let jitter = if settled { Duration::ZERO } else { rand::thread_rng().gen_range(Duration::ZERO..=timeout) };
+            attempted = Instant::now() + jitter;
         }
     }
 
-    /// Switches openraft's own election timer on for one window: longer than the gap between
-    /// this timer and openraft's (each draws between the shortest and the longest election
-    /// timeout), or until a leader of a later term than `term` is known. openraft's timer
-    /// checks, inside its core and in order with the AppendEntries it accepted, that no leader
-    /// was heard from for its election timeout, so a heartbeat that arrived after the pre-vote
-    /// still stops the election, and the promise that heartbeat's answer made holds. False if
+    /// Switches openraft's own election timer on until it has started one election (the term
+    /// moved past `term`), a leader was heard from or a vote granted, or a window passed that is
+    /// longer than the gap between this timer and openraft's (each waits between the shortest
+    /// and the longest election timeout). openraft's timer checks, inside its core and in order
+    /// with the AppendEntries it accepted, that no leader was heard from for its election
+    /// timeout, so a heartbeat that arrived after the pre-vote still stops the election, and the
+    /// promise that heartbeat's answer made holds. Then waits, at most as long again, for the
+    /// election to name a leader. `Some(true)` if a leader of a later term is known, `None` if
     /// cancelled.
-    async fn let_openraft_elect(&self, term: u64, cancel: &CancellationToken) -> bool {
-        let runtime = self.raft.runtime_config();
-        runtime.elect(true);
-        let mut metrics = self.raft.metrics();
-        let elected = metrics.wait_for(|m| m.current_term > term && m.current_leader.is_some());
+    async fn let_openraft_elect(&self, term: u64, cancel: &CancellationToken) -> Option<bool> {
         let window = self.timeout.0 + self.timeout.1;
-        let running = tokio::select! {
-            _ = tokio::time::timeout(window, elected) => true,
-            () = cancel.cancelled() => false,
+        let runtime = self.raft.runtime_config();
+        let opened = Instant::now();
+        let mut metrics = self.raft.metrics();
+        runtime.elect(true);
+        let closed = async {
+            let deadline = opened + window;
+            while Instant::now() < deadline && self.contact.reset() <= opened {
+                let next = deadline.min(Instant::now() + WINDOW_RECHECK);
+                if let Ok(Ok(())) = tokio::time::timeout_at(next, metrics.changed()).await {
+                    if metrics.borrow().current_term > term {
+                        break;
+                    }
+                }
+            }
         };
+        tokio::select! {
+            () = closed => {}
+            () = cancel.cancelled() => {
+                runtime.elect(false);
+                return None;
+            }
+        }
         runtime.elect(false);
-        running
+        let elected = metrics.wait_for(|m| m.current_term > term && m.current_leader.is_some());
+        tokio::select! {
+            result = tokio::time::timeout(window, elected) => Some(matches!(result, Ok(Ok(_)))),
+            () = cancel.cancelled() => None,
+        }
     }
 
     /// Asks every other voter in `configs`; true once a majority of each set would vote for this
@@ -303,11 +357,14 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn contact_is_shared_by_clones() {
+    async fn a_leader_heard_resets_both_clocks_a_vote_only_the_timer() {
         let contact = LeaderContact::default();
         let start = contact.last();
         tokio::time::advance(T).await;
-        contact.clone().touch();
-        assert_eq!(contact.last() - start, T);
+        contact.clone().voted();
+        assert_eq!((contact.last(), contact.reset() - start), (start, T), "a vote is no news of a leader");
+        tokio::time::advance(T).await;
+        contact.clone().heard();
+        assert_eq!((contact.last() - start, contact.reset() - start), (T * 2, T * 2));
     }
 }

@@ -87,6 +87,11 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<HealthAnswe
             Some(_) => "this node has not caught up with the leader".into(),
         })
     };
+    // Without a live leader there is nothing to wait for: a probe gets its answer at once, not
+    // after its own timeout.
+    if app.node.leader().is_none() {
+        return Err(not_ready());
+    }
     tokio::time::timeout(READY_TIMEOUT, app.node.linearize())
         .await
         .map_err(|_| not_ready())?

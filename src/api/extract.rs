@@ -178,7 +178,13 @@ fn parse_wait(w: &str) -> Result<Duration, ApiError> {
 
 /// A non-negative integer parameter.
 pub fn parse_u64(name: &str, value: &str) -> Result<u64, ApiError> {
-    value.parse().map_err(|_| ApiError::InvalidArgument(format!("{name} {value:?} is not a non-negative integer")))
+    value.parse().map_err(|e: std::num::ParseIntError| {
+        let what = match e.kind() {
+            std::num::IntErrorKind::PosOverflow => "is larger than 18446744073709551615",
+            _ => "is not a non-negative integer",
+        };
+        ApiError::InvalidArgument(format!("{name} {value:?} {what}"))
+    })
 }
 
 /// The query of a `DELETE`.
@@ -285,6 +291,15 @@ mod tests {
         assert!(!accepts_gzip(&accept("br, identity")));
         assert!(!accepts_gzip(&accept("gzip;q=nonsense")));
         assert!(!accepts_gzip(&accept("*;q=0")));
+    }
+
+    #[test]
+    fn a_number_past_u64_is_called_too_large() {
+        let message = |v| parse_u64("index", v).expect_err(v).to_string();
+        assert!(message("18446744073709551616").contains("is larger than 18446744073709551615"));
+        assert!(message("-1").contains("is not a non-negative integer"));
+        assert!(message("1x").contains("is not a non-negative integer"));
+        assert_eq!(parse_u64("index", "18446744073709551615").ok(), Some(u64::MAX));
     }
 
     fn params(consistency: Option<&str>, index: Option<&str>, wait: Option<&str>) -> GroupParams {

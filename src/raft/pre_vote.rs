@@ -169,6 +169,9 @@ impl Elections {
         // whose own timeout is drawn between the shortest and the longest, could elect, so that
         // it elects as early as it would have without pre-vote.
         let timeout = self.timeout.0;
+        // The last pre-vote's outcome: a change is logged at info, a repeat at debug (a node cut
+        // off from the others asks twice a second).
+        let mut last_won = None;
         loop {
             loop {
                 let (committed, alone) = {
@@ -212,9 +215,16 @@ impl Elections {
                         None => return,
                         Some(elected) => settled = elected,
                     }
+                } else if last_won != Some(false) {
+                    tracing::info!(
+                        node = self.me,
+                        "no leader heard from, but no majority would vote for this node (they hear from a leader, \
+                         have a newer log, or are unreachable): no election"
+                    );
                 } else {
-                    tracing::debug!(node = self.me, "pre-vote lost: no majority would vote for this node now");
+                    tracing::debug!(node = self.me, "pre-vote lost again");
                 }
+                last_won = Some(won);
             }
             // The next attempt waits a whole timeout from here, as openraft's timer would; after
             // an election that found no leader, up to one more, drawn: nodes that lost their

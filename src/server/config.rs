@@ -89,8 +89,9 @@ pub struct ServerConfig {
     /// openraft also gives each AppendEntries this long to complete.
     #[arg(long, env = "GM_HEARTBEAT_INTERVAL", default_value = "100ms", value_parser = positive_duration)]
     pub heartbeat_interval: Duration,
-    /// Shortest election timeout; the longest is twice this. A follower waits for the longest
-    /// before it votes for a new leader, so failover takes 2 to 3 times this.
+    /// Shortest election timeout; the longest is twice this. A follower that knew a leader
+    /// waits out its leader lease (the longest) and one more before it elects, so failover takes
+    /// about 4 times this.
     #[arg(long, env = "GM_ELECTION_TIMEOUT", default_value = "250ms", value_parser = positive_duration)]
     pub election_timeout: Duration,
     /// How a linearizable read learns that the leader still leads: `lease` (a majority

@@ -77,7 +77,7 @@ pub enum ServerError {
 /// Runs a node until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     // Checked before anything is touched: the data dir stays as it was.
-    let mut raft_config = raft_config(&config)?;
+    let raft_config = raft_config(&config)?;
     let discovery = discover(&config).await?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let metrics = Arc::new(Metrics::new(config.metrics_group_limit)?);
@@ -129,12 +129,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let quarantine = vote_quarantine::begin(&config.data_dir, leader_lease)
         .map_err(|source| ServerError::LeaderLease { dir: config.data_dir.display().to_string(), source })?;
     let refuse_votes_until = quarantine.map(|wait| std::time::Instant::now() + wait);
-    // openraft's election timer is off from the first tick: pre-vote's decides when it runs.
-    Arc::make_mut(&mut raft_config).enable_elect = false;
-    let timeouts = (
-        std::time::Duration::from_millis(raft_config.election_timeout_min),
-        std::time::Duration::from_millis(raft_config.election_timeout_max),
-    );
+    let timeouts = (std::time::Duration::from_millis(raft_config.election_timeout_min), leader_lease);
     let log = log_store.clone();
     let raft = Raft::new(id, raft_config, network, log_store, state_machine)
         .await
@@ -590,6 +585,8 @@ fn raft_config(config: &ServerConfig) -> Result<Arc<openraft::Config>, ServerErr
         // Each entry is a batch of up to `WRITE_BATCH` commands, and openraft gives an
         // AppendEntries one heartbeat interval: keep a catching-up follower's payloads small.
         max_payload_entries: 8,
+        // Off from the first tick: pre-vote (`raft::pre_vote::Elections`) decides when it runs.
+        enable_elect: false,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
         max_in_snapshot_log_to_keep: 1000,
         install_snapshot_timeout: 30_000,

@@ -1,5 +1,6 @@
 //! The `gm` command: parses the command line and hands off to the library.
 
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -55,9 +56,25 @@ enum CliCommand {
     Client(gm::cli::ClientCommand),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let workers = match &cli.command {
+        CliCommand::Server(config) => config.worker_threads.map(usize::from),
+        _ => None,
+    };
+    // Always an explicit count: tokio would otherwise read TOKIO_WORKER_THREADS, and panic on a
+    // value that is not a positive integer.
+    let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get));
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
+        Ok(runtime) => runtime.block_on(gm_main(cli)),
+        Err(error) => {
+            eprintln!("gm: error: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn gm_main(cli: Cli) -> ExitCode {
     let resource = match &cli.command {
         CliCommand::Server(config) => config.trace_resource(),
         _ => Vec::new(),

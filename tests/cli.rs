@@ -58,6 +58,10 @@ fn zero_periods_and_timeouts_are_refused() {
         assert_eq!(out.status.code(), Some(2), "{flag} 0s: {stderr}");
         assert!(stderr.contains(flag) && stderr.contains("must be more than 0"), "{stderr}");
     }
+    let out = gm(&[&server[..], &["--worker-threads", "0"]].concat(), dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "--worker-threads 0: {stderr}");
+    assert!(stderr.contains("--worker-threads"), "{stderr}");
     let out = Command::new(env!("CARGO_BIN_EXE_gm"))
         .args(["bench", "watch"])
         .env("GM_BENCH_EVERY", "0s")

@@ -1,7 +1,8 @@
 //! `gm dev` end to end, over the real binary: it refuses taken ports before it starts anything,
 //! reports and restarts a node killed with SIGKILL, gives up on a node that keeps failing and
 //! prints a command that starts it, exits with one line when no node can start, and on SIGTERM
-//! or SIGINT stops every node (no orphan left) and prints a last line.
+//! or SIGINT stops every node (no orphan left) and prints a last line; the nodes share out the
+//! cores.
 
 mod common;
 
@@ -74,6 +75,8 @@ impl Dev {
             // So that an error is the one line a person sees, not followed by a backtrace.
             .env_remove("RUST_BACKTRACE")
             .env_remove("RUST_LIB_BACKTRACE")
+            // The share of the cores gm dev gives each node is the default under test.
+            .env_remove("GM_WORKER_THREADS")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -231,6 +234,32 @@ async fn taken_ports_stop_gm_dev_with_one_line_before_any_node_starts() {
         assert!(line.contains(&needle), "{needle:?} missing from {line:?}");
     }
     assert!(!dev.data_dir.exists(), "no node started, so no data dir was made");
+}
+
+/// The worker threads node 1 says it started with (its `gm server started` line), once it has.
+async fn node_1_workers(dev: &Dev) -> usize {
+    let log = dev.data_dir.join("node-1.log");
+    poll("node 1's start line", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let workers = text
+            .lines()
+            .find(|l| l.contains("gm server started"))
+            .and_then(|l| l.split_once("worker_threads=")?.1.split_whitespace().next()?.parse().ok());
+        async move { workers }
+    })
+    .await
+}
+
+/// The nodes share the machine's cores: each gets its share of worker threads, at least one,
+/// unless `GM_WORKER_THREADS` says otherwise.
+#[tokio::test]
+async fn each_node_runs_its_share_of_the_cores() {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let dev = Dev::start(3, &[], |_| {});
+    assert_eq!(node_1_workers(&dev).await, (cores / 3).max(1), "{cores} cores, 3 nodes");
+    drop(dev);
+    let dev = Dev::start(1, &[("GM_WORKER_THREADS", "3")], |_| {});
+    assert_eq!(node_1_workers(&dev).await, 3, "GM_WORKER_THREADS is passed on");
 }
 
 #[tokio::test]

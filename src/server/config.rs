@@ -112,6 +112,12 @@ pub struct ServerConfig {
     /// the members of the rest are summed in `group="_other"`. Bounds the series a scrape holds.
     #[arg(long, env = "GM_METRICS_GROUP_LIMIT", default_value_t = 100)]
     pub metrics_group_limit: usize,
+    /// Threads that run the node's async tasks. Default: the CPUs this process may use (its
+    /// affinity and cgroup quota, as `std::thread::available_parallelism` counts them). Nodes
+    /// that share cores (`gm dev`) run faster with fewer: an idle worker woken for each request
+    /// costs a context switch.
+    #[arg(long, env = "GM_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
 }
 
 impl ServerConfig {

@@ -231,6 +231,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         peer = %config.peer_addr,
         data_dir = %config.data_dir.display(),
         linearizable_reads = ?config.linearizable_reads,
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "gm server started"
     );
 

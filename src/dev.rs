@@ -464,7 +464,7 @@ fn layout(config: &DevConfig) -> Result<Vec<NodePorts>, DevError> {
 /// inherit it): the CPUs this process may use shared out among `nodes`, at least 1 each. The
 /// nodes share those cores, and a node with more workers than its share wakes idle ones for
 /// work another node's thread could have done: with 3 nodes on 2 cores, 1 worker each took
-/// 8–17% less node CPU per linearizable read of a 100-member view than 2 each, in each of 6
+/// 8–19% less node CPU per linearizable read of a 100-member view than 2 each, in each of 6
 /// alternated pairs of `gm bench --workload reads --group-size 100` (throughput moved within the
 /// noise: the bench's own client, on the same cores, is the limit there).
 fn worker_threads_env(nodes: u64) -> Vec<(String, Option<String>)> {

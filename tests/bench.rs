@@ -1,7 +1,7 @@
 //! `gm bench` end to end, small: each mode starts its own cluster of real `gm server`
 //! processes, measures, prints its figures and stops it. The figures themselves are not judged
 //! (benchmarks, not timed tests); what is asserted is what a run must get right whatever the
-//! speed: every read answered, every change delivered to every stream, in order.
+//! speed: every join and read answered, every change delivered to every stream, in order.
 
 use std::process::{Command, Output};
 
@@ -45,22 +45,33 @@ fn reads_of_a_whole_view_all_succeed_with_and_without_gzip() {
         let gzip = if gzip { ", gzip" } else { "" };
         for phase in [format!("reads of a 60-member view{gzip}:"), format!("reads (stale) of a 60-member view{gzip}:")]
         {
-            let figures = line(&out, &phase);
-            assert!(!figures.contains(" 0 ops/s"), "{figures}");
-            // A loaded machine may see an election: a 503 then is the contract's answer. Any
-            // other error is not.
-            let errors = figures.split("errors ").nth(1).expect("an error count");
-            assert!(
-                errors == "0" || errors.ends_with(&format!("(503: {})", errors.split(' ').next().unwrap())),
-                "{figures}"
-            );
-            // What the phase cost: the nodes served every read, so they used CPU.
-            let cost = line(&out, &phase.replace(':', " CPU: GM nodes "));
-            let nodes: f64 =
-                cost.split("GM nodes ").nth(1).and_then(|s| s.split(' ').next()?.parse().ok()).expect(cost);
-            assert!(nodes > 0.0 && cost.contains("; per 1000 ops: GM nodes "), "{cost}");
+            assert_served(&out, &phase);
         }
     }
+}
+
+/// The joins phase, then reads of the single members it joined: every request served.
+#[test]
+fn joins_and_member_reads_all_succeed() {
+    let out = bench(&["--failovers", "0", "--duration", "1s", "--concurrency", "8", "--groups", "4"]);
+    for phase in ["joins:", "reads:", "reads (stale):"] {
+        assert_served(&out, phase);
+    }
+}
+
+/// The `phase` line says it served requests without errors, and its CPU line that the nodes
+/// spent CPU on them.
+fn assert_served(out: &str, phase: &str) {
+    let figures = line(out, phase);
+    assert!(!figures.contains(" 0 ops/s"), "{figures}");
+    // A loaded machine may see an election: a 503 then is the contract's answer. Any other
+    // error is not.
+    let errors = figures.split("errors ").nth(1).expect("an error count");
+    assert!(errors == "0" || errors.ends_with(&format!("(503: {})", errors.split(' ').next().unwrap())), "{figures}");
+    // What the phase cost: the nodes served every request, so they used CPU.
+    let cost = line(out, &phase.replace(':', " CPU: GM nodes "));
+    let nodes: f64 = cost.split("GM nodes ").nth(1).and_then(|s| s.split(' ').next()?.parse().ok()).expect(cost);
+    assert!(nodes > 0.0 && cost.contains("; per 1000 ops: GM nodes "), "{cost}");
 }
 
 #[test]

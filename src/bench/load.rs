@@ -10,16 +10,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use http::Method;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::cluster::{find_leader, wait_ready, ClusterArgs, OwnCluster, READY_DEADLINE};
+use super::conn::{Call, Connections};
 use super::fd::process::{CpuMeter, CpuUse, Pid};
 use super::figures::{errors_text, failure, latency, median, millis, Failure, Figures, Tally};
 use super::{interruptible, BenchError, REQUEST_TIMEOUT};
-use crate::client::{Client, ErrorKind, RetryPolicy};
+use crate::client::{group_path, member_path, Client, ErrorKind, RetryPolicy};
 use crate::dev::LocalCluster;
 use crate::membership::{Address, FailureDetection, GroupName, Instance, MemberId, MemberSpec, Metadata};
 use crate::wire::Consistency;
@@ -131,7 +133,7 @@ pub async fn run(config: LoadConfig) -> Result<(), BenchError> {
         let client = client(&config.endpoints)?;
         println!("cluster: {}", client.endpoints().join(", "));
         wait_ready(&client, READY_DEADLINE).await?;
-        let target = Target::new(client, config.groups);
+        let target = Target::new(client, config.groups, config.concurrency)?;
         // The nodes are not this bench's processes: only its own CPU is measured.
         load(&config, &target, &[], &mut report).await?;
         if config.workload.failover() {
@@ -155,7 +157,7 @@ async fn bench_own_cluster(
     report: &mut Map<String, Value>,
 ) -> Result<(), BenchError> {
     own.wait_ready(client).await?;
-    let target = Target::new(client.clone(), config.groups);
+    let target = Target::new(client.clone(), config.groups, config.concurrency)?;
     load(config, &target, &super::scale::pids(own)?, report).await?;
     if config.workload.failover() && config.failovers > 0 {
         if own.cluster.nodes.len() < 3 {
@@ -193,7 +195,7 @@ async fn load(
     }
     if config.workload.reads() {
         let reads = match config.group_size {
-            Some(size) => Reads::View { group: view_group(&target, clients, size).await?, gzip: config.gzip },
+            Some(size) => Reads::view(&view_group(&target, clients, size).await?, config.gzip)?,
             None => Reads::Members(Arc::new(readable_members(&target, clients).await?)),
         };
         let reads = Arc::new(reads);
@@ -272,28 +274,54 @@ fn cost_line(name: &str, cpu: &CpuUse, per_thousand: Option<(f64, f64)>, nodes_m
     format!("{name} CPU: {}{per}", cpu.text())
 }
 
-/// What the reads phases read.
+/// What the reads phases read. Answers are read whole but not decoded: decoding would measure
+/// the bench, not the server.
 enum Reads {
     /// Single members, each worker walking its own stride of them, so all are read evenly.
     Members(Arc<Vec<(GroupName, MemberId)>>),
-    /// The view of one group, as bytes: decoding it would measure the bench, not the server.
-    View { group: GroupName, gzip: bool },
+    /// The view of one group: its linearizable and its stale read.
+    View { linearizable: Box<Call>, stale: Box<Call> },
 }
 
 impl Reads {
+    /// Reads of `group`'s view; with `gzip`, accepting gzip.
+    fn view(group: &GroupName, gzip: bool) -> Result<Reads, BenchError> {
+        let call = |consistency| {
+            let path = bench_uri(with_consistency(group_path(group), consistency)).map_err(BenchError::Flags)?;
+            Ok::<_, BenchError>(Call { method: Method::GET, path, body: None, accept_gzip: gzip })
+        };
+        let (linearizable, stale) = (call(Consistency::Linearizable)?, call(Consistency::Stale)?);
+        Ok(Reads::View { linearizable: Box::new(linearizable), stale: Box::new(stale) })
+    }
+
     async fn read(&self, t: &Target, clients: u64, worker: u64, seq: u64, stale: bool) -> Result<(), Failure> {
-        let node = t.node(worker, seq);
+        let node = t.node_index(worker, seq);
         let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
         match self {
             Reads::Members(m) => {
                 let (group, id) = &m[((seq * clients + worker) % m.len() as u64) as usize];
-                node.member(group, id, consistency).await.map(drop).map_err(|e| failure(&e))
+                let path = bench_uri(with_consistency(member_path(group, id), consistency))?;
+                let call = Call { method: Method::GET, path, body: None, accept_gzip: false };
+                t.connections.send(worker, node, &call).await
             }
-            Reads::View { group, gzip } => {
-                node.group_encoded(group, consistency, *gzip).await.map(drop).map_err(|e| failure(&e))
+            Reads::View { linearizable, stale: stale_call } => {
+                t.connections.send(worker, node, if stale { stale_call } else { linearizable }).await
             }
         }
     }
+}
+
+/// `path` with `?consistency=stale` for a stale read (linearizable is the default).
+fn with_consistency(path: String, consistency: Consistency) -> String {
+    match consistency {
+        Consistency::Linearizable => path,
+        Consistency::Stale => format!("{path}?consistency={}", consistency.as_str()),
+    }
+}
+
+/// A path the bench made up, as a request target.
+fn bench_uri(path: String) -> Result<http::Uri, String> {
+    http::Uri::try_from(path).map_err(|e| format!("bench path: {e}"))
 }
 
 /// The group `bench-view` with `size` members, joining those it lacks.
@@ -309,7 +337,7 @@ async fn view_group(target: &Arc<Target>, clients: u64, size: u64) -> Result<Gro
             if n >= size {
                 return Ok(());
             }
-            join(t.node(w, seq), VIEW_GROUP, &format!("v-{n}"), "r0").await
+            t.put_member(w, seq, VIEW_GROUP, &format!("v-{n}"), "r0").await
         }
     })
     .await?;
@@ -349,18 +377,27 @@ struct Target {
     client: Client,
     /// One client per endpoint.
     nodes: Vec<Client>,
+    /// The load phases' workers' own connections to each endpoint.
+    connections: Arc<Connections>,
     groups: u64,
 }
 
 impl Target {
-    fn new(client: Client, groups: u64) -> Target {
+    /// The cluster behind `client`, loaded by up to `workers` workers at once.
+    fn new(client: Client, groups: u64, workers: u64) -> Result<Target, BenchError> {
         let nodes = (0..client.endpoints().len()).map(|i| client.at(i)).collect();
-        Target { client, nodes, groups }
+        let connections = Connections::new(client.endpoints(), workers)?;
+        Ok(Target { client, nodes, connections, groups })
     }
 
-    /// The node to ask: round-robin over the endpoints, each worker starting at its own.
+    /// The endpoint to ask: round-robin over the endpoints, each worker starting at its own.
+    fn node_index(&self, worker: u64, seq: u64) -> usize {
+        ((worker + seq) % self.nodes.len() as u64) as usize
+    }
+
+    /// [`Target::node_index`]'s client.
     fn node(&self, worker: u64, seq: u64) -> &Client {
-        &self.nodes[((worker + seq) % self.nodes.len() as u64) as usize]
+        &self.nodes[self.node_index(worker, seq)]
     }
 
     /// The `seq`-th join of `worker`: it cycles through `slots` ids, and each cycle re-joins them
@@ -369,7 +406,16 @@ impl Target {
         let (slot, cycle) = (seq % slots, seq / slots);
         let group = format!("bench-{}", (worker * slots + slot) % self.groups);
         let id = format!("{worker}-{slot}");
-        join(self.node(worker, seq), &group, &id, &format!("r{cycle}")).await
+        self.put_member(worker, seq, &group, &id, &format!("r{cycle}")).await
+    }
+
+    /// Joins `group`/`id` as a [`bench_member`] with `instance`, on `worker`'s connection to
+    /// [`Target::node_index`].
+    async fn put_member(&self, worker: u64, seq: u64, group: &str, id: &str, instance: &str) -> Result<(), Failure> {
+        let path = member_path(&bench_name(GroupName::parse, group)?, &bench_name(MemberId::parse, id)?);
+        let body = serde_json::to_vec(&bench_member(instance)?).map_err(|e| format!("bench member: {e}"))?;
+        let call = Call { method: Method::PUT, path: bench_uri(path)?, body: Some(body.into()), accept_gzip: false };
+        self.connections.send(worker, self.node_index(worker, seq), &call).await
     }
 
     /// Every member of the `bench-N` groups, as (group, id).
@@ -514,7 +560,7 @@ async fn failovers(rounds: u32, target: &Target, cluster: &mut LocalCluster) -> 
         let leader = find_leader(&target.client, LEADER_DEADLINE).await?;
         let others: Vec<String> = cluster.nodes.iter().filter(|n| n.id != leader).map(|n| n.api.clone()).collect();
         let writers = target.client.with_endpoints(others)?.with_policy(RetryPolicy::once(FAILOVER_REQUEST_TIMEOUT));
-        let writers_target = Target::new(writers, target.groups);
+        let writers_target = Target::new(writers, target.groups, FAILOVER_WRITERS as u64)?;
         let gap = failover_round(round, leader, writers_target, cluster).await?;
         let outcome = match gap {
             Some(gap) => format!("first write sent after the kill acknowledged {} after it", latency(gap)),

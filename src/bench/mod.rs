@@ -13,6 +13,7 @@
 //! ([`cluster`]) unless `gm bench` is given `--endpoints`; [`figures`] tallies and formats results.
 
 mod cluster;
+mod conn;
 mod fd;
 mod figures;
 mod load;

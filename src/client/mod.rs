@@ -38,14 +38,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::membership::{GroupName, MemberId};
 use crate::wire::{
     ClusterAnswer, Consistency, ErrorBody, ErrorCode, GroupView, GroupsAnswer, HealthAnswer, HeartbeatAnswer,
-    JoinAnswer, Member, MemberSpec, RevisionAnswer, REVISION_HEADER,
+    JoinAnswer, Member, MemberSpec, RevisionAnswer,
 };
 
 pub use error::{ClientError, ErrorKind};
@@ -213,21 +213,6 @@ impl Client {
         Ok(self.call(&Request::new(Method::GET, group_path(group)).consistency(consistency)).await?.1)
     }
 
-    /// `GET /v1/groups/{group}` as the server sent it, undecoded: for a tool that passes views
-    /// on or measures the server rather than itself (`gm bench`). With `gzip` the request
-    /// accepts gzip, and a large view comes gzipped ([`Encoded::gzip`]).
-    pub async fn group_encoded(
-        &self,
-        group: &GroupName,
-        consistency: Consistency,
-        gzip: bool,
-    ) -> Result<Encoded, ClientError> {
-        let mut request = Request::new(Method::GET, group_path(group)).consistency(consistency);
-        request.accept_gzip = gzip;
-        let request = &request;
-        self.retried(request, |endpoint| async move { Ok(self.attempt_bytes(endpoint, request).await?.1) }).await
-    }
-
     /// `GET /v1/groups/{group}?index=N&wait=W`, a blocking query: the view as soon as the
     /// group's revision passes `index`, or after `wait` (whole milliseconds, at most 5 minutes,
     /// else `400`) the current view. `index` 0 answers at once. `404` if the group has no
@@ -353,27 +338,18 @@ impl Client {
         endpoint: &str,
         request: &Request,
     ) -> Result<(StatusCode, T), ClientError> {
-        let (status, sent) = self.attempt_bytes(endpoint, request).await?;
-        let answer = serde_json::from_slice(&sent.body)
-            .map_err(|source| ClientError::Decode { endpoint: endpoint.to_owned(), source })?;
-        Ok((status, answer))
-    }
-
-    /// One try of `request` at `endpoint`, within the attempt timeout: the status and the body
-    /// as sent, undecoded.
-    async fn attempt_bytes(&self, endpoint: &str, request: &Request) -> Result<(StatusCode, Encoded), ClientError> {
         let exchange = async {
             let transport = |source| ClientError::Transport { endpoint: endpoint.to_owned(), source };
             let response = self.request(endpoint, request).send().await.map_err(transport)?;
             let status = response.status();
             let retry_after = retry_after(&response);
-            let revision = response.headers().get(REVISION_HEADER).and_then(|v| v.to_str().ok()?.parse().ok());
-            let gzip = response.headers().get(CONTENT_ENCODING).is_some_and(|v| v.as_bytes() == b"gzip");
             let body = response.bytes().await.map_err(transport)?;
             if !status.is_success() {
                 return Err(api_error(endpoint, status, retry_after, &body));
             }
-            Ok((status, Encoded { revision, gzip, body }))
+            let answer = serde_json::from_slice(&body)
+                .map_err(|source| ClientError::Decode { endpoint: endpoint.to_owned(), source })?;
+            Ok((status, answer))
         };
         within(self.policy.attempt_timeout + request.longer_by, endpoint, exchange).await?
     }
@@ -386,21 +362,8 @@ impl Client {
         if let Some(body) = &request.body {
             builder = builder.header(CONTENT_TYPE, "application/json").body(body.clone());
         }
-        if request.accept_gzip {
-            builder = builder.header(ACCEPT_ENCODING, "gzip");
-        }
         builder
     }
-}
-
-/// An answer as the server sent it, undecoded ([`Client::group_encoded`]).
-#[derive(Clone, Debug)]
-pub struct Encoded {
-    /// `X-GM-Revision`: the revision the read was taken at.
-    pub revision: Option<u64>,
-    /// Whether `body` is gzip (`Content-Encoding: gzip`); otherwise it is JSON.
-    pub gzip: bool,
-    pub body: Bytes,
 }
 
 /// One request of the contract, as each attempt sends it.
@@ -412,13 +375,11 @@ struct Request {
     body: Option<Bytes>,
     /// How much longer than usual the server may take to answer: a blocking query's wait.
     longer_by: Duration,
-    /// Whether the answer may come gzipped (only asked for by callers that keep it undecoded).
-    accept_gzip: bool,
 }
 
 impl Request {
     fn new(method: Method, path: String) -> Request {
-        Request { method, path, query: Vec::new(), body: None, longer_by: Duration::ZERO, accept_gzip: false }
+        Request { method, path, query: Vec::new(), body: None, longer_by: Duration::ZERO }
     }
 
     fn query(mut self, name: &'static str, value: String) -> Request {
@@ -445,11 +406,11 @@ impl Request {
     }
 }
 
-fn group_path(group: &GroupName) -> String {
+pub(crate) fn group_path(group: &GroupName) -> String {
     format!("/v1/groups/{group}")
 }
 
-fn member_path(group: &GroupName, id: &MemberId) -> String {
+pub(crate) fn member_path(group: &GroupName, id: &MemberId) -> String {
     format!("/v1/groups/{group}/members/{id}")
 }
 

@@ -3,7 +3,9 @@
 //! (benchmarks, not timed tests); what is asserted is what a run must get right whatever the
 //! speed: every join and read answered, every change delivered to every stream, in order.
 
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 /// `gm bench ARGS` on ports free now (another run may take them first: then it tries others).
 fn bench(args: &[&str]) -> String {
@@ -107,4 +109,36 @@ fn a_node_that_cannot_start_stops_the_bench_at_once_with_its_error() {
     assert!(err.contains("invalid value 'bogus'"), "the node's own error is shown: {err}");
     assert!(err.contains("exited with status 2 before it was ready"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "not the 60 s readiness wait: {err}");
+}
+
+/// An endpoint that never gets ready is named, with why, long before the bench gives up on it.
+#[test]
+fn an_endpoint_that_is_not_ready_is_named_while_the_bench_waits() {
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gm"))
+        .args(["bench", "--workload", "reads", "--endpoints", &format!("http://{gone}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gm bench runs");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let notice = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("is not ready yet") => break Some(line),
+            Ok(line) => seen.push(line),
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let notice = notice.unwrap_or_else(|| panic!("no notice within 30 s; the bench said:\n{}", seen.join("\n")));
+    assert!(notice.contains(&gone.to_string()) && notice.contains("refused"), "{notice}");
 }

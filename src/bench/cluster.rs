@@ -21,6 +21,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub(super) const READY_DEADLINE: Duration = Duration::from_secs(60);
 /// Deadline of one poll of `/readyz` or `/v1/cluster`.
 const POLL_TIMEOUT: Duration = Duration::from_secs(3);
+/// After this long, [`wait_ready`] says which endpoint it is waiting for and why.
+const NOTICE_AFTER: Duration = Duration::from_secs(3);
 
 /// How the bench's own cluster is laid out.
 #[derive(Clone, Debug, Args)]
@@ -116,15 +118,22 @@ impl OwnCluster {
     }
 }
 
-/// Polls every endpoint's `/readyz` until it answers 200.
+/// Polls every endpoint's `/readyz` until it answers 200. An endpoint still not ready after
+/// [`NOTICE_AFTER`] is named once, with why, so that a wrong address does not wait in silence.
 pub(super) async fn wait_ready(client: &Client, waited: Duration) -> Result<(), BenchError> {
-    let deadline = Instant::now() + waited;
+    let start = Instant::now();
+    let deadline = start + waited;
     let once = client.with_policy(RetryPolicy::once(POLL_TIMEOUT));
     for (i, endpoint) in client.endpoints().iter().enumerate() {
         let node = once.at(i);
-        while node.readyz().await.is_err() {
+        let mut noticed = false;
+        while let Err(error) = node.readyz().await {
             if Instant::now() >= deadline {
-                return Err(BenchError::NotReady { endpoint: endpoint.clone(), waited });
+                return Err(BenchError::NotReady { endpoint: endpoint.clone(), waited, last: error.to_string() });
+            }
+            if !noticed && start.elapsed() >= NOTICE_AFTER {
+                println!("cluster: {endpoint} is not ready yet ({error}); waiting up to {}", latency(waited));
+                noticed = true;
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }

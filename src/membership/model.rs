@@ -43,6 +43,8 @@ impl FailureDetection {
 /// The wire form before the defaults are filled in and the bounds checked.
 #[derive(Deserialize)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+// What a wrong value is told it should be: serde would name this type, which callers never see.
+#[serde(expecting = r#"a failure_detection object, {"mode": "probe", ...} or {"mode": "lease", ...}"#)]
 enum RawFailureDetection {
     Probe {
         path: Option<String>,
@@ -249,6 +251,16 @@ mod tests {
         assert_eq!(s.failure_detection, FailureDetection::Lease { ttl_ms: DEFAULT_LEASE_TTL_MS });
         let s = spec(r#"{"address":"10.0.0.1:80","failure_detection":{"mode":"probe"}}"#).unwrap();
         assert_eq!(s.failure_detection, FailureDetection::default());
+    }
+
+    #[test]
+    fn a_wrong_failure_detection_is_told_what_it_should_be() {
+        for bad in ["null", r#""lease""#, "7"] {
+            let body = format!(r#"{{"address":"a:1","failure_detection":{bad}}}"#);
+            let error = spec(&body).unwrap_err().to_string();
+            assert!(error.contains(r#"a failure_detection object, {"mode": "probe""#), "{bad}: {error}");
+            assert!(!error.contains("Raw"), "{bad}: {error}");
+        }
     }
 
     #[test]

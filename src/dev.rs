@@ -35,8 +35,8 @@ Logs: node N appends its log to <data-dir>/node-N.log (follow all of them with \
 `tail -f ./gm-dev-data/node-*.log`); this terminal shows gm dev's own lines: each node's URL and \
 pid, when the cluster is ready, and every exit and restart.
 
-Threads: each node runs the cores shared out among the nodes, at least 1 worker thread \
-(GM_WORKER_THREADS, unless it is set here; see gm server --worker-threads).
+Threads: each node runs its share of the cores as worker threads, at least 1, unless \
+--worker-threads says otherwise (see gm server --worker-threads).
 
 Restarts: a node that exits, or is killed (`kill -9 PID`), is reported with its \
 exit status and restarted after 0.5 s. A node that exits 3 times in a row within 10 s of starting \
@@ -68,6 +68,10 @@ pub struct DevConfig {
     /// First peer (Raft) port; node N listens on this plus N - 1.
     #[arg(long, env = "GM_PEER_PORT", default_value_t = 7001, value_parser = clap::value_parser!(u16).range(1..))]
     pub peer_port: u16,
+    /// Worker threads of each node (`gm server --worker-threads`). Default: the CPUs this process
+    /// may use shared out among the nodes, at least 1 each.
+    #[arg(long, env = "GM_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
 }
 
 /// How long stopping waits for the nodes to exit after SIGTERM before it sends SIGKILL.
@@ -284,7 +288,10 @@ impl LocalCluster {
             extra_args: extra_args.to_vec(),
             output,
             named: true,
-            env: worker_threads_env(config.nodes),
+            env: vec![(
+                WORKER_THREADS_VAR.to_owned(),
+                Some(config.worker_threads.unwrap_or_else(|| cores_share(config.nodes)).to_string()),
+            )],
         })
     }
 
@@ -460,20 +467,15 @@ fn layout(config: &DevConfig) -> Result<Vec<NodePorts>, DevError> {
     Ok(ports)
 }
 
-/// The nodes' `GM_WORKER_THREADS`, unless this process's environment sets it (the nodes then
-/// inherit it): the CPUs this process may use shared out among `nodes`, at least 1 each. The
-/// nodes share those cores, and a node with more workers than its share wakes idle ones for
-/// work another node's thread could have done: with 3 nodes on 2 cores, 1 worker each took
-/// 8–19% less node CPU per linearizable read of a 100-member view than 2 each, in each of 6
-/// alternated pairs of `gm bench --workload reads --group-size 100` (throughput moved within the
-/// noise: the bench's own client, on the same cores, is the limit there).
-fn worker_threads_env(nodes: u64) -> Vec<(String, Option<String>)> {
-    if std::env::var_os(WORKER_THREADS_VAR).is_some() {
-        return Vec::new();
-    }
+/// Each node's share of the CPUs this process may use, at least 1. The nodes share those cores,
+/// and a node with more workers than its share wakes idle ones for work another node's thread
+/// could have done: with 3 nodes on 2 cores, 1 worker each took 8–19% less node CPU per
+/// linearizable read of a 100-member view than 2 each, in each of 6 alternated pairs of
+/// `gm bench --workload reads --group-size 100` (throughput moved within the noise: the bench's
+/// own client, on the same cores, was the limit there).
+fn cores_share(nodes: u64) -> u16 {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as u64;
-    let share = (cores / nodes.max(1)).max(1);
-    vec![(WORKER_THREADS_VAR.to_owned(), Some(share.to_string()))]
+    u16::try_from(cores / nodes.max(1)).unwrap_or(u16::MAX).max(1)
 }
 
 /// `gm server --worker-threads`'s variable.
@@ -682,8 +684,9 @@ fn seconds(d: Duration) -> String {
     }
 }
 
-/// Prints one line for the person running `gm dev`; a closed stdout is not worth stopping for.
-fn say(line: impl std::fmt::Display) {
+/// Prints one line for the person running `gm dev` or `gm bench`; a closed stdout (`| head`) is
+/// not worth stopping for, nor a reason to leave nodes or data behind.
+pub(crate) fn say(line: impl std::fmt::Display) {
     let _ = writeln!(std::io::stdout(), "{line}");
 }
 
@@ -1124,7 +1127,7 @@ mod tests {
     use super::*;
 
     fn config(api_port: u16, peer_port: u16, nodes: u64) -> DevConfig {
-        DevConfig { nodes, data_dir: PathBuf::from("unused"), clean: false, api_port, peer_port }
+        DevConfig { nodes, data_dir: PathBuf::from("unused"), clean: false, api_port, peer_port, worker_threads: None }
     }
 
     /// A boolean variable is on for anything but `false`, `0`, `no`, `off` or empty, as cli.md

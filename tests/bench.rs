@@ -142,3 +142,29 @@ fn an_endpoint_that_is_not_ready_is_named_while_the_bench_waits() {
     let notice = notice.unwrap_or_else(|| panic!("no notice within 30 s; the bench said:\n{}", seen.join("\n")));
     assert!(notice.contains(&gone.to_string()) && notice.contains("refused"), "{notice}");
 }
+
+/// `gm bench ... | head -1`: once the reader has gone the bench finishes quietly, and stops and
+/// removes its cluster, instead of panicking on the closed pipe.
+#[test]
+fn a_closed_stdout_does_not_stop_the_bench() {
+    let api = rand::random::<u16>() % 20_000 + 12_000;
+    let peer = api.wrapping_add(1_000).max(12_000);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gm"))
+        .args(["bench", "--workload", "joins", "--duration", "1s", "--concurrency", "4"])
+        .args(["--api-port", &api.to_string(), "--peer-port", &peer.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gm bench runs");
+    // Read the first line, as `head -1` would, then close the pipe.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("a first line");
+    let Output { status, stderr, .. } = child.wait_with_output().expect("gm bench ends");
+    let stderr = String::from_utf8_lossy(&stderr);
+    if stderr.contains("is taken") {
+        return; // Another run took the ports: nothing to judge.
+    }
+    assert!(status.success() && !stderr.contains("panicked"), "{first}{stderr}");
+    let data_dir = first.rsplit_once("data in ").map(|(_, dir)| dir.trim().to_owned()).expect(&first);
+    assert!(!std::path::Path::new(&data_dir).exists(), "{data_dir} was left behind");
+}

@@ -63,6 +63,7 @@ async fn a_node_of_another_cluster_is_refused() {
         clean: false,
         api_port: port(&a.node(1).api) - 1,
         peer_port: port(&a.node(1).peer) - 1,
+        worker_threads: None,
     };
     let mut b = LocalCluster::prepare(&config, &[], NodeOutput::LogFiles).expect("B's ports are free");
     b.set_executable(env!("CARGO_BIN_EXE_gm").into());

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::figures::latency;
 use super::BenchError;
 use crate::client::{Client, RetryPolicy};
+use crate::dev::say;
 use crate::dev::DevConfig;
 use crate::dev::{describe_exit, LocalCluster, NodeOutput};
 use crate::wire::Consistency;
@@ -44,6 +45,10 @@ pub struct ClusterArgs {
     /// bench's own executable).
     #[arg(long, env = "GM_BENCH_SERVER_EXE")]
     pub server_exe: Option<PathBuf>,
+    /// Own cluster: worker threads of each node (`gm server --worker-threads`). Default: the CPUs
+    /// this process may use shared out among the nodes, at least 1 each.
+    #[arg(long, env = "GM_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
 }
 
 /// The bench's own local cluster and the data dir it removes when stopped.
@@ -65,6 +70,7 @@ impl OwnCluster {
             clean: true,
             api_port: args.api_port,
             peer_port: args.peer_port,
+            worker_threads: args.worker_threads,
         };
         ports_free(&dev)?;
         let mut all_args = vec!["--log".to_owned(), args.server_log.clone()];
@@ -77,12 +83,12 @@ impl OwnCluster {
             cluster.spawn(id)?;
         }
         let endpoints: Vec<String> = cluster.nodes.iter().map(|n| format!("http://{}", n.api)).collect();
-        println!(
+        say(format_args!(
             "cluster: {} local nodes on {}, data in {}",
             cluster.nodes.len(),
             cluster.nodes.iter().map(|n| n.api.as_str()).collect::<Vec<_>>().join(", "),
             data_dir.display()
-        );
+        ));
         Ok(OwnCluster { cluster, data_dir, endpoints })
     }
 
@@ -94,7 +100,7 @@ impl OwnCluster {
             ready = wait_ready(client, READY_DEADLINE) => ready?,
             exited = self.first_exit() => return Err(exited),
         }
-        println!("cluster: ready after {}", latency(started.elapsed()));
+        say(format_args!("cluster: ready after {}", latency(started.elapsed())));
         Ok(())
     }
 
@@ -132,7 +138,7 @@ pub(super) async fn wait_ready(client: &Client, waited: Duration) -> Result<(), 
                 return Err(BenchError::NotReady { endpoint: endpoint.clone(), waited, last: error.to_string() });
             }
             if !noticed && start.elapsed() >= NOTICE_AFTER {
-                println!("cluster: {endpoint} is not ready yet ({error}); waiting up to {}", latency(waited));
+                say(format_args!("cluster: {endpoint} is not ready yet ({error}); waiting up to {}", latency(waited)));
                 noticed = true;
             }
             tokio::time::sleep(POLL_INTERVAL).await;

@@ -10,6 +10,7 @@
 //! end, the status checked.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, CONTENT_TYPE, HOST};
@@ -23,6 +24,9 @@ use tokio::sync::Mutex;
 
 use super::figures::Failure;
 use super::{BenchError, REQUEST_TIMEOUT};
+
+/// How long a worker pauses after a connection attempt failed.
+const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// One request of a load phase: where it goes on the node, and its JSON body if any.
 pub(super) struct Call {
@@ -98,6 +102,12 @@ impl Connections {
             Ok(Ok(answered)) => answered,
             Ok(Err(kind)) => {
                 *slot = None;
+                if kind == "connect" {
+                    // A node that is down refuses at once: without a pause each worker would
+                    // count thousands of refusals a second, a figure of its own speed.
+                    drop(slots);
+                    tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
+                }
                 Err(kind.into())
             }
             Err(_) => {

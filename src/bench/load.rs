@@ -22,6 +22,7 @@ use super::fd::process::{CpuMeter, CpuUse, Pid};
 use super::figures::{errors_text, failure, latency, median, millis, Failure, Figures, Tally};
 use super::{interruptible, BenchError, REQUEST_TIMEOUT};
 use crate::client::{group_path, member_path, Client, ErrorKind, RetryPolicy};
+use crate::dev::say;
 use crate::dev::LocalCluster;
 use crate::membership::{Address, FailureDetection, GroupName, Instance, MemberId, MemberSpec, Metadata};
 use crate::wire::Consistency;
@@ -130,14 +131,14 @@ pub async fn run(config: LoadConfig) -> Result<(), BenchError> {
         if config.workload == Workload::Failover {
             return Err(BenchError::FailoverNeedsOwnCluster);
         }
-        let client = client(&config.endpoints)?;
-        println!("cluster: {}", client.endpoints().join(", "));
-        wait_ready(&client, READY_DEADLINE).await?;
-        let target = Target::new(client, config.groups, config.concurrency)?;
+        // Before any wait: an endpoint the load phases cannot speak to is refused at once.
+        let target = Target::new(client(&config.endpoints)?, config.groups, config.concurrency)?;
+        say(format_args!("cluster: {}", target.client.endpoints().join(", ")));
+        wait_ready(&target.client, READY_DEADLINE).await?;
         // The nodes are not this bench's processes: only its own CPU is measured.
         load(&config, &target, &[], &mut report).await?;
         if config.workload.failover() {
-            println!("failover: skipped (it kills nodes, so it needs the bench's own cluster)");
+            say(format_args!("failover: skipped (it kills nodes, so it needs the bench's own cluster)"));
         }
     }
     if config.json {
@@ -145,7 +146,7 @@ pub async fn run(config: LoadConfig) -> Result<(), BenchError> {
         report.insert("groups".into(), json!(config.groups));
         report.insert("group_size".into(), json!(config.group_size));
         report.insert("gzip".into(), json!(config.gzip));
-        println!("{}", serde_json::to_string(&Value::Object(report))?);
+        say(format_args!("{}", serde_json::to_string(&Value::Object(report))?));
     }
     Ok(())
 }
@@ -161,11 +162,11 @@ async fn bench_own_cluster(
     load(config, &target, &super::scale::pids(own)?, report).await?;
     if config.workload.failover() && config.failovers > 0 {
         if own.cluster.nodes.len() < 3 {
-            println!("failover: skipped (it needs at least 3 nodes to keep a quorum)");
+            say(format_args!("failover: skipped (it needs at least 3 nodes to keep a quorum)"));
         } else {
             let rounds = failovers(config.failovers, &target, &mut own.cluster).await?;
             let figures = FailoverFigures { rounds };
-            println!("{}", figures.line());
+            say(format_args!("{}", figures.line()));
             report.insert("failover".into(), figures.json());
         }
     }
@@ -244,8 +245,8 @@ impl Phase {
         let cpu = meter.read();
         let figures = Figures::new(&tally, self.clients, elapsed);
         let per_thousand = cpu.ms_per_thousand(figures.ok);
-        println!("{}", figures.line(&self.name));
-        println!("{}", cost_line(&self.name, &cpu, per_thousand, !pids.is_empty()));
+        say(format_args!("{}", figures.line(&self.name)));
+        say(format_args!("{}", cost_line(&self.name, &cpu, per_thousand, !pids.is_empty())));
         let mut json = figures.json();
         json["cpu"] = cpu.json();
         json["cpu"]["bench_cpu_ms_per_1000_ops"] = json!(per_thousand.map(|(_, bench)| bench));
@@ -342,7 +343,7 @@ async fn view_group(target: &Arc<Target>, clients: u64, size: u64) -> Result<Gro
     })
     .await?;
     let view = target.client.group(&group, Consistency::Linearizable).await?;
-    println!("reads: the view of {VIEW_GROUP} has {} members", view.members.len());
+    say(format_args!("reads: the view of {VIEW_GROUP} has {} members", view.members.len()));
     if (view.members.len() as u64) < size {
         return Err(BenchError::NoMembers(errors_text(&tally.errors)));
     }
@@ -362,7 +363,7 @@ async fn readable_members(target: &Arc<Target>, clients: u64) -> Result<Vec<(Gro
         async move { t.bench_join(w, seq, per_worker).await }
     })
     .await?;
-    println!("reads: joined {} members to read", tally.ok);
+    say(format_args!("reads: joined {} members to read", tally.ok));
     let members = target.bench_members().await?;
     if members.is_empty() {
         return Err(BenchError::NoMembers(errors_text(&tally.errors)));
@@ -566,7 +567,7 @@ async fn failovers(rounds: u32, target: &Target, cluster: &mut LocalCluster) -> 
             Some(gap) => format!("first write sent after the kill acknowledged {} after it", latency(gap)),
             None => format!("no write sent after the kill acknowledged within {}", latency(FAILOVER_DEADLINE)),
         };
-        println!("failover {round}/{rounds}: killed leader {leader}; {outcome}");
+        say(format_args!("failover {round}/{rounds}: killed leader {leader}; {outcome}"));
         results.push(FailoverRound { killed: leader, write_gap: gap });
         cluster.spawn(leader)?;
         wait_ready(&target.client, READY_DEADLINE).await?;

@@ -70,7 +70,7 @@ pub enum BenchError {
     Client(#[from] ClientError),
     #[error("node {id} {how} before it was ready; its own error is above")]
     NodeExited { id: u64, how: String },
-    #[error("{endpoint} was not ready within {waited:?}: {last} (is its port free? is it part of a cluster?)")]
+    #[error("{endpoint} was not ready within {waited:?}: {last}")]
     NotReady { endpoint: String, waited: Duration, last: String },
     #[error("port {0} on 127.0.0.1 is taken (another cluster?); choose others with --api-port and --peer-port")]
     PortInUse(u16),

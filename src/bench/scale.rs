@@ -17,6 +17,7 @@ use super::fd::process::{CpuMeter, Pid};
 use super::figures::mib_per_node;
 use super::{interruptible, BenchError, REQUEST_TIMEOUT};
 use crate::client::{Client, RetryPolicy};
+use crate::dev::say;
 use crate::membership::{Address, FailureDetection, GroupName, MemberId, MemberSpec, Metadata};
 
 /// Tries per join before the bench gives up (joins are idempotent, so retrying is safe).
@@ -79,11 +80,11 @@ async fn bench(config: &ScaleConfig, client: &Client, own: &mut OwnCluster) -> R
     own.wait_ready(client).await?;
     let n = config.members;
     let groups = (n / 100).max(1);
-    println!(
+    say(format_args!(
         "scale: {n} lease members over {groups} groups, {} joins in flight; idle CPU over {:?} at each step",
         config.concurrency, config.idle_for
-    );
-    println!("{}", Step::HEADER);
+    ));
+    say(format_args!("{}", Step::HEADER));
     let mut loaded = 0;
     for target in [0, n / 3, 2 * n / 3, n] {
         let rate = if target == 0 {
@@ -103,7 +104,7 @@ async fn bench(config: &ScaleConfig, client: &Client, own: &mut OwnCluster) -> R
             loaded = target;
             step.joins_per_s = rate;
         }
-        println!("{}", step.line());
+        say(format_args!("{}", step.line()));
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ use super::load::{bench_member, bench_name};
 use super::scale::{pids, rss_bytes};
 use super::{interruptible, BenchError, REQUEST_TIMEOUT};
 use crate::client::{Client, RetryPolicy, Watch};
+use crate::dev::say;
 use crate::membership::{GroupName, MemberId};
 use crate::wire::Consistency;
 
@@ -114,7 +115,11 @@ async fn bench(config: &WatchConfig, client: &Client, own: &mut OwnCluster) -> R
             break;
         }
     }
-    println!("watch: {} streams open over {nodes} nodes after {}", config.streams, latency(opened_at.elapsed()));
+    say(format_args!(
+        "watch: {} streams open over {nodes} nodes after {}",
+        config.streams,
+        latency(opened_at.elapsed())
+    ));
     tokio::time::sleep(SETTLE).await;
     let after: Vec<u64> = pids.iter().map(|&pid| rss_bytes(pid)).collect();
 
@@ -128,12 +133,12 @@ async fn bench(config: &WatchConfig, client: &Client, own: &mut OwnCluster) -> R
     let figures = Delivery::tally(&acks, &received)?;
     let grown: u64 = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).sum();
     let per_stream_kib = grown as f64 / 1024.0 / f64::from(config.streams);
-    println!("{}", figures.line(acks.len(), config.streams));
-    println!(
+    say(format_args!("{}", figures.line(acks.len(), config.streams)));
+    say(format_args!(
         "watch: memory per idle stream {per_stream_kib:.1} KiB (the nodes' RSS grew by {:.1} MiB, from {} MiB)",
         mib(grown),
         mib_per_node(&before),
-    );
+    ));
     if config.json {
         let mut report = figures.json(acks.len());
         report["streams"] = json!(config.streams);
@@ -142,7 +147,7 @@ async fn bench(config: &WatchConfig, client: &Client, own: &mut OwnCluster) -> R
         report["group_size"] = json!(config.group_size);
         report["memory_per_idle_stream_kib"] = json!((per_stream_kib * 10.0).round() / 10.0);
         report["rss_before_mib"] = json!(before.iter().map(|&b| mib(b).round()).collect::<Vec<_>>());
-        println!("{report}");
+        say(format_args!("{report}"));
     }
     Ok(())
 }

@@ -114,8 +114,8 @@ pub struct ServerConfig {
     pub metrics_group_limit: usize,
     /// Threads that run the node's async tasks. Default: the CPUs this process may use (its
     /// affinity and cgroup quota, as `std::thread::available_parallelism` counts them). Nodes
-    /// that share cores (`gm dev`) run faster with fewer: an idle worker woken for each request
-    /// costs a context switch.
+    /// that share cores (`gm dev`) spend less CPU per request with fewer: an idle worker woken
+    /// for a request costs a context switch.
     #[arg(long, env = "GM_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
 }

@@ -85,7 +85,8 @@ fn local_cluster(n: u64, extra_args: &[&str], env: &[(&str, Option<&str>)], dir:
         if ports.iter().any(|p| given.contains(p)) {
             continue;
         }
-        let config = DevConfig { nodes: n, data_dir: dir.to_owned(), clean: false, api_port, peer_port };
+        let config =
+            DevConfig { nodes: n, data_dir: dir.to_owned(), clean: false, api_port, peer_port, worker_threads: None };
         match LocalCluster::prepare(&config, &extra_args, NodeOutput::LogFiles) {
             Ok(mut local) => {
                 given.extend(ports);

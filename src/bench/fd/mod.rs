@@ -37,6 +37,7 @@ use super::cluster::{wait_ready, ClusterArgs, OwnCluster, READY_DEADLINE};
 use super::figures::{failure, latency, per_second, Failure, Figures, Tally};
 use super::{interruptible, BenchError, REQUEST_TIMEOUT};
 use crate::client::{Client, RetryPolicy};
+use crate::dev::say;
 use crate::membership::{Address, FailureDetection, GroupName, MemberId, MemberSpec, Metadata, DEFAULT_PROBE_PATH};
 use crate::wire::Consistency;
 
@@ -170,7 +171,7 @@ pub async fn run(config: FdConfig) -> Result<(), BenchError> {
     own.stop().await;
     servers.stop().await;
     let summary = result?;
-    println!("{}", summary.line());
+    say(format_args!("{}", summary.line()));
     if config.json {
         report.insert("members".into(), json!(config.members));
         report.insert("addresses".into(), json!(config.addresses));
@@ -180,7 +181,7 @@ pub async fn run(config: FdConfig) -> Result<(), BenchError> {
         report.insert("suspect_after".into(), json!(config.suspect_after));
         report.insert("detection".into(), summary.detection.json());
         report.insert("false_evictions".into(), false_evictions_json(&summary.false_evictions));
-        println!("{}", serde_json::to_string(&Value::Object(report))?);
+        say(format_args!("{}", serde_json::to_string(&Value::Object(report))?));
     }
     Ok(())
 }
@@ -266,7 +267,7 @@ impl Run<'_> {
             }
         }
         let figures = Figures::new(&tally, JOIN_CONCURRENCY as u64, started.elapsed());
-        println!("{}", figures.line("fd joins"));
+        say(format_args!("{}", figures.line("fd joins")));
         self.report.insert("joins".into(), figures.json());
         Ok(joined)
     }
@@ -290,7 +291,7 @@ impl Run<'_> {
             n => format!("{n} members still never probed"),
         };
         let responsible = responsible_for(&self.client.at(0)).await;
-        println!("fd probing: {who} {} after the last join; responsible_for {responsible}", seconds(after));
+        say(format_args!("fd probing: {who} {} after the last join; responsible_for {responsible}", seconds(after)));
         self.report.insert("probed_after_ms".into(), json!(millis_u64(after)));
         self.report.insert("never_probed".into(), json!(unprobed));
     }
@@ -303,7 +304,7 @@ impl Run<'_> {
         let cpu = meter.read();
         let steady = Steady { probes_per_s: per_second(self.servers.total() - probes_before, cpu.elapsed), cpu };
         let so_far = false_evictions(&watches.book(), joined, timeline);
-        println!("{}", steady.line(self.layout, self.config.probe_interval, &so_far));
+        say(format_args!("{}", steady.line(self.layout, self.config.probe_interval, &so_far)));
         self.report.insert("steady".into(), steady.json());
         steady
     }
@@ -336,13 +337,13 @@ impl Run<'_> {
 
         let during = false_evictions(&watches.book(), joined, timeline);
         let evicted = during.get(&Phase::Pause).copied().unwrap_or(0);
-        println!(
+        say(format_args!(
             "fd pause: node {node} stopped for {}; responsible_for just before SIGCONT {responsible}; \
              ready {} after SIGCONT; false evictions during the pause and the {} after: {evicted}",
             seconds(config.pause_for),
             latency(ready_after),
             seconds(settle),
-        );
+        ));
         self.report.insert(
             "pause".into(),
             json!({"node": node, "seconds": config.pause_for.as_secs_f64(),
@@ -373,12 +374,12 @@ impl Run<'_> {
             }
             None => "none with a whole server".to_owned(),
         };
-        println!(
+        say(format_args!(
             "fd kill: {} members crashed at once: {} alone (their probes get no answer: the connection is closed), \
              {with_server}",
             victims.len(),
             victims.alone.len(),
-        );
+        ));
 
         let patience = (config.probe_interval * config.suspect_after + config.probe_timeout) * 10;
         let deadline = t0 + DEADLINE_FLOOR.max(patience);
@@ -399,12 +400,12 @@ impl Run<'_> {
                 DEADLINE_FLOOR.as_secs()
             )
         };
-        println!(
+        say(format_args!(
             "fd removal: {:.1} s from the crash {until}: {}; the watch streams brought {views} views, {:.0} MB",
             cpu.elapsed.as_secs_f64(),
             cpu.text(),
             bytes as f64 / 1e6,
-        );
+        ));
         let mut removal = cpu.json();
         removal["complete"] = json!(complete);
         removal["seconds"] = json!(cpu.elapsed.as_secs_f64());
@@ -429,7 +430,11 @@ impl Run<'_> {
         if !victims.alone.is_empty() && !victims.with_address.is_empty() {
             let alone = Detection::measure(&book.vanished, victims.alone.iter().copied(), t0)?;
             let with_server = Detection::measure(&book.vanished, victims.with_address.iter().copied(), t0)?;
-            println!("fd detection by kind: crashed alone {}; with their server {}", alone.text(), with_server.text());
+            say(format_args!(
+                "fd detection by kind: crashed alone {}; with their server {}",
+                alone.text(),
+                with_server.text()
+            ));
             self.report.insert("detection_alone".into(), alone.json());
             self.report.insert("detection_with_server".into(), with_server.json());
         }

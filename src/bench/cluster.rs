@@ -11,9 +11,7 @@ use tokio::time::Instant;
 use super::figures::latency;
 use super::BenchError;
 use crate::client::{Client, RetryPolicy};
-use crate::dev::say;
-use crate::dev::DevConfig;
-use crate::dev::{describe_exit, LocalCluster, NodeOutput};
+use crate::dev::{describe_exit, say, DevConfig, LocalCluster, NodeOutput};
 use crate::wire::Consistency;
 
 /// Pause between polls of `/readyz` and `/v1/cluster`.

@@ -22,8 +22,7 @@ use super::fd::process::{CpuMeter, CpuUse, Pid};
 use super::figures::{errors_text, failure, latency, median, millis, Failure, Figures, Tally};
 use super::{interruptible, BenchError, REQUEST_TIMEOUT};
 use crate::client::{group_path, member_path, Client, ErrorKind, RetryPolicy};
-use crate::dev::say;
-use crate::dev::LocalCluster;
+use crate::dev::{say, LocalCluster};
 use crate::membership::{Address, FailureDetection, GroupName, Instance, MemberId, MemberSpec, Metadata};
 use crate::wire::Consistency;
 
@@ -138,7 +137,7 @@ pub async fn run(config: LoadConfig) -> Result<(), BenchError> {
         // The nodes are not this bench's processes: only its own CPU is measured.
         load(&config, &target, &[], &mut report).await?;
         if config.workload.failover() {
-            say(format_args!("failover: skipped (it kills nodes, so it needs the bench's own cluster)"));
+            say("failover: skipped (it kills nodes, so it needs the bench's own cluster)");
         }
     }
     if config.json {
@@ -146,7 +145,7 @@ pub async fn run(config: LoadConfig) -> Result<(), BenchError> {
         report.insert("groups".into(), json!(config.groups));
         report.insert("group_size".into(), json!(config.group_size));
         report.insert("gzip".into(), json!(config.gzip));
-        say(format_args!("{}", serde_json::to_string(&Value::Object(report))?));
+        say(serde_json::to_string(&Value::Object(report))?);
     }
     Ok(())
 }
@@ -162,11 +161,11 @@ async fn bench_own_cluster(
     load(config, &target, &super::scale::pids(own)?, report).await?;
     if config.workload.failover() && config.failovers > 0 {
         if own.cluster.nodes.len() < 3 {
-            say(format_args!("failover: skipped (it needs at least 3 nodes to keep a quorum)"));
+            say("failover: skipped (it needs at least 3 nodes to keep a quorum)");
         } else {
             let rounds = failovers(config.failovers, &target, &mut own.cluster).await?;
             let figures = FailoverFigures { rounds };
-            say(format_args!("{}", figures.line()));
+            say(figures.line());
             report.insert("failover".into(), figures.json());
         }
     }
@@ -245,8 +244,8 @@ impl Phase {
         let cpu = meter.read();
         let figures = Figures::new(&tally, self.clients, elapsed);
         let per_thousand = cpu.ms_per_thousand(figures.ok);
-        say(format_args!("{}", figures.line(&self.name)));
-        say(format_args!("{}", cost_line(&self.name, &cpu, per_thousand, !pids.is_empty())));
+        say(figures.line(&self.name));
+        say(cost_line(&self.name, &cpu, per_thousand, !pids.is_empty()));
         let mut json = figures.json();
         json["cpu"] = cpu.json();
         json["cpu"]["bench_cpu_ms_per_1000_ops"] = json!(per_thousand.map(|(_, bench)| bench));

@@ -84,7 +84,7 @@ async fn bench(config: &ScaleConfig, client: &Client, own: &mut OwnCluster) -> R
         "scale: {n} lease members over {groups} groups, {} joins in flight; idle CPU over {:?} at each step",
         config.concurrency, config.idle_for
     ));
-    say(format_args!("{}", Step::HEADER));
+    say(Step::HEADER);
     let mut loaded = 0;
     for target in [0, n / 3, 2 * n / 3, n] {
         let rate = if target == 0 {
@@ -104,7 +104,7 @@ async fn bench(config: &ScaleConfig, client: &Client, own: &mut OwnCluster) -> R
             loaded = target;
             step.joins_per_s = rate;
         }
-        say(format_args!("{}", step.line()));
+        say(step.line());
     }
     Ok(())
 }

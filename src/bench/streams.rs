@@ -133,7 +133,7 @@ async fn bench(config: &WatchConfig, client: &Client, own: &mut OwnCluster) -> R
     let figures = Delivery::tally(&acks, &received)?;
     let grown: u64 = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).sum();
     let per_stream_kib = grown as f64 / 1024.0 / f64::from(config.streams);
-    say(format_args!("{}", figures.line(acks.len(), config.streams)));
+    say(figures.line(acks.len(), config.streams));
     say(format_args!(
         "watch: memory per idle stream {per_stream_kib:.1} KiB (the nodes' RSS grew by {:.1} MiB, from {} MiB)",
         mib(grown),
@@ -147,7 +147,7 @@ async fn bench(config: &WatchConfig, client: &Client, own: &mut OwnCluster) -> R
         report["group_size"] = json!(config.group_size);
         report["memory_per_idle_stream_kib"] = json!((per_stream_kib * 10.0).round() / 10.0);
         report["rss_before_mib"] = json!(before.iter().map(|&b| mib(b).round()).collect::<Vec<_>>());
-        say(format_args!("{report}"));
+        say(report);
     }
     Ok(())
 }

@@ -171,7 +171,7 @@ pub async fn run(config: FdConfig) -> Result<(), BenchError> {
     own.stop().await;
     servers.stop().await;
     let summary = result?;
-    say(format_args!("{}", summary.line()));
+    say(summary.line());
     if config.json {
         report.insert("members".into(), json!(config.members));
         report.insert("addresses".into(), json!(config.addresses));
@@ -181,7 +181,7 @@ pub async fn run(config: FdConfig) -> Result<(), BenchError> {
         report.insert("suspect_after".into(), json!(config.suspect_after));
         report.insert("detection".into(), summary.detection.json());
         report.insert("false_evictions".into(), false_evictions_json(&summary.false_evictions));
-        say(format_args!("{}", serde_json::to_string(&Value::Object(report))?));
+        say(serde_json::to_string(&Value::Object(report))?);
     }
     Ok(())
 }
@@ -267,7 +267,7 @@ impl Run<'_> {
             }
         }
         let figures = Figures::new(&tally, JOIN_CONCURRENCY as u64, started.elapsed());
-        say(format_args!("{}", figures.line("fd joins")));
+        say(figures.line("fd joins"));
         self.report.insert("joins".into(), figures.json());
         Ok(joined)
     }
@@ -304,7 +304,7 @@ impl Run<'_> {
         let cpu = meter.read();
         let steady = Steady { probes_per_s: per_second(self.servers.total() - probes_before, cpu.elapsed), cpu };
         let so_far = false_evictions(&watches.book(), joined, timeline);
-        say(format_args!("{}", steady.line(self.layout, self.config.probe_interval, &so_far)));
+        say(steady.line(self.layout, self.config.probe_interval, &so_far));
         self.report.insert("steady".into(), steady.json());
         steady
     }

@@ -530,7 +530,8 @@ impl FailoverFigures {
     fn line(&self) -> String {
         let gaps = self.gaps();
         let missed = self.rounds.len() - gaps.len();
-        let mut line = format!("failover: {} rounds", self.rounds.len());
+        let n = self.rounds.len();
+        let mut line = format!("failover: {n} round{}", if n == 1 { "" } else { "s" });
         if let (Some(min), Some(median), Some(max)) = (gaps.first(), median(&gaps), gaps.last()) {
             line += &format!(", min {}, median {}, max {}", latency(*min), latency(median), latency(*max));
         }
@@ -653,5 +654,7 @@ mod tests {
             "failover: 4 rounds, min 612 ms, median 734 ms, max 1200 ms, 1 without an acknowledged write within 30.0 s"
         );
         assert_eq!(figures.json()["median_ms"], 734.0);
+        let one = FailoverFigures { rounds: vec![FailoverRound { killed: 2, write_gap: Some(ms(900)) }] };
+        assert_eq!(one.line(), "failover: 1 round, min 900 ms, median 900 ms, max 900 ms");
     }
 }

@@ -230,7 +230,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         api = %config.api_addr,
         peer = %config.peer_addr,
         data_dir = %config.data_dir.display(),
-        linearizable_reads = ?config.linearizable_reads,
+        // As the flag spells it (`lease`, `read-index`), not as Rust's Debug would.
+        linearizable_reads = %clap::ValueEnum::to_possible_value(&config.linearizable_reads).as_ref().map_or("", |v| v.get_name()),
         worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "gm server started"
     );

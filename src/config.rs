@@ -8,6 +8,13 @@ use std::time::Duration;
 /// processes never write one Raft log; `gm dev` tries it to tell a data dir in use.
 pub const DATA_DIR_LOCK: &str = "lock";
 
+/// The CPUs this process may use: its affinity and cgroup quota (a pod's CPU limit), as
+/// `std::thread::available_parallelism` counts them; 1 if that cannot be told. The default size
+/// of `gm server`'s runtime, and what `gm dev` shares among its nodes.
+pub fn usable_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 /// Parses `250ms`, `1s`, `2m`.
 pub fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)

@@ -21,7 +21,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::config::DATA_DIR_LOCK;
+use crate::config::{usable_cores, DATA_DIR_LOCK};
 
 /// `gm dev`: node N of the local cluster listens on 127.0.0.1 at `--api-port` + N - 1 (REST) and
 /// `--peer-port` + N - 1 (Raft), and keeps its state in `<data-dir>/node-N`.
@@ -474,7 +474,7 @@ fn layout(config: &DevConfig) -> Result<Vec<NodePorts>, DevError> {
 /// `gm bench --workload reads --group-size 100` (throughput moved within the noise: the bench's
 /// own client, on the same cores, was the limit there).
 fn cores_share(nodes: u64) -> u16 {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as u64;
+    let cores = usable_cores() as u64;
     u16::try_from(cores / nodes.max(1)).unwrap_or(u16::MAX).max(1)
 }
 

@@ -1,6 +1,5 @@
 //! The `gm` command: parses the command line and hands off to the library.
 
-use std::num::NonZeroUsize;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -64,7 +63,7 @@ fn main() -> ExitCode {
     };
     // Always an explicit count: tokio would otherwise read TOKIO_WORKER_THREADS, and panic on a
     // value that is not a positive integer.
-    let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get));
+    let workers = workers.unwrap_or_else(gm::config::usable_cores);
     match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
         Ok(runtime) => runtime.block_on(gm_main(cli)),
         Err(error) => {
